@@ -1,0 +1,337 @@
+//! The engine of one process (or node) and its module cache.
+//!
+//! Instrumenting and compiling a module costs hundreds of milliseconds to seconds, so both
+//! results are cached: the instrumented bytes by (hash of the original bytes, instrumenter
+//! version, Binaryen version), the compiled code by (hash of the instrumented bytes, engine
+//! fingerprint). The fingerprint covers the wasmtime version, the target and every engine
+//! setting that changes code, so a node never loads code compiled for another target: it
+//! recompiles from the `.wasm` bytes, which are always kept.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use wasmtime::{Config, Engine, Module};
+
+use crate::error::HostError;
+use crate::instrument::{self, InstrumentOptions, InstrumentStats, Instrumented};
+
+/// A blake3 digest naming a module or a chunk.
+pub type Hash32 = [u8; 32];
+
+/// Lower-case hex of a hash.
+pub fn hex(h: &[u8]) -> String {
+    h.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// How a [`Host`] is set up.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// Where instrumented and compiled modules are cached on disk (None: memory only).
+    pub cache_dir: Option<PathBuf>,
+    pub instrument: InstrumentOptions,
+    /// Runs instrumented, pausable jobs (epoch interruption on). `false` gives a plain
+    /// engine for baselines: modules run exactly as given and cannot be paused.
+    pub pausable: bool,
+    /// Native stack available to wasm (deep recursion needs more than wasmtime's 512 KiB).
+    pub max_wasm_stack: usize,
+    /// Period of the epoch ticker that enforces CPU limits.
+    pub tick: Duration,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            cache_dir: default_cache_dir(),
+            instrument: InstrumentOptions::default(),
+            pausable: true,
+            max_wasm_stack: 2 << 20,
+            tick: Duration::from_millis(10),
+        }
+    }
+}
+
+/// `$ROAM_CACHE_DIR`, else `$XDG_CACHE_HOME/roam`, else `~/.cache/roam`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("ROAM_CACHE_DIR") {
+        return Some(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(d).join("roam"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("roam"))
+}
+
+/// Stack size for threads that run jobs: room for `max_wasm_stack` plus host frames.
+pub const JOB_THREAD_STACK: usize = 32 << 20;
+
+/// A module compiled for this engine, with what the runner needs to drive it.
+pub struct LoadedModule {
+    /// blake3 of the bytes the job runs (the instrumented bytes when pausable). Snapshots
+    /// are tied to this hash.
+    pub hash: Hash32,
+    /// The bytes the job runs; a node that receives a job receives these.
+    pub bytes: Arc<Vec<u8>>,
+    pub module: Module,
+    /// None for plain (non-pausable) modules.
+    pub instrumented: Option<Instrumented>,
+}
+
+impl std::fmt::Debug for LoadedModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedModule")
+            .field("hash", &hex(&self.hash))
+            .field("bytes", &self.bytes.len())
+            .finish()
+    }
+}
+
+/// One wasmtime engine plus caches. Cheap to share (`Arc`) between threads.
+pub struct Host {
+    pub(crate) engine: Engine,
+    pub(crate) config: HostConfig,
+    fingerprint: String,
+    loaded: Mutex<HashMap<Hash32, Arc<LoadedModule>>>,
+    instrumented_by_original: Mutex<HashMap<Hash32, Hash32>>,
+    ticker_stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.ticker_stop
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+struct Blake3Hasher(blake3::Hasher);
+impl Hasher for Blake3Hasher {
+    fn finish(&self) -> u64 {
+        0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}
+
+impl Host {
+    pub fn new(config: HostConfig) -> Result<Arc<Host>, HostError> {
+        let mut c = Config::new();
+        c.epoch_interruption(config.pausable)
+            .max_wasm_stack(config.max_wasm_stack)
+            .wasm_backtrace_max_frames(std::num::NonZeroUsize::new(1 << 24))
+            .wasm_multi_value(true)
+            .wasm_bulk_memory(true)
+            .wasm_simd(true);
+        let engine = Engine::new(&c).map_err(|e| HostError::Engine(e.to_string()))?;
+        let fingerprint = engine_fingerprint(&engine);
+        let ticker_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if config.pausable {
+            let weak = engine.weak();
+            let stop = ticker_stop.clone();
+            let tick = config.tick;
+            std::thread::Builder::new()
+                .name("roam-epoch".into())
+                .spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::thread::sleep(tick);
+                        match weak.upgrade() {
+                            Some(e) => e.increment_epoch(),
+                            None => break,
+                        }
+                    }
+                })
+                .map_err(|e| HostError::Io {
+                    context: "starting the epoch ticker".into(),
+                    source: e,
+                })?;
+        }
+        Ok(Arc::new(Host {
+            engine,
+            config,
+            fingerprint,
+            loaded: Mutex::new(HashMap::new()),
+            instrumented_by_original: Mutex::new(HashMap::new()),
+            ticker_stop,
+        }))
+    }
+
+    /// The engine fingerprint: compiled code is only ever loaded under the same one.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    pub fn is_pausable(&self) -> bool {
+        self.config.pausable
+    }
+
+    /// Loads an original (uninstrumented) module: WAT or binary. On a pausable host it is
+    /// instrumented first. Results are cached in memory and on disk.
+    pub fn load(&self, wasm: &[u8]) -> Result<Arc<LoadedModule>, HostError> {
+        let original_hash = *blake3::hash(wasm).as_bytes();
+        if let Some(h) = lock(&self.instrumented_by_original)?
+            .get(&original_hash)
+            .copied()
+        {
+            if let Some(m) = lock(&self.loaded)?.get(&h) {
+                return Ok(m.clone());
+            }
+        }
+        let binary = instrument::parse_module_bytes(wasm)?;
+        if !self.config.pausable {
+            return self.compile(binary, None);
+        }
+        let cache_key = self.instrument_cache_key(&original_hash)?;
+        let cached = self.read_cache(&format!("instrumented/{cache_key}.wasm"));
+        let info = match cached {
+            Some(bytes) => match instrument::describe(bytes, InstrumentStats::default()) {
+                Ok(info) => info,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cached instrumented module unusable; instrumenting again");
+                    instrument::instrument(&binary, &self.config.instrument)?
+                }
+            },
+            None => {
+                let started = std::time::Instant::now();
+                let info = instrument::instrument(&binary, &self.config.instrument)?;
+                tracing::info!(
+                    ms = started.elapsed().as_millis() as u64,
+                    loops = info.stats.loop_checks,
+                    import_calls = info.stats.import_call_checks,
+                    recursive_entries = info.stats.entry_checks,
+                    "instrumented module"
+                );
+                self.write_cache(&format!("instrumented/{cache_key}.wasm"), &info.bytes);
+                info
+            }
+        };
+        let bytes = info.bytes.clone();
+        let loaded = self.compile(bytes, Some(info))?;
+        lock(&self.instrumented_by_original)?.insert(original_hash, loaded.hash);
+        Ok(loaded)
+    }
+
+    /// Loads a module that is already instrumented (from a snapshot or a peer).
+    pub fn load_instrumented(&self, bytes: &[u8]) -> Result<Arc<LoadedModule>, HostError> {
+        let hash = *blake3::hash(bytes).as_bytes();
+        if let Some(m) = lock(&self.loaded)?.get(&hash) {
+            return Ok(m.clone());
+        }
+        if !self.config.pausable {
+            return Err(HostError::State("this host runs plain modules only"));
+        }
+        let info = instrument::describe(bytes.to_vec(), InstrumentStats::default())?;
+        self.compile(bytes.to_vec(), Some(info))
+    }
+
+    /// Looks a module up by the hash of the bytes it runs.
+    pub fn loaded(&self, hash: &Hash32) -> Option<Arc<LoadedModule>> {
+        lock(&self.loaded).ok()?.get(hash).cloned()
+    }
+
+    fn compile(
+        &self,
+        bytes: Vec<u8>,
+        instrumented: Option<Instrumented>,
+    ) -> Result<Arc<LoadedModule>, HostError> {
+        let hash = *blake3::hash(&bytes).as_bytes();
+        if let Some(m) = lock(&self.loaded)?.get(&hash) {
+            return Ok(m.clone());
+        }
+        let rel = format!("compiled/{}-{}.cwasm", hex(&hash), self.fingerprint);
+        let mut module = None;
+        if let Some(path) = self.cache_path(&rel) {
+            if path.exists() {
+                // SAFETY: the file was written by `Module::serialize` of an engine with the
+                // same fingerprint (version, target, settings), into our own cache dir.
+                match unsafe { Module::deserialize_file(&self.engine, &path) } {
+                    Ok(m) => module = Some(m),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "compiled cache entry unusable; recompiling")
+                    }
+                }
+            }
+        }
+        let module = match module {
+            Some(m) => m,
+            None => {
+                let started = std::time::Instant::now();
+                let m = Module::new(&self.engine, &bytes)
+                    .map_err(|e| HostError::InvalidModule(e.to_string()))?;
+                tracing::info!(ms = started.elapsed().as_millis() as u64, "compiled module");
+                if let Ok(ser) = m.serialize() {
+                    self.write_cache(&rel, &ser);
+                }
+                m
+            }
+        };
+        let loaded = Arc::new(LoadedModule {
+            hash,
+            bytes: Arc::new(bytes),
+            module,
+            instrumented,
+        });
+        lock(&self.loaded)?.insert(hash, loaded.clone());
+        Ok(loaded)
+    }
+
+    fn instrument_cache_key(&self, original: &Hash32) -> Result<String, HostError> {
+        let version = instrument::wasm_opt_version(&self.config.instrument.wasm_opt)?;
+        let mut h = blake3::Hasher::new();
+        h.update(original);
+        h.update(&instrument::INSTRUMENT_VERSION.to_le_bytes());
+        h.update(&[self.config.instrument.opt_level]);
+        h.update(version.as_bytes());
+        Ok(hex(&h.finalize().as_bytes()[..16]))
+    }
+
+    fn cache_path(&self, rel: &str) -> Option<PathBuf> {
+        self.config.cache_dir.as_ref().map(|d| d.join(rel))
+    }
+
+    fn read_cache(&self, rel: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.cache_path(rel)?).ok()
+    }
+
+    /// Best effort: a cache that cannot be written only costs time.
+    fn write_cache(&self, rel: &str, bytes: &[u8]) {
+        let Some(path) = self.cache_path(rel) else {
+            return;
+        };
+        if let Err(e) = write_atomic(&path, bytes) {
+            tracing::warn!(path = %path.display(), error = %e, "could not write module cache");
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>, HostError> {
+    m.lock()
+        .map_err(|_| HostError::State("module cache lock poisoned"))
+}
+
+/// Writes a file via a temporary name and a rename, so readers never see half a file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .ok_or_else(|| std::io::Error::other("path has no parent"))?;
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+fn engine_fingerprint(engine: &Engine) -> String {
+    let mut h = Blake3Hasher(blake3::Hasher::new());
+    engine.precompile_compatibility_hash().hash(&mut h);
+    h.0.update(std::env::consts::ARCH.as_bytes());
+    h.0.update(std::env::consts::OS.as_bytes());
+    format!(
+        "{}-{}",
+        std::env::consts::ARCH,
+        hex(&h.0.finalize().as_bytes()[..12])
+    )
+}

@@ -1,0 +1,842 @@
+//! Deploy-time instrumentation that makes an unmodified module pausable.
+//!
+//! wasmtime cannot snapshot a native call stack, so the guest is taught to unwind its own
+//! stack into linear memory and rewind it later. Two passes do that:
+//!
+//! 1. Our own pass (wasmparser + wasm-encoder) adds *yield points*: an import
+//!    `roam.yield` and a mutable global `__roam_pause`, and at every loop header, before
+//!    every call to a host import and at the entry of every recursive function it inserts
+//!    `global.get $pause; if; call $roam.yield; end`. The check costs one load and one
+//!    branch; the host raises the flag from the store's epoch callback. The pass also
+//!    exports every mutable global (so the host can read and restore `__stack_pointer` and
+//!    friends) and drops custom sections other than `name`.
+//! 2. Binaryen's Asyncify (`wasm-opt --asyncify`, Debian package `binaryen`) rewrites
+//!    every function that can reach `roam.yield` so that it can save its locals and call
+//!    position and return (unwind), or jump back to where it was (rewind). Functions that
+//!    cannot reach a yield point are left alone. `-O2` runs after the transform to take
+//!    back most of its cost.
+//!
+//! The result is cached by the hash of the original bytes (see [`crate::cache`]); the
+//! instrumented bytes are what a snapshot is tied to, because the unwound stack's layout
+//! depends on them.
+
+use std::collections::BTreeSet;
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use wasm_encoder::reencode::{self, Reencode};
+use wasmparser::{ExternalKind, Operator, Payload, TypeRef, ValType, Validator, WasmFeatures};
+
+use crate::error::HostError;
+
+/// Module and field name of the yield import the pass adds.
+pub const YIELD_MODULE: &str = "roam";
+/// Field name of the yield import.
+pub const YIELD_NAME: &str = "yield";
+/// Export name of the pause flag global.
+pub const PAUSE_GLOBAL: &str = "__roam_pause";
+/// Prefix of the exports the pass adds for mutable globals that were not exported.
+pub const GLOBAL_EXPORT_PREFIX: &str = "__roam_g";
+/// Bumped whenever the instrumentation output changes; part of the cache key.
+pub const INSTRUMENT_VERSION: u32 = 1;
+
+/// Bytes of the Asyncify data header `{ current: i32, end: i32 }`.
+pub const ASYNCIFY_HEADER: u32 = 8;
+
+/// What the pass did, for logs and benchmarks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InstrumentStats {
+    pub functions: u32,
+    pub loop_checks: u32,
+    pub import_call_checks: u32,
+    pub entry_checks: u32,
+}
+
+/// A module ready to run pausably, plus what the host needs to drive it.
+#[derive(Debug, Clone)]
+pub struct Instrumented {
+    /// The final module bytes (after Asyncify).
+    pub bytes: Vec<u8>,
+    /// Export names of the mutable globals that make up guest state, in global index order.
+    pub state_globals: Vec<String>,
+    /// Upper bound of the bytes Asyncify saves for one frame of each function, by
+    /// function index of the final module (0 for imports).
+    pub frame_bounds: Vec<u32>,
+    /// Export name of memory 0.
+    pub memory_export: String,
+    pub stats: InstrumentStats,
+}
+
+/// Options of the pass. `wasm_opt` names the Binaryen binary (default: `wasm-opt` on PATH,
+/// or `$ROAM_WASM_OPT`).
+#[derive(Debug, Clone)]
+pub struct InstrumentOptions {
+    pub wasm_opt: PathBuf,
+    /// Binaryen optimisation level run after Asyncify (0 = none).
+    pub opt_level: u8,
+}
+
+impl Default for InstrumentOptions {
+    fn default() -> Self {
+        let wasm_opt = std::env::var_os("ROAM_WASM_OPT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("wasm-opt"));
+        InstrumentOptions {
+            wasm_opt,
+            opt_level: 2,
+        }
+    }
+}
+
+/// The wasm features roam accepts from guests (what LLVM and clang emit today).
+pub fn accepted_features() -> WasmFeatures {
+    WasmFeatures::MUTABLE_GLOBAL
+        | WasmFeatures::SATURATING_FLOAT_TO_INT
+        | WasmFeatures::SIGN_EXTENSION
+        | WasmFeatures::MULTI_VALUE
+        | WasmFeatures::BULK_MEMORY
+        | WasmFeatures::REFERENCE_TYPES
+        | WasmFeatures::SIMD
+        | WasmFeatures::FLOATS
+        | WasmFeatures::CALL_INDIRECT_OVERLONG
+        | WasmFeatures::BULK_MEMORY_OPT
+}
+
+/// Validates `wasm` (binary or WAT text) and returns the binary form.
+pub fn parse_module_bytes(wasm: &[u8]) -> Result<Vec<u8>, HostError> {
+    let bytes = if wasm.starts_with(b"\0asm") {
+        wasm.to_vec()
+    } else {
+        wat::parse_bytes(wasm)
+            .map_err(|e| HostError::InvalidModule(format!("not a wasm binary, and not WAT: {e}")))?
+            .into_owned()
+    };
+    Validator::new_with_features(accepted_features())
+        .validate_all(&bytes)
+        .map_err(|e| HostError::InvalidModule(e.to_string()))?;
+    Ok(bytes)
+}
+
+/// Runs both passes on a validated module.
+pub fn instrument(wasm: &[u8], opts: &InstrumentOptions) -> Result<Instrumented, HostError> {
+    let scan = Scan::new(wasm)?;
+    let (yield_points, stats) = add_yield_points(wasm, &scan)?;
+    let bytes = run_asyncify(&yield_points, opts)?;
+    describe(bytes, stats)
+}
+
+/// Builds the description of an already instrumented module (e.g. loaded from cache or
+/// received from a peer).
+pub fn describe(bytes: Vec<u8>, stats: InstrumentStats) -> Result<Instrumented, HostError> {
+    let types = Validator::new_with_features(accepted_features())
+        .validate_all(&bytes)
+        .map_err(|e| HostError::InvalidModule(format!("instrumented module invalid: {e}")))?;
+    let mut state_globals: Vec<(u32, String)> = Vec::new();
+    let mut memory_export = None;
+    let mut exported_funcs = BTreeSet::new();
+    let mut frame_bounds = Vec::new();
+    let mut imported_funcs = 0u32;
+    let mut defined = 0u32;
+    let mut global_mutability: Vec<bool> = Vec::new();
+    for payload in wasmparser::Parser::new(0).parse_all(&bytes) {
+        match payload.map_err(|e| HostError::InvalidModule(e.to_string()))? {
+            Payload::ImportSection(s) => {
+                for imp in s.into_imports() {
+                    let imp = imp.map_err(|e| HostError::InvalidModule(e.to_string()))?;
+                    match imp.ty {
+                        TypeRef::Func(_) | TypeRef::FuncExact(_) => {
+                            imported_funcs += 1;
+                            frame_bounds.push(0);
+                        }
+                        TypeRef::Global(g) => global_mutability.push(g.mutable),
+                        _ => {}
+                    }
+                }
+            }
+            Payload::GlobalSection(s) => {
+                for g in s {
+                    let g = g.map_err(|e| HostError::InvalidModule(e.to_string()))?;
+                    global_mutability.push(g.ty.mutable);
+                }
+            }
+            Payload::ExportSection(s) => {
+                for e in s {
+                    let e = e.map_err(|e| HostError::InvalidModule(e.to_string()))?;
+                    match e.kind {
+                        ExternalKind::Global
+                            if global_mutability
+                                .get(e.index as usize)
+                                .copied()
+                                .unwrap_or(false)
+                                && e.name != PAUSE_GLOBAL =>
+                        {
+                            if !state_globals.iter().any(|(i, _)| *i == e.index) {
+                                state_globals.push((e.index, e.name.to_string()));
+                            }
+                        }
+                        ExternalKind::Memory if e.index == 0 && memory_export.is_none() => {
+                            memory_export = Some(e.name.to_string())
+                        }
+                        ExternalKind::Func => {
+                            exported_funcs.insert(e.name.to_string());
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Payload::CodeSectionEntry(body) => {
+                let func_index = imported_funcs + defined;
+                defined += 1;
+                let ty = types.as_ref().core_function_at(func_index);
+                let params = types[ty].unwrap_func().params().to_vec();
+                let mut bytes_saved: u64 = 4; // the call index
+                for p in &params {
+                    bytes_saved += val_size(*p);
+                }
+                for local in body
+                    .get_locals_reader()
+                    .map_err(|e| HostError::InvalidModule(e.to_string()))?
+                {
+                    let (count, ty) = local.map_err(|e| HostError::InvalidModule(e.to_string()))?;
+                    bytes_saved += u64::from(count) * val_size(ty);
+                }
+                // Slack for alignment and any temporaries Asyncify spills.
+                let bound = bytes_saved.saturating_mul(2).saturating_add(64);
+                frame_bounds.push(u32::try_from(bound).unwrap_or(u32::MAX));
+            }
+            _ => {}
+        }
+    }
+    for needed in [
+        "asyncify_start_unwind",
+        "asyncify_stop_unwind",
+        "asyncify_start_rewind",
+        "asyncify_stop_rewind",
+        "asyncify_get_state",
+    ] {
+        if !exported_funcs.contains(needed) {
+            return Err(HostError::InvalidModule(format!(
+                "instrumented module lacks export `{needed}`"
+            )));
+        }
+    }
+    state_globals.sort_by_key(|(i, _)| *i);
+    Ok(Instrumented {
+        bytes,
+        state_globals: state_globals.into_iter().map(|(_, n)| n).collect(),
+        frame_bounds,
+        memory_export: memory_export
+            .ok_or_else(|| HostError::InvalidModule("module has no memory 0".into()))?,
+        stats,
+    })
+}
+
+fn val_size(ty: ValType) -> u64 {
+    match ty {
+        ValType::I32 | ValType::F32 => 4,
+        ValType::I64 | ValType::F64 => 8,
+        ValType::V128 => 16,
+        ValType::Ref(_) => 8,
+    }
+}
+
+/// Facts about the original module that the rewrite needs.
+struct Scan {
+    imported_funcs: u32,
+    total_globals: u32,
+    /// Per defined function: does it need an entry check (it sits on a call-graph cycle)?
+    entry_check: Vec<bool>,
+    /// Mutable, defined, not yet exported globals.
+    globals_to_export: Vec<u32>,
+    memory_exported: bool,
+    has_memory: bool,
+    type_count: u32,
+    has_sections: SectionsPresent,
+}
+
+#[derive(Default, Clone, Copy)]
+struct SectionsPresent {
+    types: bool,
+    imports: bool,
+    globals: bool,
+    exports: bool,
+}
+
+impl Scan {
+    fn new(wasm: &[u8]) -> Result<Scan, HostError> {
+        let bad = |e: wasmparser::BinaryReaderError| HostError::InvalidModule(e.to_string());
+        let mut imported_funcs = 0u32;
+        let mut imported_globals = 0u32;
+        let mut defined_globals: Vec<bool> = Vec::new();
+        let mut exported_globals = BTreeSet::new();
+        let mut memory_exported = false;
+        let mut has_memory = false;
+        let mut type_count = 0u32;
+        let mut present = SectionsPresent::default();
+        let mut address_taken: BTreeSet<u32> = BTreeSet::new();
+        // Per defined function: direct callees and whether it calls indirectly.
+        let mut callees: Vec<Vec<u32>> = Vec::new();
+        let mut calls_indirect: Vec<bool> = Vec::new();
+        for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+            match payload.map_err(bad)? {
+                Payload::TypeSection(s) => {
+                    present.types = true;
+                    for group in s {
+                        type_count += group.map_err(bad)?.types().len() as u32;
+                    }
+                }
+                Payload::ImportSection(s) => {
+                    present.imports = true;
+                    for imp in s.into_imports() {
+                        match imp.map_err(bad)?.ty {
+                            TypeRef::Func(_) | TypeRef::FuncExact(_) => imported_funcs += 1,
+                            TypeRef::Global(_) => imported_globals += 1,
+                            TypeRef::Memory(_) => has_memory = true,
+                            _ => {}
+                        }
+                    }
+                }
+                Payload::MemorySection(s) => has_memory |= s.count() > 0,
+                Payload::GlobalSection(s) => {
+                    present.globals = true;
+                    for g in s {
+                        defined_globals.push(g.map_err(bad)?.ty.mutable);
+                    }
+                }
+                Payload::ExportSection(s) => {
+                    present.exports = true;
+                    for e in s {
+                        let e = e.map_err(bad)?;
+                        match e.kind {
+                            ExternalKind::Global => {
+                                exported_globals.insert(e.index);
+                            }
+                            ExternalKind::Memory if e.index == 0 => memory_exported = true,
+                            _ => {}
+                        }
+                    }
+                }
+                Payload::ElementSection(s) => {
+                    for elem in s {
+                        match elem.map_err(bad)?.items {
+                            wasmparser::ElementItems::Functions(funcs) => {
+                                for f in funcs {
+                                    address_taken.insert(f.map_err(bad)?);
+                                }
+                            }
+                            wasmparser::ElementItems::Expressions(_, exprs) => {
+                                for expr in exprs {
+                                    for op in expr.map_err(bad)?.get_operators_reader() {
+                                        if let Operator::RefFunc { function_index } =
+                                            op.map_err(bad)?
+                                        {
+                                            address_taken.insert(function_index);
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                Payload::CodeSectionEntry(body) => {
+                    let mut direct = Vec::new();
+                    let mut indirect = false;
+                    for op in body.get_operators_reader().map_err(bad)? {
+                        match op.map_err(bad)? {
+                            Operator::Call { function_index }
+                            | Operator::ReturnCall { function_index } => {
+                                direct.push(function_index)
+                            }
+                            Operator::CallIndirect { .. }
+                            | Operator::ReturnCallIndirect { .. }
+                            | Operator::CallRef { .. }
+                            | Operator::ReturnCallRef { .. } => indirect = true,
+                            Operator::RefFunc { function_index } => {
+                                address_taken.insert(function_index);
+                            }
+                            _ => {}
+                        }
+                    }
+                    callees.push(direct);
+                    calls_indirect.push(indirect);
+                }
+                _ => {}
+            }
+        }
+        if !has_memory {
+            return Err(HostError::InvalidModule(
+                "module has no linear memory; roam needs memory 0 for capture".into(),
+            ));
+        }
+        let n = callees.len();
+        let mut graph: Vec<Vec<usize>> = vec![Vec::new(); n];
+        let taken: Vec<usize> = address_taken
+            .iter()
+            .filter(|f| **f >= imported_funcs)
+            .map(|f| (*f - imported_funcs) as usize)
+            .filter(|f| *f < n)
+            .collect();
+        for (i, cs) in callees.iter().enumerate() {
+            for c in cs {
+                if *c >= imported_funcs && ((*c - imported_funcs) as usize) < n {
+                    graph[i].push((*c - imported_funcs) as usize);
+                }
+            }
+            if calls_indirect[i] {
+                graph[i].extend(taken.iter().copied());
+            }
+        }
+        let entry_check = on_cycle(&graph);
+        let globals_to_export = defined_globals
+            .iter()
+            .enumerate()
+            .filter(|(_, mutable)| **mutable)
+            .map(|(i, _)| imported_globals + i as u32)
+            .filter(|g| !exported_globals.contains(g))
+            .collect();
+        Ok(Scan {
+            imported_funcs,
+            total_globals: imported_globals + defined_globals.len() as u32,
+            entry_check,
+            globals_to_export,
+            memory_exported,
+            has_memory,
+            type_count,
+            has_sections: present,
+        })
+    }
+}
+
+/// Marks the nodes of `graph` that lie on a cycle (a non-trivial strongly connected
+/// component or a self loop). Iterative Tarjan, so deep call graphs cannot overflow.
+fn on_cycle(graph: &[Vec<usize>]) -> Vec<bool> {
+    let n = graph.len();
+    let mut index = vec![usize::MAX; n];
+    let mut low = vec![0usize; n];
+    let mut on_stack = vec![false; n];
+    let mut stack = Vec::new();
+    let mut result = vec![false; n];
+    let mut next = 0usize;
+    for root in 0..n {
+        if index[root] != usize::MAX {
+            continue;
+        }
+        let mut work: Vec<(usize, usize)> = vec![(root, 0)];
+        index[root] = next;
+        low[root] = next;
+        next += 1;
+        stack.push(root);
+        on_stack[root] = true;
+        while let Some(&mut (v, ref mut edge)) = work.last_mut() {
+            if *edge < graph[v].len() {
+                let w = graph[v][*edge];
+                *edge += 1;
+                if index[w] == usize::MAX {
+                    index[w] = next;
+                    low[w] = next;
+                    next += 1;
+                    stack.push(w);
+                    on_stack[w] = true;
+                    work.push((w, 0));
+                } else if on_stack[w] {
+                    low[v] = low[v].min(index[w]);
+                }
+            } else {
+                work.pop();
+                if let Some(&(parent, _)) = work.last() {
+                    low[parent] = low[parent].min(low[v]);
+                }
+                if low[v] == index[v] {
+                    let mut component = Vec::new();
+                    while let Some(w) = stack.pop() {
+                        on_stack[w] = false;
+                        component.push(w);
+                        if w == v {
+                            break;
+                        }
+                    }
+                    let cyclic = component.len() > 1 || graph[v].contains(&v);
+                    if cyclic {
+                        for w in component {
+                            result[w] = true;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    result
+}
+
+/// Pass 1: adds the yield import, the pause global, the checks and the exports.
+fn add_yield_points(wasm: &[u8], scan: &Scan) -> Result<(Vec<u8>, InstrumentStats), HostError> {
+    let mut rewriter = YieldPointRewriter {
+        scan,
+        yield_type: scan.type_count,
+        yield_func: scan.imported_funcs,
+        pause_global: scan.total_globals,
+        next_defined: 0,
+        emitted: SectionsPresent::default(),
+        stats: InstrumentStats::default(),
+    };
+    let mut module = wasm_encoder::Module::new();
+    rewriter
+        .parse_core_module(&mut module, wasmparser::Parser::new(0), wasm)
+        .map_err(|e| HostError::InvalidModule(format!("instrumentation failed: {e}")))?;
+    let stats = rewriter.stats.clone();
+    Ok((module.finish(), stats))
+}
+
+struct YieldPointRewriter<'a> {
+    scan: &'a Scan,
+    yield_type: u32,
+    yield_func: u32,
+    pause_global: u32,
+    next_defined: usize,
+    emitted: SectionsPresent,
+    stats: InstrumentStats,
+}
+
+impl YieldPointRewriter<'_> {
+    fn emit_check(&mut self, f: &mut wasm_encoder::Function) {
+        f.instruction(&wasm_encoder::Instruction::GlobalGet(self.pause_global));
+        f.instruction(&wasm_encoder::Instruction::If(
+            wasm_encoder::BlockType::Empty,
+        ));
+        f.instruction(&wasm_encoder::Instruction::Call(self.yield_func));
+        f.instruction(&wasm_encoder::Instruction::End);
+    }
+
+    fn add_types(&mut self, types: &mut wasm_encoder::TypeSection) {
+        types.ty().function([], []);
+        self.emitted.types = true;
+    }
+
+    fn add_imports(&mut self, imports: &mut wasm_encoder::ImportSection) {
+        imports.import(
+            YIELD_MODULE,
+            YIELD_NAME,
+            wasm_encoder::EntityType::Function(self.yield_type),
+        );
+        self.emitted.imports = true;
+    }
+
+    fn add_globals(&mut self, globals: &mut wasm_encoder::GlobalSection) {
+        globals.global(
+            wasm_encoder::GlobalType {
+                val_type: wasm_encoder::ValType::I32,
+                mutable: true,
+                shared: false,
+            },
+            &wasm_encoder::ConstExpr::i32_const(0),
+        );
+        self.emitted.globals = true;
+    }
+
+    fn add_exports(&mut self, exports: &mut wasm_encoder::ExportSection) {
+        exports.export(
+            PAUSE_GLOBAL,
+            wasm_encoder::ExportKind::Global,
+            self.pause_global,
+        );
+        for g in &self.scan.globals_to_export {
+            exports.export(
+                &format!("{GLOBAL_EXPORT_PREFIX}{g}"),
+                wasm_encoder::ExportKind::Global,
+                *g,
+            );
+        }
+        if !self.scan.memory_exported && self.scan.has_memory {
+            exports.export("memory", wasm_encoder::ExportKind::Memory, 0);
+        }
+        self.emitted.exports = true;
+    }
+}
+
+fn section_rank(id: wasm_encoder::SectionId) -> Option<u8> {
+    use wasm_encoder::SectionId as S;
+    Some(match id {
+        S::Type => 1,
+        S::Import => 2,
+        S::Function => 3,
+        S::Table => 4,
+        S::Memory => 5,
+        S::Tag => 6,
+        S::Global => 7,
+        S::Export => 8,
+        S::Start => 9,
+        S::Element => 10,
+        S::DataCount => 11,
+        S::Code => 12,
+        S::Data => 13,
+        _ => return None,
+    })
+}
+
+impl Reencode for YieldPointRewriter<'_> {
+    type Error = Infallible;
+
+    fn function_index(&mut self, func: u32) -> Result<u32, reencode::Error<Infallible>> {
+        Ok(if func >= self.scan.imported_funcs {
+            func + 1
+        } else {
+            func
+        })
+    }
+
+    fn parse_type_section(
+        &mut self,
+        types: &mut wasm_encoder::TypeSection,
+        section: wasmparser::TypeSectionReader<'_>,
+    ) -> Result<(), reencode::Error<Infallible>> {
+        reencode::utils::parse_type_section(self, types, section)?;
+        self.add_types(types);
+        Ok(())
+    }
+
+    fn parse_import_section(
+        &mut self,
+        imports: &mut wasm_encoder::ImportSection,
+        section: wasmparser::ImportSectionReader<'_>,
+    ) -> Result<(), reencode::Error<Infallible>> {
+        reencode::utils::parse_import_section(self, imports, section)?;
+        self.add_imports(imports);
+        Ok(())
+    }
+
+    fn parse_global_section(
+        &mut self,
+        globals: &mut wasm_encoder::GlobalSection,
+        section: wasmparser::GlobalSectionReader<'_>,
+    ) -> Result<(), reencode::Error<Infallible>> {
+        reencode::utils::parse_global_section(self, globals, section)?;
+        self.add_globals(globals);
+        Ok(())
+    }
+
+    fn parse_export_section(
+        &mut self,
+        exports: &mut wasm_encoder::ExportSection,
+        section: wasmparser::ExportSectionReader<'_>,
+    ) -> Result<(), reencode::Error<Infallible>> {
+        reencode::utils::parse_export_section(self, exports, section)?;
+        self.add_exports(exports);
+        Ok(())
+    }
+
+    fn parse_custom_section(
+        &mut self,
+        module: &mut wasm_encoder::Module,
+        section: wasmparser::CustomSectionReader<'_>,
+    ) -> Result<(), reencode::Error<Infallible>> {
+        // Keep names (readable traps); drop DWARF, producers and target_features, which
+        // the older Binaryen may not understand and which no longer describe the output.
+        if section.name() == "name" {
+            reencode::utils::parse_custom_section(self, module, section)?;
+        }
+        Ok(())
+    }
+
+    fn intersperse_section_hook(
+        &mut self,
+        module: &mut wasm_encoder::Module,
+        _after: Option<wasm_encoder::SectionId>,
+        before: Option<wasm_encoder::SectionId>,
+    ) -> Result<(), reencode::Error<Infallible>> {
+        // Emit the sections the module lacks, just before the first section that must
+        // follow them.
+        let before_rank = match before {
+            Some(id) => match section_rank(id) {
+                Some(r) => r,
+                None => return Ok(()), // custom sections may sit anywhere
+            },
+            None => u8::MAX,
+        };
+        if !self.scan.has_sections.types && !self.emitted.types && before_rank > 1 {
+            let mut s = wasm_encoder::TypeSection::new();
+            self.add_types(&mut s);
+            module.section(&s);
+        }
+        if !self.scan.has_sections.imports && !self.emitted.imports && before_rank > 2 {
+            let mut s = wasm_encoder::ImportSection::new();
+            self.add_imports(&mut s);
+            module.section(&s);
+        }
+        if !self.scan.has_sections.globals && !self.emitted.globals && before_rank > 7 {
+            let mut s = wasm_encoder::GlobalSection::new();
+            self.add_globals(&mut s);
+            module.section(&s);
+        }
+        if !self.scan.has_sections.exports && !self.emitted.exports && before_rank > 8 {
+            let mut s = wasm_encoder::ExportSection::new();
+            self.add_exports(&mut s);
+            module.section(&s);
+        }
+        Ok(())
+    }
+
+    fn parse_function_body(
+        &mut self,
+        code: &mut wasm_encoder::CodeSection,
+        func: wasmparser::FunctionBody<'_>,
+    ) -> Result<(), reencode::Error<Infallible>> {
+        let mut f = self.new_function_with_parsed_locals(&func)?;
+        let defined = self.next_defined;
+        self.next_defined += 1;
+        self.stats.functions += 1;
+        if self.scan.entry_check.get(defined).copied().unwrap_or(false) {
+            self.emit_check(&mut f);
+            self.stats.entry_checks += 1;
+        }
+        let mut reader = func.get_operators_reader()?;
+        while !reader.eof() {
+            let op = reader.read()?;
+            match op {
+                Operator::Loop { .. } => {
+                    f.instruction(&self.instruction(op)?);
+                    self.emit_check(&mut f);
+                    self.stats.loop_checks += 1;
+                }
+                Operator::Call { function_index } if function_index < self.scan.imported_funcs => {
+                    self.emit_check(&mut f);
+                    self.stats.import_call_checks += 1;
+                    f.instruction(&self.instruction(op)?);
+                }
+                _ => {
+                    f.instruction(&self.instruction(op)?);
+                }
+            }
+        }
+        code.function(&f);
+        Ok(())
+    }
+}
+
+/// Pass 2: Binaryen's Asyncify, limited to what can reach `roam.yield`.
+fn run_asyncify(wasm: &[u8], opts: &InstrumentOptions) -> Result<Vec<u8>, HostError> {
+    let dir = tempfile::tempdir().map_err(|e| HostError::Io {
+        context: "creating a temporary directory for wasm-opt".into(),
+        source: e,
+    })?;
+    let input = dir.path().join("in.wasm");
+    let output = dir.path().join("out.wasm");
+    std::fs::write(&input, wasm).map_err(|e| HostError::Io {
+        context: format!("writing {}", input.display()),
+        source: e,
+    })?;
+    let mut cmd = Command::new(&opts.wasm_opt);
+    cmd.arg(&input)
+        .args([
+            "--enable-bulk-memory",
+            "--enable-sign-ext",
+            "--enable-mutable-globals",
+            "--enable-nontrapping-float-to-int",
+            "--enable-multivalue",
+            "--enable-reference-types",
+            "--enable-simd",
+            "--asyncify",
+        ])
+        .arg(format!(
+            "--pass-arg=asyncify-imports@{YIELD_MODULE}.{YIELD_NAME}"
+        ));
+    if opts.opt_level > 0 {
+        cmd.arg(format!("-O{}", opts.opt_level.min(4)));
+    }
+    cmd.arg("-o").arg(&output);
+    let out = cmd.output().map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            HostError::WasmOptMissing(opts.wasm_opt.clone())
+        } else {
+            HostError::Io {
+                context: format!("running {}", opts.wasm_opt.display()),
+                source: e,
+            }
+        }
+    })?;
+    if !out.status.success() {
+        return Err(HostError::InvalidModule(format!(
+            "wasm-opt --asyncify failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    std::fs::read(&output).map_err(|e| HostError::Io {
+        context: format!("reading {}", output.display()),
+        source: e,
+    })
+}
+
+/// The version line of the Binaryen in use; part of the instrumentation cache key.
+pub fn wasm_opt_version(path: &Path) -> Result<String, HostError> {
+    let out = Command::new(path).arg("--version").output().map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            HostError::WasmOptMissing(path.to_path_buf())
+        } else {
+            HostError::Io {
+                context: format!("running {} --version", path.display()),
+                source: e,
+            }
+        }
+    })?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Import names of a module, for error messages about unknown imports.
+pub fn function_imports(wasm: &[u8]) -> Result<Vec<(String, String)>, HostError> {
+    let mut out = Vec::new();
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        if let Payload::ImportSection(s) =
+            payload.map_err(|e| HostError::InvalidModule(e.to_string()))?
+        {
+            for imp in s.into_imports() {
+                let imp = imp.map_err(|e| HostError::InvalidModule(e.to_string()))?;
+                if matches!(imp.ty, TypeRef::Func(_) | TypeRef::FuncExact(_)) {
+                    out.push((imp.module.to_string(), imp.name.to_string()));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cycles_are_found() {
+        // 0 -> 1 -> 2 -> 1, 3 -> 3, 4 -> 0
+        let g = vec![vec![1], vec![2], vec![1], vec![3], vec![0]];
+        assert_eq!(on_cycle(&g), vec![false, true, true, true, false]);
+    }
+
+    #[test]
+    fn yield_points_are_inserted_and_indices_shift() {
+        let wat = r#"(module
+            (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+            (memory 1)
+            (global $g (mut i32) (i32.const 7))
+            (func $rec (param i32) (result i32)
+                local.get 0
+                if (result i32) local.get 0 i32.const 1 i32.sub call $rec else i32.const 0 end)
+            (func $main (export "_start")
+                (loop $l (br_if $l (i32.const 0)))
+                i32.const 3 call $rec call $exit))"#;
+        let bytes = parse_module_bytes(wat.as_bytes()).expect("valid");
+        let scan = Scan::new(&bytes).expect("scan");
+        assert_eq!(scan.entry_check, vec![true, false]);
+        let (out, stats) = add_yield_points(&bytes, &scan).expect("rewrite");
+        assert_eq!(stats.loop_checks, 1);
+        assert_eq!(stats.import_call_checks, 1);
+        assert_eq!(stats.entry_checks, 1);
+        Validator::new_with_features(accepted_features())
+            .validate_all(&out)
+            .expect("rewritten module validates");
+        let imports = function_imports(&out).expect("imports");
+        assert_eq!(
+            imports.last().map(|(m, n)| (m.as_str(), n.as_str())),
+            Some(("roam", "yield"))
+        );
+    }
+}

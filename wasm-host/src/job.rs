@@ -1,0 +1,697 @@
+//! One running job: start, pause, capture, resume.
+//!
+//! Pausing works in three hops, all on the job's own thread except the first:
+//! 1. [`PauseHandle::request`] (any thread) sets a flag and bumps the engine epoch.
+//! 2. wasmtime's epoch check at the next loop header or function entry calls our epoch
+//!    callback, which sets the guest's `__roam_pause` global.
+//! 3. The guest's next yield check calls `roam.yield`, which starts an Asyncify unwind
+//!    into a scratch area at the top of linear memory. When the entry function returns,
+//!    the runner stops the unwind, copies the unwound stack out and puts the scratch
+//!    bytes back, so linear memory is exactly what the guest had at the yield point.
+//!
+//! The scratch area is sized from a wasm backtrace (frames × per-function bound), so
+//! deep recursion never overflows it. Resuming reverses this: the stack goes back into
+//! the scratch area, an Asyncify rewind re-enters every frame, and `roam.yield` ends the
+//! rewind and restores the scratch bytes before the guest runs on.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::{
+    Caller, Global, Instance, Linker, Memory, Store, StoreLimits, StoreLimitsBuilder, TypedFunc,
+    UpdateDeadline, Val, WasmBacktrace,
+};
+
+use crate::error::{HostError, SnapshotError};
+use crate::host::{hex, Host, LoadedModule};
+use crate::instrument::{ASYNCIFY_HEADER, PAUSE_GLOBAL, YIELD_MODULE, YIELD_NAME};
+use crate::snapshot::{GlobalValue, Snapshot};
+use crate::wasi::{self, GuestExit, OutputSink, Preopen, WasiCtx};
+
+const ASYNCIFY_NORMAL: i32 = 0;
+const ASYNCIFY_UNWINDING: i32 = 1;
+const ASYNCIFY_REWINDING: i32 = 2;
+
+/// Resource limits of one job.
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    /// Largest linear memory the job may grow to.
+    pub memory_bytes: Option<u64>,
+    /// Wall-clock time the job may spend running (checked at epoch ticks).
+    pub cpu: Option<Duration>,
+    /// Largest total size of files a snapshot may carry (default 1 GiB).
+    pub snapshot_files_bytes: Option<u64>,
+}
+
+/// How to start a job.
+pub struct JobSpec {
+    /// argv, including argv[0].
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub preopens: Vec<Preopen>,
+    pub stdin: Vec<u8>,
+    /// Seed of the job's deterministic random stream.
+    pub seed: [u8; 32],
+    pub limits: Limits,
+    /// Define imports roam does not know as functions returning zeros.
+    pub allow_unknown_imports: bool,
+}
+
+impl JobSpec {
+    pub fn new(args: Vec<String>) -> JobSpec {
+        JobSpec {
+            args,
+            env: Vec::new(),
+            preopens: Vec::new(),
+            stdin: Vec::new(),
+            seed: [0; 32],
+            limits: Limits::default(),
+            allow_unknown_imports: false,
+        }
+    }
+}
+
+/// How a call to [`Job::run`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Exited(i32),
+    /// Stopped at a yield point after a pause request; capture or run again.
+    Paused,
+}
+
+/// Requests a pause of a running job from any thread.
+#[derive(Clone)]
+pub struct PauseHandle {
+    flag: Arc<AtomicBool>,
+    engine: wasmtime::Engine,
+}
+
+impl PauseHandle {
+    /// Asks the job to stop at its next yield point. Returns at once.
+    pub fn request(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        self.engine.increment_epoch();
+    }
+    pub fn is_requested(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Clone)]
+struct Asyncify {
+    start_unwind: TypedFunc<i32, ()>,
+    stop_unwind: TypedFunc<(), ()>,
+    start_rewind: TypedFunc<i32, ()>,
+    stop_rewind: TypedFunc<(), ()>,
+    get_state: TypedFunc<(), i32>,
+}
+
+/// Bytes of memory borrowed as the Asyncify data area, and what they held before.
+struct Scratch {
+    base: u32,
+    saved: Vec<u8>,
+}
+
+/// Store data of a job.
+pub struct JobData {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) memory: Option<Memory>,
+    limits: StoreLimits,
+    pause: Arc<AtomicBool>,
+    pause_global: Option<Global>,
+    asyncify: Option<Asyncify>,
+    frame_bounds: Arc<Vec<u32>>,
+    scratch: Option<Scratch>,
+    cpu_limit: Option<(Instant, Duration)>,
+    cpu_exceeded: bool,
+    /// Time the last pause request was seen by the yield point (for latency figures).
+    pub(crate) pause_seen: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Created, `_start` not called yet.
+    Fresh,
+    /// Unwound at a yield point; `stack` holds the frames.
+    Paused,
+    Exited(i32),
+    Failed,
+}
+
+/// A job bound to one wasmtime store and instance.
+pub struct Job {
+    store: Store<JobData>,
+    instance: Instance,
+    module: Arc<LoadedModule>,
+    entry: TypedFunc<(), ()>,
+    state_globals: Vec<(String, Global)>,
+    phase: Phase,
+    stack: Vec<u8>,
+    pause: PauseHandle,
+    snapshot_files_limit: u64,
+}
+
+impl Job {
+    /// Instantiates `module` for a fresh run.
+    pub fn start(
+        host: &Host,
+        module: Arc<LoadedModule>,
+        spec: JobSpec,
+        sink: Box<dyn OutputSink>,
+    ) -> Result<Job, HostError> {
+        let wasi = WasiCtx::new(
+            spec.args,
+            spec.env,
+            spec.preopens,
+            spec.stdin,
+            spec.seed,
+            sink,
+        );
+        Job::instantiate(host, module, wasi, &spec.limits, spec.allow_unknown_imports)
+    }
+
+    /// Rebuilds a paused job from a snapshot. `preopens` are this node's host directories;
+    /// their guest names must match those in the snapshot.
+    pub fn restore(
+        host: &Host,
+        module: Arc<LoadedModule>,
+        snapshot: &Snapshot,
+        preopens: Vec<Preopen>,
+        limits: &Limits,
+        sink: Box<dyn OutputSink>,
+    ) -> Result<Job, HostError> {
+        if snapshot.module_hash != module.hash {
+            return Err(SnapshotError::ModuleMismatch {
+                expected: hex(&snapshot.module_hash),
+                found: hex(&module.hash),
+            }
+            .into());
+        }
+        let names: Vec<&str> = preopens.iter().map(|p| p.guest.as_str()).collect();
+        let wanted: Vec<&str> = snapshot
+            .wasi
+            .preopen_names
+            .iter()
+            .map(String::as_str)
+            .collect();
+        if names != wanted {
+            return Err(HostError::Config(format!(
+                "snapshot was taken with preopens {wanted:?}, but {names:?} were given"
+            )));
+        }
+        let wasi = WasiCtx::from_state(snapshot.wasi.clone(), preopens, sink);
+        wasi.restore_files(&snapshot.files)?;
+        let mut job = Job::instantiate(host, module, wasi, limits, true)?;
+        job.write_state(snapshot)?;
+        job.stack = snapshot.stack.clone();
+        job.phase = Phase::Paused;
+        Ok(job)
+    }
+
+    fn instantiate(
+        host: &Host,
+        module: Arc<LoadedModule>,
+        wasi: WasiCtx,
+        limits: &Limits,
+        allow_unknown_imports: bool,
+    ) -> Result<Job, HostError> {
+        let engine = &host.engine;
+        let pause_flag = Arc::new(AtomicBool::new(false));
+        let mut store_limits = StoreLimitsBuilder::new();
+        if let Some(m) = limits.memory_bytes {
+            store_limits = store_limits.memory_size(usize::try_from(m).unwrap_or(usize::MAX));
+        }
+        let data = JobData {
+            wasi,
+            memory: None,
+            limits: store_limits.build(),
+            pause: pause_flag.clone(),
+            pause_global: None,
+            asyncify: None,
+            frame_bounds: Arc::new(
+                module
+                    .instrumented
+                    .as_ref()
+                    .map(|i| i.frame_bounds.clone())
+                    .unwrap_or_default(),
+            ),
+            scratch: None,
+            cpu_limit: limits.cpu.map(|d| (Instant::now(), d)),
+            cpu_exceeded: false,
+            pause_seen: None,
+        };
+        let mut store = Store::new(engine, data);
+        store.limiter(|d| &mut d.limits);
+        if host.is_pausable() {
+            store.set_epoch_deadline(1);
+            store.epoch_deadline_callback(|mut ctx| {
+                let data = ctx.data_mut();
+                if let Some((started, limit)) = data.cpu_limit {
+                    if started.elapsed() > limit {
+                        data.cpu_exceeded = true;
+                        return Ok(UpdateDeadline::Interrupt);
+                    }
+                }
+                if data.pause.load(Ordering::SeqCst) {
+                    if let Some(g) = data.pause_global {
+                        g.set(&mut ctx, Val::I32(1))?;
+                    }
+                }
+                Ok(UpdateDeadline::Continue(1))
+            });
+        }
+
+        let mut linker: Linker<JobData> = Linker::new(engine);
+        wasi::add_to_linker(&mut linker).map_err(|e| HostError::Engine(e.to_string()))?;
+        linker
+            .func_wrap(YIELD_MODULE, YIELD_NAME, yield_point)
+            .map_err(|e| HostError::Engine(e.to_string()))?;
+        let unknown: Vec<String> = module
+            .module
+            .imports()
+            .filter(|i| linker.get_by_import(&mut store, i).is_none())
+            .map(|i| format!("{}::{}", i.module(), i.name()))
+            .collect();
+        if !unknown.is_empty() {
+            if !allow_unknown_imports {
+                return Err(HostError::UnknownImports(unknown.join(", ")));
+            }
+            tracing::warn!(imports = %unknown.join(", "), "stubbing unknown imports with zeros");
+            linker
+                .define_unknown_imports_as_default_values(&mut store, &module.module)
+                .map_err(|e| HostError::Engine(e.to_string()))?;
+        }
+        let instance = linker
+            .instantiate(&mut store, &module.module)
+            .map_err(|e| trap_error(&store, e))?;
+        let entry = instance
+            .get_typed_func::<(), ()>(&mut store, "_start")
+            .map_err(|_| {
+                HostError::InvalidModule(
+                    "module exports no `_start: [] -> []` (not a WASI command)".into(),
+                )
+            })?;
+
+        let mut state_globals = Vec::new();
+        let memory_name = match &module.instrumented {
+            Some(info) => {
+                for name in &info.state_globals {
+                    let g = instance.get_global(&mut store, name).ok_or_else(|| {
+                        HostError::InvalidModule(format!("global export `{name}` missing"))
+                    })?;
+                    state_globals.push((name.clone(), g));
+                }
+                let get = |store: &mut Store<JobData>, name: &str| {
+                    instance
+                        .get_func(&mut *store, name)
+                        .ok_or_else(|| HostError::InvalidModule(format!("export `{name}` missing")))
+                };
+                let typed = |e: wasmtime::Error| HostError::InvalidModule(e.to_string());
+                let asyncify = Asyncify {
+                    start_unwind: get(&mut store, "asyncify_start_unwind")?
+                        .typed(&store)
+                        .map_err(typed)?,
+                    stop_unwind: get(&mut store, "asyncify_stop_unwind")?
+                        .typed(&store)
+                        .map_err(typed)?,
+                    start_rewind: get(&mut store, "asyncify_start_rewind")?
+                        .typed(&store)
+                        .map_err(typed)?,
+                    stop_rewind: get(&mut store, "asyncify_stop_rewind")?
+                        .typed(&store)
+                        .map_err(typed)?,
+                    get_state: get(&mut store, "asyncify_get_state")?
+                        .typed(&store)
+                        .map_err(typed)?,
+                };
+                let pause_global = instance.get_global(&mut store, PAUSE_GLOBAL);
+                let data = store.data_mut();
+                data.asyncify = Some(asyncify);
+                data.pause_global = pause_global;
+                info.memory_export.clone()
+            }
+            None => "memory".to_string(),
+        };
+        let memory = instance
+            .get_memory(&mut store, &memory_name)
+            .ok_or_else(|| HostError::InvalidModule("module exports no memory".into()))?;
+        store.data_mut().memory = Some(memory);
+        let pause = PauseHandle {
+            flag: pause_flag,
+            engine: engine.clone(),
+        };
+        Ok(Job {
+            store,
+            instance,
+            module,
+            entry,
+            state_globals,
+            phase: Phase::Fresh,
+            stack: Vec::new(),
+            pause,
+            snapshot_files_limit: limits.snapshot_files_bytes.unwrap_or(1 << 30),
+        })
+    }
+
+    /// A handle to request a pause from another thread.
+    pub fn pause_handle(&self) -> PauseHandle {
+        self.pause.clone()
+    }
+
+    /// The module this job runs.
+    pub fn module(&self) -> &Arc<LoadedModule> {
+        &self.module
+    }
+
+    /// Bytes of linear memory.
+    pub fn memory_len(&self) -> usize {
+        self.store
+            .data()
+            .memory
+            .map(|m| m.data_size(&self.store))
+            .unwrap_or(0)
+    }
+
+    /// Runs until the job exits or pauses. A paused job resumes where it stopped.
+    pub fn run(&mut self) -> Result<Outcome, HostError> {
+        match self.phase {
+            Phase::Fresh => {}
+            Phase::Paused => self.begin_rewind()?,
+            Phase::Exited(code) => return Ok(Outcome::Exited(code)),
+            Phase::Failed => return Err(HostError::State("job failed earlier")),
+        }
+        let result = self.entry.call(&mut self.store, ());
+        match result {
+            Ok(()) => {
+                let unwinding = match self.store.data().asyncify.clone() {
+                    Some(a) => {
+                        a.get_state
+                            .call(&mut self.store, ())
+                            .map_err(|e| trap_error(&self.store, e))?
+                            == ASYNCIFY_UNWINDING
+                    }
+                    None => false,
+                };
+                if unwinding {
+                    self.finish_unwind()?;
+                    self.phase = Phase::Paused;
+                    Ok(Outcome::Paused)
+                } else {
+                    self.phase = Phase::Exited(0);
+                    Ok(Outcome::Exited(0))
+                }
+            }
+            Err(e) => {
+                if let Some(exit) = e.downcast_ref::<GuestExit>() {
+                    self.phase = Phase::Exited(exit.0);
+                    return Ok(Outcome::Exited(exit.0));
+                }
+                self.phase = Phase::Failed;
+                Err(trap_error(&self.store, e))
+            }
+        }
+    }
+
+    /// After the entry function returned while unwinding: end the unwind, take the
+    /// frames out of the scratch area and put the guest's bytes back.
+    fn finish_unwind(&mut self) -> Result<(), HostError> {
+        let asyncify = self
+            .store
+            .data()
+            .asyncify
+            .clone()
+            .ok_or(HostError::State("not instrumented"))?;
+        asyncify
+            .stop_unwind
+            .call(&mut self.store, ())
+            .map_err(|e| trap_error(&self.store, e))?;
+        let scratch = self
+            .store
+            .data_mut()
+            .scratch
+            .take()
+            .ok_or(HostError::State("unwind without scratch area"))?;
+        let memory = self.memory()?;
+        let data = memory.data_mut(&mut self.store);
+        let base = scratch.base as usize;
+        let current = u32::from_le_bytes(
+            data.get(base..base + 4)
+                .and_then(|b| b.try_into().ok())
+                .ok_or(HostError::State("scratch area out of bounds"))?,
+        ) as usize;
+        let start = base + ASYNCIFY_HEADER as usize;
+        if current < start || current > base + scratch.saved.len() {
+            return Err(HostError::Trap(format!(
+                "unwound stack pointer {current} outside scratch area {start}..{}",
+                base + scratch.saved.len()
+            )));
+        }
+        self.stack = data[start..current].to_vec();
+        data[base..base + scratch.saved.len()].copy_from_slice(&scratch.saved);
+        self.pause.flag.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Puts the saved frames into a scratch area and starts an Asyncify rewind.
+    fn begin_rewind(&mut self) -> Result<(), HostError> {
+        let asyncify = self
+            .store
+            .data()
+            .asyncify
+            .clone()
+            .ok_or(HostError::State("not instrumented"))?;
+        let memory = self.memory()?;
+        let mem_len = memory.data_size(&self.store) as u64;
+        let need = u64::from(ASYNCIFY_HEADER) + self.stack.len() as u64;
+        if need > mem_len {
+            return Err(HostError::Trap(format!(
+                "unwound stack of {} bytes does not fit in {} bytes of memory",
+                self.stack.len(),
+                mem_len
+            )));
+        }
+        let base = ((mem_len - need) & !7) as usize;
+        let data = memory.data_mut(&mut self.store);
+        let end = data.len();
+        let saved = data[base..end].to_vec();
+        let start = base + ASYNCIFY_HEADER as usize;
+        let current = start + self.stack.len();
+        data[base..base + 4].copy_from_slice(&(current as u32).to_le_bytes());
+        data[base + 4..base + 8].copy_from_slice(&(end as u32).to_le_bytes());
+        data[start..current].copy_from_slice(&self.stack);
+        self.store.data_mut().scratch = Some(Scratch {
+            base: base as u32,
+            saved,
+        });
+        asyncify
+            .start_rewind
+            .call(&mut self.store, base as i32)
+            .map_err(|e| trap_error(&self.store, e))?;
+        self.phase = Phase::Fresh;
+        Ok(())
+    }
+
+    fn memory(&self) -> Result<Memory, HostError> {
+        self.store
+            .data()
+            .memory
+            .ok_or(HostError::State("job has no memory"))
+    }
+
+    /// Captures the state of a paused job. The job stays paused and can run on.
+    pub fn capture(&mut self) -> Result<Snapshot, HostError> {
+        if self.phase != Phase::Paused {
+            return Err(HostError::State("capture needs a paused job"));
+        }
+        let memory = self.memory()?;
+        let mut globals = Vec::with_capacity(self.state_globals.len());
+        for (name, g) in &self.state_globals {
+            let v = match g.get(&mut self.store) {
+                Val::I32(v) => GlobalValue::I32(v),
+                Val::I64(v) => GlobalValue::I64(v),
+                Val::F32(v) => GlobalValue::F32(v),
+                Val::F64(v) => GlobalValue::F64(v),
+                Val::V128(v) => GlobalValue::V128(v.as_u128()),
+                _ => {
+                    return Err(HostError::InvalidModule(format!(
+                        "global `{name}` holds a reference; roam cannot capture it"
+                    )))
+                }
+            };
+            globals.push((name.clone(), v));
+        }
+        self.store.data_mut().wasi.freeze_clocks();
+        let files = self
+            .store
+            .data()
+            .wasi
+            .capture_files(self.snapshot_files_limit)?;
+        Ok(Snapshot {
+            module_hash: self.module.hash,
+            module: None,
+            memory: memory.data(&self.store).to_vec(),
+            globals,
+            stack: self.stack.clone(),
+            wasi: self.store.data().wasi.state.clone(),
+            files,
+        })
+    }
+
+    /// Writes memory and globals of a snapshot into this (fresh) instance.
+    fn write_state(&mut self, snap: &Snapshot) -> Result<(), HostError> {
+        let memory = self.memory()?;
+        let have = memory.data_size(&self.store) as u64;
+        let want = snap.memory.len() as u64;
+        if want < have {
+            return Err(SnapshotError::Bounds {
+                field: "memory",
+                detail: format!("{want} bytes, less than the module's initial {have}"),
+            }
+            .into());
+        }
+        if want > have {
+            let pages = (want - have) / crate::snapshot::CHUNK as u64;
+            memory
+                .grow(&mut self.store, pages)
+                .map_err(|e| HostError::MemoryLimit(want).with_context(e))?;
+        }
+        memory.data_mut(&mut self.store)[..snap.memory.len()].copy_from_slice(&snap.memory);
+        for (name, value) in &snap.globals {
+            let g = self
+                .state_globals
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, g)| *g)
+                .ok_or_else(|| SnapshotError::Bounds {
+                    field: "globals",
+                    detail: format!("module has no global `{name}`"),
+                })?;
+            let v = match *value {
+                GlobalValue::I32(v) => Val::I32(v),
+                GlobalValue::I64(v) => Val::I64(v),
+                GlobalValue::F32(v) => Val::F32(v),
+                GlobalValue::F64(v) => Val::F64(v),
+                GlobalValue::V128(v) => Val::V128(v.into()),
+            };
+            g.set(&mut self.store, v).map_err(|e| {
+                HostError::from(SnapshotError::Bounds {
+                    field: "globals",
+                    detail: format!("`{name}`: {e}"),
+                })
+            })?;
+        }
+        if snap.globals.len() != self.state_globals.len() {
+            return Err(SnapshotError::Bounds {
+                field: "globals",
+                detail: format!(
+                    "snapshot has {} globals, module {}",
+                    snap.globals.len(),
+                    self.state_globals.len()
+                ),
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// The WASI state (output offsets etc.).
+    pub fn wasi_state(&self) -> &crate::wasi::WasiState {
+        &self.store.data().wasi.state
+    }
+
+    /// Exported instance, for tests and tools.
+    pub fn instance(&self) -> &Instance {
+        &self.instance
+    }
+
+    /// When the yield point saw the last pause request.
+    pub fn pause_seen_at(&self) -> Option<Instant> {
+        self.store.data().pause_seen
+    }
+}
+
+impl HostError {
+    fn with_context(self, e: wasmtime::Error) -> HostError {
+        match self {
+            HostError::MemoryLimit(n) => {
+                tracing::debug!(error = %e, "memory grow failed");
+                HostError::MemoryLimit(n)
+            }
+            other => other,
+        }
+    }
+}
+
+fn trap_error(store: &Store<JobData>, e: wasmtime::Error) -> HostError {
+    if store.data().cpu_exceeded {
+        let ms = store
+            .data()
+            .cpu_limit
+            .map(|(_, d)| d.as_millis() as u64)
+            .unwrap_or(0);
+        return HostError::CpuLimit(ms);
+    }
+    HostError::Trap(format!("{e:#}"))
+}
+
+/// The `roam.yield` import: starts an unwind when a pause was requested, and ends a
+/// rewind when the job is being resumed.
+fn yield_point(mut caller: Caller<'_, JobData>) -> wasmtime::Result<()> {
+    let Some(asyncify) = caller.data().asyncify.clone() else {
+        return Ok(());
+    };
+    let Some(memory) = caller.data().memory else {
+        return Ok(());
+    };
+    let state = asyncify.get_state.call(&mut caller, ())?;
+    if state == ASYNCIFY_REWINDING {
+        asyncify.stop_rewind.call(&mut caller, ())?;
+        if let Some(scratch) = caller.data_mut().scratch.take() {
+            let base = scratch.base as usize;
+            memory.data_mut(&mut caller)[base..base + scratch.saved.len()]
+                .copy_from_slice(&scratch.saved);
+        }
+        return Ok(());
+    }
+    if state != ASYNCIFY_NORMAL {
+        return Err(wasmtime::Error::msg("roam.yield called while unwinding"));
+    }
+    if let Some(g) = caller.data().pause_global {
+        g.set(&mut caller, Val::I32(0))?;
+    }
+    if !caller.data().pause.load(Ordering::SeqCst) {
+        return Ok(());
+    }
+    caller.data_mut().pause_seen = Some(Instant::now());
+    // Size the scratch area from the frames actually on the stack.
+    let bounds = caller.data().frame_bounds.clone();
+    let trace = WasmBacktrace::force_capture(&caller);
+    let mut need = u64::from(ASYNCIFY_HEADER) + 64;
+    for frame in trace.frames() {
+        need += u64::from(
+            bounds
+                .get(frame.func_index() as usize)
+                .copied()
+                .unwrap_or(1024),
+        );
+    }
+    let mem_len = memory.data_size(&caller) as u64;
+    if need > mem_len {
+        return Err(wasmtime::Error::msg(format!(
+            "call stack needs {need} bytes to unwind, more than the {mem_len} bytes of memory"
+        )));
+    }
+    let base = ((mem_len - need) & !7) as usize;
+    let data = memory.data_mut(&mut caller);
+    let end = data.len();
+    let saved = data[base..end].to_vec();
+    data[base..base + 4].copy_from_slice(&((base + ASYNCIFY_HEADER as usize) as u32).to_le_bytes());
+    data[base + 4..base + 8].copy_from_slice(&(end as u32).to_le_bytes());
+    caller.data_mut().scratch = Some(Scratch {
+        base: base as u32,
+        saved,
+    });
+    asyncify.start_unwind.call(&mut caller, base as i32)?;
+    Ok(())
+}
