@@ -51,7 +51,9 @@ pub struct PausePlan {
 #[derive(Debug, Clone, Default)]
 pub struct PauseReport {
     pub pauses: u32,
-    /// Pause request → state captured.
+    /// Pause request → job stopped at a yield point with its stack unwound.
+    pub stop_latency: Vec<Duration>,
+    /// Pause request → snapshot captured (stop plus a copy of memory).
     pub pause_latency: Vec<Duration>,
     /// Capture only (state copied out of the instance).
     pub capture_time: Vec<Duration>,
@@ -146,6 +148,7 @@ pub fn run_with_pauses(
                 let captured = Instant::now();
                 report.capture_time.push(captured - t0);
                 if let Some(req) = timer.take_request_time() {
+                    report.stop_latency.push(t0.saturating_duration_since(req));
                     report
                         .pause_latency
                         .push(captured.saturating_duration_since(req));

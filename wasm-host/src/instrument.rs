@@ -118,6 +118,12 @@ pub fn parse_module_bytes(wasm: &[u8]) -> Result<Vec<u8>, HostError> {
     Ok(bytes)
 }
 
+/// Runs only the first pass (yield points, exports); for inspection and experiments.
+pub fn yield_points_only(wasm: &[u8]) -> Result<(Vec<u8>, InstrumentStats), HostError> {
+    let scan = Scan::new(wasm)?;
+    add_yield_points(wasm, &scan)
+}
+
 /// Runs both passes on a validated module.
 pub fn instrument(wasm: &[u8], opts: &InstrumentOptions) -> Result<Instrumented, HostError> {
     let scan = Scan::new(wasm)?;

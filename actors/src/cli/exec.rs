@@ -238,7 +238,14 @@ fn print_stats(r: &wasm_host::drive::PauseReport) {
         s.sort_unstable();
         format!("median {} us, max {} us", s[s.len() / 2], s[s.len() - 1])
     };
-    eprintln!("  pause latency : {}", us(&r.pause_latency));
+    eprintln!(
+        "  stop latency  : {}  (request -> stopped, stack unwound)",
+        us(&r.stop_latency)
+    );
+    eprintln!(
+        "  pause latency : {}  (request -> snapshot in memory)",
+        us(&r.pause_latency)
+    );
     eprintln!("  capture       : {}", us(&r.capture_time));
     eprintln!("  restore       : {}", us(&r.restore_time));
     if let Some(max) = r.snapshot_bytes.iter().max() {

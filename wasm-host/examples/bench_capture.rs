@@ -1,0 +1,214 @@
+//! `scripts/bench capture`: what pausability costs.
+//!
+//! - instrumentation overhead: each guest run straight, instrumented vs plain module, runs
+//!   interleaved so machine noise hits both alike; median of 3 each;
+//! - stop latency: pause request → job stopped with its stack unwound (its memory is then
+//!   frozen in place), over random pauses of every guest;
+//! - capture and restore of a 64 MiB job (memory filled with non-zero data).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasm_host::drive::{run_with_pauses, PausePlan};
+use wasm_host::{BufferSink, Host, HostConfig, Job, JobSpec, Limits, Outcome, Snapshot};
+
+const GUESTS: &[(&str, &[&str])] = &[
+    ("autopilot", &[]),
+    ("tracker", &[]),
+    ("sieve", &[]),
+    ("imgproc", &[]),
+    ("recurse", &[]),
+    ("cguest", &[]),
+    ("countdown", &[]),
+];
+
+fn guest(name: &str) -> Vec<u8> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../guests/out");
+    std::fs::read(dir.join(format!("{name}.wasm")))
+        .or_else(|_| std::fs::read(dir.join(format!("{name}.wat"))))
+        .unwrap_or_else(|e| panic!("guest {name}: {e} (run scripts/build-guests)"))
+}
+
+fn spec(name: &str, args: &[&str]) -> JobSpec {
+    let mut argv = vec![name.to_string()];
+    argv.extend(args.iter().map(|s| s.to_string()));
+    JobSpec::new(argv)
+}
+
+fn time_run(host: &Host, wasm: &[u8], name: &str, args: &[&str]) -> Duration {
+    let module = host.load(wasm).expect("load");
+    let mut job = Job::start(
+        host,
+        module,
+        spec(name, args),
+        Box::new(BufferSink::default()),
+    )
+    .expect("start");
+    let t = Instant::now();
+    let out = job.run().expect("run");
+    let d = t.elapsed();
+    assert!(matches!(out, Outcome::Exited(_)));
+    d
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[idx]
+}
+
+/// A module whose 64 MiB memory is all non-zero, spinning in a loop until paused.
+const BIG_WAT: &str = r#"(module
+  (memory (export "memory") 1024)
+  (func (export "_start") (local $i i32) (local $n i32)
+    (loop $fill
+      (i64.store (local.get $i) (i64.or (i64.extend_i32_u (local.get $i)) (i64.const 0x0101010101010101)))
+      (local.set $i (i32.add (local.get $i) (i32.const 8)))
+      (br_if $fill (i32.lt_u (local.get $i) (i32.const 67108864))))
+    (loop $spin
+      (local.set $n (i32.add (local.get $n) (i32.const 1)))
+      (i32.store (i32.const 0) (local.get $n))
+      (br_if $spin (i32.ne (local.get $n) (i32.const -1))))))"#;
+
+fn main() {
+    let pausable = Host::new(HostConfig::default()).expect("host");
+    let plain = Host::new(HostConfig {
+        pausable: false,
+        ..HostConfig::default()
+    })
+    .expect("plain host");
+
+    println!("instrumentation overhead (straight runs, median of 3, interleaved)");
+    println!(
+        "{:<10} {:>10} {:>13} {:>7}",
+        "guest", "plain ms", "pausable ms", "ratio"
+    );
+    let mut ratios = Vec::new();
+    for (name, args) in GUESTS {
+        let wasm = guest(name);
+        // Warm the caches (instrumentation, compilation) outside the timing.
+        pausable.load(&wasm).expect("load");
+        plain.load(&wasm).expect("load");
+        let (mut p, mut i) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            p.push(time_run(&plain, &wasm, name, args).as_secs_f64() * 1e3);
+            i.push(time_run(&pausable, &wasm, name, args).as_secs_f64() * 1e3);
+        }
+        let (pm, im) = (median(p), median(i));
+        ratios.push(im / pm);
+        println!("{:<10} {:>10.1} {:>13.1} {:>7.3}", name, pm, im, im / pm);
+    }
+
+    println!();
+    println!("random pauses (20 per guest, resumed in a fresh instance each time)");
+    println!(
+        "{:<10} {:>7} {:>14} {:>14}",
+        "guest", "pauses", "stop p50 us", "stop p99 us"
+    );
+    let mut stops = Vec::new();
+    for (name, args) in GUESTS {
+        let wasm = guest(name);
+        let module = pausable.load(&wasm).expect("load");
+        let plan = PausePlan {
+            count: 20,
+            seed: 11,
+            min_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(20),
+            fresh_instance: true,
+        };
+        let sink = BufferSink::default();
+        let (_code, report) = run_with_pauses(
+            &pausable,
+            module,
+            spec(name, args),
+            move || Box::new(sink.clone()),
+            &plan,
+        )
+        .expect("paused run");
+        let us: Vec<f64> = report
+            .stop_latency
+            .iter()
+            .map(|d| d.as_secs_f64() * 1e6)
+            .collect();
+        println!(
+            "{:<10} {:>7} {:>14.0} {:>14.0}",
+            name,
+            report.pauses,
+            percentile(us.clone(), 0.5),
+            percentile(us.clone(), 0.99)
+        );
+        stops.extend(us);
+    }
+
+    println!();
+    let module = pausable.load(BIG_WAT.as_bytes()).expect("load big");
+    let (mut cap, mut res, mut enc, mut dec) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let mut job = Job::start(
+            &pausable,
+            Arc::clone(&module),
+            spec("big", &[]),
+            Box::new(BufferSink::default()),
+        )
+        .expect("start");
+        let handle = job.pause_handle();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(150));
+            handle.request();
+        });
+        assert_eq!(job.run().expect("run"), Outcome::Paused);
+        t.join().expect("timer");
+        let t0 = Instant::now();
+        let snap = job.capture().expect("capture");
+        cap.push(t0.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(snap.memory.len(), 64 << 20);
+        drop(job);
+        let t1 = Instant::now();
+        let bytes = snap.encode();
+        enc.push(t1.elapsed().as_secs_f64() * 1e3);
+        let t2 = Instant::now();
+        let decoded = Snapshot::decode(&bytes).expect("decode");
+        dec.push(t2.elapsed().as_secs_f64() * 1e3);
+        let t3 = Instant::now();
+        let restored = Job::restore(
+            &pausable,
+            Arc::clone(&module),
+            &decoded,
+            Vec::new(),
+            &Limits::default(),
+            Box::new(BufferSink::default()),
+        )
+        .expect("restore");
+        res.push(t3.elapsed().as_secs_f64() * 1e3);
+        drop(restored);
+    }
+    let (capture_ms, restore_ms) = (median(cap), median(res));
+    let (encode_ms, decode_ms) = (median(enc), median(dec));
+    println!("64 MiB job (median of 5)");
+    println!("  capture (stopped job -> snapshot in memory) {capture_ms:>8.2} ms");
+    println!("  restore (snapshot -> fresh instance ready)  {restore_ms:>8.2} ms   goal <= 15");
+    println!("  encode to file format                       {encode_ms:>8.2} ms");
+    println!("  decode + verify from file format            {decode_ms:>8.2} ms");
+
+    let overhead_median = median(ratios.clone());
+    let overhead_max = ratios.iter().cloned().fold(f64::MIN, f64::max);
+    let p99 = percentile(stops, 0.99);
+    println!();
+    println!("overhead ratio median {overhead_median:.3} (goal <= 1.15), max {overhead_max:.3}");
+    println!("stop latency p99 {p99:.0} us (goal <= 1000)");
+    println!(
+        "{{\"overhead_ratio_median\":{overhead_median:.4},\"overhead_ratio_max\":{overhead_max:.4},\"pause_latency_us_p99\":{p99:.1},\"capture_ms_64mib\":{capture_ms:.3},\"restore_ms_64mib\":{restore_ms:.3},\"encode_ms_64mib\":{encode_ms:.3},\"decode_ms_64mib\":{decode_ms:.3}}}"
+    );
+}

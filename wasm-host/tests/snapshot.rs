@@ -1,0 +1,145 @@
+//! A snapshot from the network or disk is untrusted: every mutation or truncation must be
+//! refused with a typed error, and restore must never panic.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use wasm_host::drive::{run_and_capture, SplitMix};
+use wasm_host::{
+    BufferSink, Host, HostConfig, HostError, Job, JobSpec, Limits, Snapshot, SnapshotError,
+};
+
+fn guest(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../guests/out/{name}.wasm"));
+    std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}: run scripts/build-guests first", path.display()))
+}
+
+fn captured() -> (
+    std::sync::Arc<Host>,
+    std::sync::Arc<wasm_host::LoadedModule>,
+    Snapshot,
+) {
+    let host = Host::new(HostConfig::default()).expect("host");
+    let module = host.load(&guest("recurse")).expect("load");
+    let snap = run_and_capture(
+        &host,
+        module.clone(),
+        JobSpec::new(vec!["recurse".into()]),
+        Box::new(BufferSink::default()),
+        Duration::from_millis(150),
+    )
+    .expect("run")
+    .expect("still running after 150 ms");
+    (host, module, snap)
+}
+
+#[test]
+fn every_mutation_and_truncation_is_refused() {
+    let (_host, _module, snap) = captured();
+    let bytes = snap.encode();
+    assert_eq!(
+        Snapshot::decode(&bytes).expect("intact snapshot decodes"),
+        snap
+    );
+    let mut rng = SplitMix(99);
+    for _ in 0..2000 {
+        let mut m = bytes.clone();
+        let at = rng.between(0, m.len() as u64 - 1) as usize;
+        let flip = rng.between(1, 255) as u8;
+        m[at] ^= flip;
+        let err = Snapshot::decode(&m).expect_err("mutated snapshot accepted");
+        assert!(
+            matches!(
+                err,
+                SnapshotError::Checksum | SnapshotError::BadMagic | SnapshotError::Version { .. }
+            ),
+            "unexpected error for a flipped byte at {at}: {err}"
+        );
+    }
+    let mut lengths: Vec<usize> = (0..64).collect();
+    for _ in 0..500 {
+        lengths.push(rng.between(0, bytes.len() as u64 - 1) as usize);
+    }
+    lengths.push(bytes.len() - 1);
+    for len in lengths {
+        assert!(
+            Snapshot::decode(&bytes[..len]).is_err(),
+            "truncation to {len} bytes accepted"
+        );
+    }
+}
+
+/// Mutations behind a valid checksum (a hostile sender can compute one) still give
+/// typed errors from decode or restore, never a panic.
+#[test]
+fn resealed_mutations_give_typed_errors() {
+    let (host, module, snap) = captured();
+    let bytes = snap.encode();
+    let manifest_len = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes")) as usize;
+    let mut rng = SplitMix(7);
+    let mut refused = 0;
+    for _ in 0..300 {
+        let mut m = bytes[..bytes.len() - 32].to_vec();
+        let at = 16 + rng.between(0, manifest_len as u64 - 1) as usize;
+        m[at] = rng.next_u64() as u8;
+        let sum = blake3::hash(&m);
+        m.extend_from_slice(sum.as_bytes());
+        match Snapshot::decode(&m) {
+            Err(_) => refused += 1,
+            Ok(s) => {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let _ = dir;
+                match Job::restore(
+                    &host,
+                    module.clone(),
+                    &s,
+                    Vec::new(),
+                    &Limits::default(),
+                    Box::new(BufferSink::default()),
+                ) {
+                    Ok(_) | Err(_) => {}
+                }
+            }
+        }
+    }
+    assert!(refused > 0, "no resealed mutation was refused");
+}
+
+#[test]
+fn snapshot_of_another_module_is_refused() {
+    let (host, _module, snap) = captured();
+    let other = host.load(&guest("sieve")).expect("load sieve");
+    let err = Job::restore(
+        &host,
+        other,
+        &snap,
+        Vec::new(),
+        &Limits::default(),
+        Box::new(BufferSink::default()),
+    )
+    .err()
+    .expect("restore into another module must fail");
+    assert!(
+        matches!(
+            err,
+            HostError::Snapshot(SnapshotError::ModuleMismatch { .. })
+        ),
+        "got {err}"
+    );
+}
+
+#[test]
+fn bad_magic_and_version_are_named() {
+    let (_h, _m, snap) = captured();
+    let mut bytes = snap.encode();
+    assert_eq!(
+        Snapshot::decode(b"NOTASNAPSHOT-AT-ALL-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"),
+        Err(SnapshotError::BadMagic)
+    );
+    bytes[8] = 99;
+    assert!(matches!(
+        Snapshot::decode(&bytes),
+        Err(SnapshotError::Version { found: 99, .. })
+    ));
+}
