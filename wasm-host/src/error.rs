@@ -23,8 +23,10 @@ pub enum HostError {
     Engine(String),
     #[error("job trapped: {0}")]
     Trap(String),
-    #[error("job exceeded its CPU limit of {0} ms")]
-    CpuLimit(u64),
+    #[error("job exceeded its CPU limit")]
+    CpuLimit,
+    #[error("job was killed")]
+    Killed,
     #[error("job exceeded its memory limit of {0} bytes")]
     MemoryLimit(u64),
     #[error("invalid snapshot: {0}")]

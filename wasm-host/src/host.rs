@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use wasmtime::{Config, Engine, Module};
 
@@ -32,13 +31,11 @@ pub struct HostConfig {
     /// Where instrumented and compiled modules are cached on disk (None: memory only).
     pub cache_dir: Option<PathBuf>,
     pub instrument: InstrumentOptions,
-    /// Runs instrumented, pausable jobs (epoch interruption on). `false` gives a plain
-    /// engine for baselines: modules run exactly as given and cannot be paused.
+    /// Runs instrumented, pausable jobs. `false` runs modules exactly as given (for
+    /// baselines): they cannot be paused, killed or limited in time.
     pub pausable: bool,
     /// Native stack available to wasm (deep recursion needs more than wasmtime's 512 KiB).
     pub max_wasm_stack: usize,
-    /// Period of the epoch ticker that enforces CPU limits.
-    pub tick: Duration,
 }
 
 impl Default for HostConfig {
@@ -48,7 +45,6 @@ impl Default for HostConfig {
             instrument: InstrumentOptions::default(),
             pausable: true,
             max_wasm_stack: 2 << 20,
-            tick: Duration::from_millis(10),
         }
     }
 }
@@ -95,14 +91,6 @@ pub struct Host {
     fingerprint: String,
     loaded: Mutex<HashMap<Hash32, Arc<LoadedModule>>>,
     instrumented_by_original: Mutex<HashMap<Hash32, Hash32>>,
-    ticker_stop: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        self.ticker_stop
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-    }
 }
 
 struct Blake3Hasher(blake3::Hasher);
@@ -118,42 +106,20 @@ impl Hasher for Blake3Hasher {
 impl Host {
     pub fn new(config: HostConfig) -> Result<Arc<Host>, HostError> {
         let mut c = Config::new();
-        c.epoch_interruption(config.pausable)
-            .max_wasm_stack(config.max_wasm_stack)
+        c.max_wasm_stack(config.max_wasm_stack)
             .wasm_backtrace_max_frames(std::num::NonZeroUsize::new(1 << 24))
             .wasm_multi_value(true)
             .wasm_bulk_memory(true)
-            .wasm_simd(true);
+            .wasm_simd(true)
+            .wasm_multi_memory(true);
         let engine = Engine::new(&c).map_err(|e| HostError::Engine(e.to_string()))?;
         let fingerprint = engine_fingerprint(&engine);
-        let ticker_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        if config.pausable {
-            let weak = engine.weak();
-            let stop = ticker_stop.clone();
-            let tick = config.tick;
-            std::thread::Builder::new()
-                .name("roam-epoch".into())
-                .spawn(move || {
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        std::thread::sleep(tick);
-                        match weak.upgrade() {
-                            Some(e) => e.increment_epoch(),
-                            None => break,
-                        }
-                    }
-                })
-                .map_err(|e| HostError::Io {
-                    context: "starting the epoch ticker".into(),
-                    source: e,
-                })?;
-        }
         Ok(Arc::new(Host {
             engine,
             config,
             fingerprint,
             loaded: Mutex::new(HashMap::new()),
             instrumented_by_original: Mutex::new(HashMap::new()),
-            ticker_stop,
         }))
     }
 

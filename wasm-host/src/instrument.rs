@@ -32,14 +32,24 @@ use crate::error::HostError;
 
 /// Module and field name of the yield import the pass adds.
 pub const YIELD_MODULE: &str = "roam";
-/// Field name of the yield import.
+/// Field name of the yield import (may unwind: Asyncify instruments its callers).
 pub const YIELD_NAME: &str = "yield";
-/// Export name of the pause flag global.
+/// Field name of the poll import (never unwinds: a kill or preemption point only).
+pub const POLL_NAME: &str = "poll";
+/// Export name of the global that pass 1 uses for the unwind flag.
 pub const PAUSE_GLOBAL: &str = "__roam_pause";
+/// Export name of the global that pass 1 uses for the poll flag.
+pub const POLL_GLOBAL: &str = "__roam_pollflag";
+/// Export name of the one-page flag memory that replaces both globals after Asyncify.
+/// Byte [`FLAG_UNWIND`] asks yield points to unwind; byte [`FLAG_POLL`] asks every check,
+/// call-free loops included, to call the host (kill, CPU limit, preemption).
+pub const FLAG_MEMORY: &str = "__roam_flags";
+pub const FLAG_UNWIND: usize = 0;
+pub const FLAG_POLL: usize = 1;
 /// Prefix of the exports the pass adds for mutable globals that were not exported.
 pub const GLOBAL_EXPORT_PREFIX: &str = "__roam_g";
 /// Bumped whenever the instrumentation output changes; part of the cache key.
-pub const INSTRUMENT_VERSION: u32 = 1;
+pub const INSTRUMENT_VERSION: u32 = 3;
 
 /// Bytes of the Asyncify data header `{ current: i32, end: i32 }`.
 pub const ASYNCIFY_HEADER: u32 = 8;
@@ -49,6 +59,8 @@ pub const ASYNCIFY_HEADER: u32 = 8;
 pub struct InstrumentStats {
     pub functions: u32,
     pub loop_checks: u32,
+    /// Loops without calls, left unchecked.
+    pub leaf_loops: u32,
     pub import_call_checks: u32,
     pub entry_checks: u32,
 }
@@ -101,6 +113,7 @@ pub fn accepted_features() -> WasmFeatures {
         | WasmFeatures::FLOATS
         | WasmFeatures::CALL_INDIRECT_OVERLONG
         | WasmFeatures::BULK_MEMORY_OPT
+        | WasmFeatures::MULTI_MEMORY
 }
 
 /// Validates `wasm` (binary or WAT text) and returns the binary form.
@@ -128,7 +141,8 @@ pub fn yield_points_only(wasm: &[u8]) -> Result<(Vec<u8>, InstrumentStats), Host
 pub fn instrument(wasm: &[u8], opts: &InstrumentOptions) -> Result<Instrumented, HostError> {
     let scan = Scan::new(wasm)?;
     let (yield_points, stats) = add_yield_points(wasm, &scan)?;
-    let bytes = run_asyncify(&yield_points, opts)?;
+    let asyncified = run_asyncify(&yield_points, opts)?;
+    let bytes = add_flag_memory(&asyncified)?;
     describe(bytes, stats)
 }
 
@@ -175,11 +189,11 @@ pub fn describe(bytes: Vec<u8>, stats: InstrumentStats) -> Result<Instrumented, 
                                 .get(e.index as usize)
                                 .copied()
                                 .unwrap_or(false)
-                                && e.name != PAUSE_GLOBAL =>
+                                && e.name != PAUSE_GLOBAL
+                                && e.name != POLL_GLOBAL
+                                && !state_globals.iter().any(|(i, _)| *i == e.index) =>
                         {
-                            if !state_globals.iter().any(|(i, _)| *i == e.index) {
-                                state_globals.push((e.index, e.name.to_string()));
-                            }
+                            state_globals.push((e.index, e.name.to_string()));
                         }
                         ExternalKind::Memory if e.index == 0 && memory_export.is_none() => {
                             memory_export = Some(e.name.to_string())
@@ -481,7 +495,9 @@ fn add_yield_points(wasm: &[u8], scan: &Scan) -> Result<(Vec<u8>, InstrumentStat
         scan,
         yield_type: scan.type_count,
         yield_func: scan.imported_funcs,
+        poll_func: scan.imported_funcs + 1,
         pause_global: scan.total_globals,
+        poll_global: scan.total_globals + 1,
         next_defined: 0,
         emitted: SectionsPresent::default(),
         stats: InstrumentStats::default(),
@@ -498,13 +514,25 @@ struct YieldPointRewriter<'a> {
     scan: &'a Scan,
     yield_type: u32,
     yield_func: u32,
+    poll_func: u32,
     pause_global: u32,
+    poll_global: u32,
     next_defined: usize,
     emitted: SectionsPresent,
     stats: InstrumentStats,
 }
 
 impl YieldPointRewriter<'_> {
+    /// A poll point in a call-free loop: never unwinds, so Asyncify leaves the loop alone.
+    fn emit_poll(&mut self, f: &mut wasm_encoder::Function) {
+        f.instruction(&wasm_encoder::Instruction::GlobalGet(self.poll_global));
+        f.instruction(&wasm_encoder::Instruction::If(
+            wasm_encoder::BlockType::Empty,
+        ));
+        f.instruction(&wasm_encoder::Instruction::Call(self.poll_func));
+        f.instruction(&wasm_encoder::Instruction::End);
+    }
+
     fn emit_check(&mut self, f: &mut wasm_encoder::Function) {
         f.instruction(&wasm_encoder::Instruction::GlobalGet(self.pause_global));
         f.instruction(&wasm_encoder::Instruction::If(
@@ -525,18 +553,25 @@ impl YieldPointRewriter<'_> {
             YIELD_NAME,
             wasm_encoder::EntityType::Function(self.yield_type),
         );
+        imports.import(
+            YIELD_MODULE,
+            POLL_NAME,
+            wasm_encoder::EntityType::Function(self.yield_type),
+        );
         self.emitted.imports = true;
     }
 
     fn add_globals(&mut self, globals: &mut wasm_encoder::GlobalSection) {
-        globals.global(
-            wasm_encoder::GlobalType {
-                val_type: wasm_encoder::ValType::I32,
-                mutable: true,
-                shared: false,
-            },
-            &wasm_encoder::ConstExpr::i32_const(0),
-        );
+        for _ in [PAUSE_GLOBAL, POLL_GLOBAL] {
+            globals.global(
+                wasm_encoder::GlobalType {
+                    val_type: wasm_encoder::ValType::I32,
+                    mutable: true,
+                    shared: false,
+                },
+                &wasm_encoder::ConstExpr::i32_const(0),
+            );
+        }
         self.emitted.globals = true;
     }
 
@@ -545,6 +580,11 @@ impl YieldPointRewriter<'_> {
             PAUSE_GLOBAL,
             wasm_encoder::ExportKind::Global,
             self.pause_global,
+        );
+        exports.export(
+            POLL_GLOBAL,
+            wasm_encoder::ExportKind::Global,
+            self.poll_global,
         );
         for g in &self.scan.globals_to_export {
             exports.export(
@@ -585,7 +625,7 @@ impl Reencode for YieldPointRewriter<'_> {
 
     fn function_index(&mut self, func: u32) -> Result<u32, reencode::Error<Infallible>> {
         Ok(if func >= self.scan.imported_funcs {
-            func + 1
+            func + 2
         } else {
             func
         })
@@ -695,19 +735,234 @@ impl Reencode for YieldPointRewriter<'_> {
             self.emit_check(&mut f);
             self.stats.entry_checks += 1;
         }
+        let loops_with_calls = loops_containing_calls(&func)?;
+        let mut loop_index = 0usize;
         let mut reader = func.get_operators_reader()?;
         while !reader.eof() {
             let op = reader.read()?;
             match op {
                 Operator::Loop { .. } => {
                     f.instruction(&self.instruction(op)?);
-                    self.emit_check(&mut f);
-                    self.stats.loop_checks += 1;
+                    // Call-free loops get a poll point, not a yield point: were they able
+                    // to unwind, Asyncify would guard their bodies, which costs more than
+                    // anything else. A pause waits for the loop to end.
+                    if loops_with_calls.get(loop_index).copied().unwrap_or(true) {
+                        self.emit_check(&mut f);
+                        self.stats.loop_checks += 1;
+                    } else {
+                        self.emit_poll(&mut f);
+                        self.stats.leaf_loops += 1;
+                    }
+                    loop_index += 1;
                 }
                 Operator::Call { function_index } if function_index < self.scan.imported_funcs => {
                     self.emit_check(&mut f);
                     self.stats.import_call_checks += 1;
                     f.instruction(&self.instruction(op)?);
+                }
+                _ => {
+                    f.instruction(&self.instruction(op)?);
+                }
+            }
+        }
+        code.function(&f);
+        Ok(())
+    }
+}
+
+/// For each loop of a function body, in order of appearance: does its body contain a call?
+fn loops_containing_calls(
+    func: &wasmparser::FunctionBody<'_>,
+) -> Result<Vec<bool>, wasmparser::BinaryReaderError> {
+    let mut result = Vec::new();
+    // Open blocks: Some(index into result) for loops, None for other blocks.
+    let mut open: Vec<Option<usize>> = Vec::new();
+    for op in func.get_operators_reader()? {
+        match op? {
+            Operator::Loop { .. } => {
+                open.push(Some(result.len()));
+                result.push(false);
+            }
+            Operator::Block { .. }
+            | Operator::If { .. }
+            | Operator::Try { .. }
+            | Operator::TryTable { .. } => open.push(None),
+            Operator::End => {
+                open.pop();
+            }
+            Operator::Call { .. }
+            | Operator::CallIndirect { .. }
+            | Operator::CallRef { .. }
+            | Operator::ReturnCall { .. }
+            | Operator::ReturnCallIndirect { .. }
+            | Operator::ReturnCallRef { .. } => {
+                for l in open.iter().flatten() {
+                    result[*l] = true;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(result)
+}
+
+/// Pass 3: the two flag globals become bytes of a one-page memory of their own, which
+/// the host can set from any thread while the job runs (a global can only be written
+/// through the store, i.e. from the job's own thread). Binaryen 108 predates
+/// multi-memory, hence a pass after it.
+fn add_flag_memory(wasm: &[u8]) -> Result<Vec<u8>, HostError> {
+    let bad = |e: wasmparser::BinaryReaderError| HostError::InvalidModule(e.to_string());
+    let (mut pause, mut poll) = (None, None);
+    let mut memories = 0u32;
+    let mut has_memory_section = false;
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        match payload.map_err(bad)? {
+            Payload::ImportSection(s) => {
+                for imp in s.into_imports() {
+                    if matches!(imp.map_err(bad)?.ty, TypeRef::Memory(_)) {
+                        memories += 1;
+                    }
+                }
+            }
+            Payload::MemorySection(s) => {
+                has_memory_section = true;
+                memories += s.count();
+            }
+            Payload::ExportSection(s) => {
+                for e in s {
+                    let e = e.map_err(bad)?;
+                    if e.kind == ExternalKind::Global && e.name == PAUSE_GLOBAL {
+                        pause = Some(e.index);
+                    }
+                    if e.kind == ExternalKind::Global && e.name == POLL_GLOBAL {
+                        poll = Some(e.index);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let (Some(pause), Some(poll)) = (pause, poll) else {
+        return Err(HostError::InvalidModule(
+            "flag globals missing after Asyncify".into(),
+        ));
+    };
+    let mut rewriter = FlagMemoryRewriter {
+        pause,
+        poll,
+        flag_memory: memories,
+        has_memory_section,
+        emitted_memory: false,
+    };
+    let mut module = wasm_encoder::Module::new();
+    rewriter
+        .parse_core_module(&mut module, wasmparser::Parser::new(0), wasm)
+        .map_err(|e| HostError::InvalidModule(format!("flag memory pass failed: {e}")))?;
+    Ok(module.finish())
+}
+
+struct FlagMemoryRewriter {
+    pause: u32,
+    poll: u32,
+    flag_memory: u32,
+    has_memory_section: bool,
+    emitted_memory: bool,
+}
+
+impl FlagMemoryRewriter {
+    fn add_memory(&mut self, memories: &mut wasm_encoder::MemorySection) {
+        memories.memory(wasm_encoder::MemoryType {
+            minimum: 1,
+            maximum: Some(1),
+            memory64: false,
+            shared: false,
+            page_size_log2: None,
+        });
+        self.emitted_memory = true;
+    }
+}
+
+impl Reencode for FlagMemoryRewriter {
+    type Error = String;
+
+    fn parse_memory_section(
+        &mut self,
+        memories: &mut wasm_encoder::MemorySection,
+        section: wasmparser::MemorySectionReader<'_>,
+    ) -> Result<(), reencode::Error<String>> {
+        reencode::utils::parse_memory_section(self, memories, section)?;
+        self.add_memory(memories);
+        Ok(())
+    }
+
+    fn parse_export_section(
+        &mut self,
+        exports: &mut wasm_encoder::ExportSection,
+        section: wasmparser::ExportSectionReader<'_>,
+    ) -> Result<(), reencode::Error<String>> {
+        reencode::utils::parse_export_section(self, exports, section)?;
+        exports.export(
+            FLAG_MEMORY,
+            wasm_encoder::ExportKind::Memory,
+            self.flag_memory,
+        );
+        Ok(())
+    }
+
+    fn intersperse_section_hook(
+        &mut self,
+        module: &mut wasm_encoder::Module,
+        _after: Option<wasm_encoder::SectionId>,
+        before: Option<wasm_encoder::SectionId>,
+    ) -> Result<(), reencode::Error<String>> {
+        let before_rank = match before {
+            Some(id) => match section_rank(id) {
+                Some(r) => r,
+                None => return Ok(()),
+            },
+            None => u8::MAX,
+        };
+        if !self.has_memory_section && !self.emitted_memory && before_rank > 5 {
+            let mut s = wasm_encoder::MemorySection::new();
+            self.add_memory(&mut s);
+            module.section(&s);
+        }
+        Ok(())
+    }
+
+    fn parse_function_body(
+        &mut self,
+        code: &mut wasm_encoder::CodeSection,
+        func: wasmparser::FunctionBody<'_>,
+    ) -> Result<(), reencode::Error<String>> {
+        let mut f = self.new_function_with_parsed_locals(&func)?;
+        let mut reader = func.get_operators_reader()?;
+        while !reader.eof() {
+            let op = reader.read()?;
+            match op {
+                Operator::GlobalGet { global_index }
+                    if global_index == self.pause || global_index == self.poll =>
+                {
+                    let offset = if global_index == self.pause {
+                        FLAG_UNWIND
+                    } else {
+                        FLAG_POLL
+                    };
+                    f.instruction(&wasm_encoder::Instruction::I32Const(0));
+                    f.instruction(&wasm_encoder::Instruction::I32Load8U(
+                        wasm_encoder::MemArg {
+                            offset: offset as u64,
+                            align: 0,
+                            memory_index: self.flag_memory,
+                        },
+                    ));
+                }
+                Operator::GlobalSet { global_index }
+                    if global_index == self.pause || global_index == self.poll =>
+                {
+                    return Err(reencode::Error::UserError(
+                        "module writes a roam flag global".into(),
+                    ));
                 }
                 _ => {
                     f.instruction(&self.instruction(op)?);
@@ -827,22 +1082,78 @@ mod tests {
                 local.get 0
                 if (result i32) local.get 0 i32.const 1 i32.sub call $rec else i32.const 0 end)
             (func $main (export "_start")
-                (loop $l (br_if $l (i32.const 0)))
+                (loop $leaf (br_if $leaf (i32.const 0)))
+                (loop $l (br_if $l (i32.eqz (call $rec (i32.const 1)))))
                 i32.const 3 call $rec call $exit))"#;
         let bytes = parse_module_bytes(wat.as_bytes()).expect("valid");
         let scan = Scan::new(&bytes).expect("scan");
         assert_eq!(scan.entry_check, vec![true, false]);
         let (out, stats) = add_yield_points(&bytes, &scan).expect("rewrite");
-        assert_eq!(stats.loop_checks, 1);
+        assert_eq!(
+            stats.loop_checks, 1,
+            "the loop with a call gets a yield check"
+        );
+        assert_eq!(stats.leaf_loops, 1, "the call-free loop gets a poll check");
         assert_eq!(stats.import_call_checks, 1);
         assert_eq!(stats.entry_checks, 1);
         Validator::new_with_features(accepted_features())
             .validate_all(&out)
             .expect("rewritten module validates");
         let imports = function_imports(&out).expect("imports");
+        let roam: Vec<&str> = imports
+            .iter()
+            .filter(|(m, _)| m == "roam")
+            .map(|(_, n)| n.as_str())
+            .collect();
+        assert_eq!(roam, vec!["yield", "poll"]);
+    }
+
+    #[test]
+    fn flag_globals_become_a_flag_memory() {
+        let wat = r#"(module
+            (memory 1)
+            (func $f (result i32) i32.const 1)
+            (func (export "_start") (loop $l (br_if $l (i32.eqz (call $f))))))"#;
+        let bytes = parse_module_bytes(wat.as_bytes()).expect("valid");
+        let full = match instrument(&bytes, &InstrumentOptions::default()) {
+            Ok(f) => f,
+            Err(HostError::WasmOptMissing(p)) => panic!("wasm-opt missing at {}", p.display()),
+            Err(e) => panic!("instrument: {e}"),
+        };
+        let mut flag_globals = Vec::new();
+        let mut flag_loads = 0;
+        let mut flag_global_reads = 0;
+        for payload in wasmparser::Parser::new(0).parse_all(&full.bytes) {
+            match payload.expect("payload") {
+                Payload::ExportSection(s) => {
+                    for e in s {
+                        let e = e.expect("export");
+                        if e.name == PAUSE_GLOBAL || e.name == POLL_GLOBAL {
+                            flag_globals.push(e.index);
+                        }
+                    }
+                }
+                Payload::CodeSectionEntry(body) => {
+                    for op in body.get_operators_reader().expect("ops") {
+                        match op.expect("op") {
+                            Operator::I32Load8U { memarg } if memarg.memory == 1 => flag_loads += 1,
+                            Operator::GlobalGet { global_index }
+                                if flag_globals.contains(&global_index) =>
+                            {
+                                flag_global_reads += 1
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(flag_globals.len(), 2);
+        assert!(flag_loads >= 1, "the loop check reads the flag memory");
         assert_eq!(
-            imports.last().map(|(m, n)| (m.as_str(), n.as_str())),
-            Some(("roam", "yield"))
+            flag_global_reads, 0,
+            "no check reads the flag globals any more"
         );
     }
 }

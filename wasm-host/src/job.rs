@@ -1,10 +1,9 @@
 //! One running job: start, pause, capture, resume.
 //!
-//! Pausing works in three hops, all on the job's own thread except the first:
-//! 1. [`PauseHandle::request`] (any thread) sets a flag and bumps the engine epoch.
-//! 2. wasmtime's epoch check at the next loop header or function entry calls our epoch
-//!    callback, which sets the guest's `__roam_pause` global.
-//! 3. The guest's next yield check calls `roam.yield`, which starts an Asyncify unwind
+//! Pausing works in two hops:
+//! 1. [`PauseHandle::request`] (any thread) sets byte 0 of the job's one-page flag memory
+//!    (added by the instrumentation, see [`crate::instrument`]).
+//! 2. The guest's next yield check reads it and calls `roam.yield`, which starts an Asyncify unwind
 //!    into a scratch area at the top of linear memory. When the entry function returns,
 //!    the runner stops the unwind, copies the unwound stack out and puts the scratch
 //!    bytes back, so linear memory is exactly what the guest had at the yield point.
@@ -18,14 +17,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::sync::Mutex;
+
 use wasmtime::{
     Caller, Global, Instance, Linker, Memory, Store, StoreLimits, StoreLimitsBuilder, TypedFunc,
-    UpdateDeadline, Val, WasmBacktrace,
+    Val, WasmBacktrace,
 };
 
 use crate::error::{HostError, SnapshotError};
 use crate::host::{hex, Host, LoadedModule};
-use crate::instrument::{ASYNCIFY_HEADER, PAUSE_GLOBAL, YIELD_MODULE, YIELD_NAME};
+use crate::instrument::{
+    ASYNCIFY_HEADER, FLAG_MEMORY, FLAG_POLL, FLAG_UNWIND, POLL_NAME, YIELD_MODULE, YIELD_NAME,
+};
 use crate::snapshot::{GlobalValue, Snapshot};
 use crate::wasi::{self, GuestExit, OutputSink, Preopen, WasiCtx};
 
@@ -38,7 +41,7 @@ const ASYNCIFY_REWINDING: i32 = 2;
 pub struct Limits {
     /// Largest linear memory the job may grow to.
     pub memory_bytes: Option<u64>,
-    /// Wall-clock time the job may spend running (checked at epoch ticks).
+    /// Wall-clock time the job may spend running, summed over all its runs.
     pub cpu: Option<Duration>,
     /// Largest total size of files a snapshot may carry (default 1 GiB).
     pub snapshot_files_bytes: Option<u64>,
@@ -80,21 +83,56 @@ pub enum Outcome {
     Paused,
 }
 
-/// Requests a pause of a running job from any thread.
+/// Why the poll byte was set.
+const ABORT_CPU: u8 = 1;
+const ABORT_KILL: u8 = 2;
+
+/// The address of a job's flag memory, while the job is alive.
+struct FlagSlot {
+    ptr: Mutex<usize>,
+}
+
+impl FlagSlot {
+    fn set(&self, index: usize, value: u8) -> bool {
+        let Ok(ptr) = self.ptr.lock() else {
+            return false;
+        };
+        if *ptr == 0 {
+            return false;
+        }
+        // SAFETY: `ptr` is the base of the job's flag memory (one page that never grows),
+        // valid until `Job::drop` zeroes it under this same lock. The guest reads these
+        // bytes with plain loads; a byte store is atomic on every target wasmtime runs on.
+        unsafe {
+            (*((*ptr + index) as *const std::sync::atomic::AtomicU8)).store(value, Ordering::SeqCst)
+        };
+        true
+    }
+}
+
+/// Requests a pause (or an abort) of a running job from any thread.
 #[derive(Clone)]
 pub struct PauseHandle {
-    flag: Arc<AtomicBool>,
-    engine: wasmtime::Engine,
+    slot: Arc<FlagSlot>,
+    requested: Arc<AtomicBool>,
 }
 
 impl PauseHandle {
     /// Asks the job to stop at its next yield point. Returns at once.
     pub fn request(&self) {
-        self.flag.store(true, Ordering::SeqCst);
-        self.engine.increment_epoch();
+        self.requested.store(true, Ordering::SeqCst);
+        self.slot.set(FLAG_UNWIND, 1);
     }
     pub fn is_requested(&self) -> bool {
-        self.flag.load(Ordering::SeqCst)
+        self.requested.load(Ordering::SeqCst)
+    }
+    /// Stops the job at its next check (loops included) with an error.
+    pub fn kill(&self) {
+        self.abort(ABORT_KILL);
+    }
+    fn abort(&self, reason: u8) {
+        self.slot.set(FLAG_POLL, reason);
+        self.slot.set(FLAG_UNWIND, 1);
     }
 }
 
@@ -119,12 +157,12 @@ pub struct JobData {
     pub(crate) memory: Option<Memory>,
     limits: StoreLimits,
     pause: Arc<AtomicBool>,
-    pause_global: Option<Global>,
+    flags: Option<Memory>,
     asyncify: Option<Asyncify>,
     frame_bounds: Arc<Vec<u32>>,
     scratch: Option<Scratch>,
-    cpu_limit: Option<(Instant, Duration)>,
-    cpu_exceeded: bool,
+    /// The abort reason a check saw, if any.
+    aborted: Option<u8>,
     /// Time the last pause request was seen by the yield point (for latency figures).
     pub(crate) pause_seen: Option<Instant>,
 }
@@ -150,6 +188,16 @@ pub struct Job {
     stack: Vec<u8>,
     pause: PauseHandle,
     snapshot_files_limit: u64,
+    cpu_limit: Option<Duration>,
+    cpu_used: Duration,
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.pause.slot.ptr.lock() {
+            *p = 0;
+        }
+    }
 }
 
 impl Job {
@@ -227,7 +275,7 @@ impl Job {
             memory: None,
             limits: store_limits.build(),
             pause: pause_flag.clone(),
-            pause_global: None,
+            flags: None,
             asyncify: None,
             frame_bounds: Arc::new(
                 module
@@ -237,35 +285,19 @@ impl Job {
                     .unwrap_or_default(),
             ),
             scratch: None,
-            cpu_limit: limits.cpu.map(|d| (Instant::now(), d)),
-            cpu_exceeded: false,
+            aborted: None,
             pause_seen: None,
         };
         let mut store = Store::new(engine, data);
         store.limiter(|d| &mut d.limits);
-        if host.is_pausable() {
-            store.set_epoch_deadline(1);
-            store.epoch_deadline_callback(|mut ctx| {
-                let data = ctx.data_mut();
-                if let Some((started, limit)) = data.cpu_limit {
-                    if started.elapsed() > limit {
-                        data.cpu_exceeded = true;
-                        return Ok(UpdateDeadline::Interrupt);
-                    }
-                }
-                if data.pause.load(Ordering::SeqCst) {
-                    if let Some(g) = data.pause_global {
-                        g.set(&mut ctx, Val::I32(1))?;
-                    }
-                }
-                Ok(UpdateDeadline::Continue(1))
-            });
-        }
 
         let mut linker: Linker<JobData> = Linker::new(engine);
         wasi::add_to_linker(&mut linker).map_err(|e| HostError::Engine(e.to_string()))?;
         linker
             .func_wrap(YIELD_MODULE, YIELD_NAME, yield_point)
+            .map_err(|e| HostError::Engine(e.to_string()))?;
+        linker
+            .func_wrap(YIELD_MODULE, POLL_NAME, poll_point)
             .map_err(|e| HostError::Engine(e.to_string()))?;
         let unknown: Vec<String> = module
             .module
@@ -325,10 +357,14 @@ impl Job {
                         .typed(&store)
                         .map_err(typed)?,
                 };
-                let pause_global = instance.get_global(&mut store, PAUSE_GLOBAL);
+                let flags = instance
+                    .get_memory(&mut store, FLAG_MEMORY)
+                    .ok_or_else(|| {
+                        HostError::InvalidModule(format!("export `{FLAG_MEMORY}` missing"))
+                    })?;
                 let data = store.data_mut();
                 data.asyncify = Some(asyncify);
-                data.pause_global = pause_global;
+                data.flags = Some(flags);
                 info.memory_export.clone()
             }
             None => "memory".to_string(),
@@ -337,9 +373,16 @@ impl Job {
             .get_memory(&mut store, &memory_name)
             .ok_or_else(|| HostError::InvalidModule("module exports no memory".into()))?;
         store.data_mut().memory = Some(memory);
+        let flag_ptr = store
+            .data()
+            .flags
+            .map(|m| m.data_ptr(&store) as usize)
+            .unwrap_or(0);
         let pause = PauseHandle {
-            flag: pause_flag,
-            engine: engine.clone(),
+            slot: Arc::new(FlagSlot {
+                ptr: Mutex::new(flag_ptr),
+            }),
+            requested: pause_flag,
         };
         Ok(Job {
             store,
@@ -351,6 +394,8 @@ impl Job {
             stack: Vec::new(),
             pause,
             snapshot_files_limit: limits.snapshot_files_bytes.unwrap_or(1 << 30),
+            cpu_limit: limits.cpu,
+            cpu_used: Duration::ZERO,
         })
     }
 
@@ -381,7 +426,24 @@ impl Job {
             Phase::Exited(code) => return Ok(Outcome::Exited(code)),
             Phase::Failed => return Err(HostError::State("job failed earlier")),
         }
+        let watchdog = self.cpu_limit.map(|limit| {
+            let left = limit.saturating_sub(self.cpu_used);
+            let handle = self.pause.clone();
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let thread = std::thread::spawn(move || {
+                if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(left) {
+                    handle.abort(ABORT_CPU);
+                }
+            });
+            (tx, thread)
+        });
+        let started = Instant::now();
         let result = self.entry.call(&mut self.store, ());
+        self.cpu_used += started.elapsed();
+        if let Some((tx, thread)) = watchdog {
+            drop(tx);
+            let _ = thread.join();
+        }
         match result {
             Ok(()) => {
                 let unwinding = match self.store.data().asyncify.clone() {
@@ -449,7 +511,7 @@ impl Job {
         }
         self.stack = data[start..current].to_vec();
         data[base..base + scratch.saved.len()].copy_from_slice(&scratch.saved);
-        self.pause.flag.store(false, Ordering::SeqCst);
+        self.pause.requested.store(false, Ordering::SeqCst);
         Ok(())
     }
 
@@ -624,15 +686,33 @@ impl HostError {
 }
 
 fn trap_error(store: &Store<JobData>, e: wasmtime::Error) -> HostError {
-    if store.data().cpu_exceeded {
-        let ms = store
-            .data()
-            .cpu_limit
-            .map(|(_, d)| d.as_millis() as u64)
-            .unwrap_or(0);
-        return HostError::CpuLimit(ms);
+    match store.data().aborted {
+        Some(ABORT_CPU) => HostError::CpuLimit,
+        Some(_) => HostError::Killed,
+        None => HostError::Trap(format!("{e:#}")),
     }
-    HostError::Trap(format!("{e:#}"))
+}
+
+/// Turns a set abort byte into a trap; records why.
+fn check_abort(caller: &mut Caller<'_, JobData>) -> wasmtime::Result<()> {
+    let Some(flags) = caller.data().flags else {
+        return Ok(());
+    };
+    let reason = flags.data(&*caller)[FLAG_POLL];
+    if reason != 0 {
+        caller.data_mut().aborted = Some(reason);
+        return Err(wasmtime::Error::msg(if reason == ABORT_CPU {
+            "CPU limit exceeded"
+        } else {
+            "job killed"
+        }));
+    }
+    Ok(())
+}
+
+/// The `roam.poll` import, called from call-free loops when the poll byte is set.
+fn poll_point(mut caller: Caller<'_, JobData>) -> wasmtime::Result<()> {
+    check_abort(&mut caller)
 }
 
 /// The `roam.yield` import: starts an unwind when a pause was requested, and ends a
@@ -657,8 +737,9 @@ fn yield_point(mut caller: Caller<'_, JobData>) -> wasmtime::Result<()> {
     if state != ASYNCIFY_NORMAL {
         return Err(wasmtime::Error::msg("roam.yield called while unwinding"));
     }
-    if let Some(g) = caller.data().pause_global {
-        g.set(&mut caller, Val::I32(0))?;
+    check_abort(&mut caller)?;
+    if let Some(flags) = caller.data().flags {
+        flags.data_mut(&mut caller)[FLAG_UNWIND] = 0;
     }
     if !caller.data().pause.load(Ordering::SeqCst) {
         return Ok(());

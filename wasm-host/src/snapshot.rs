@@ -148,7 +148,7 @@ impl Snapshot {
         }
         let manifest: Manifest = ciborium::from_reader(&body[16..16 + manifest_len])
             .map_err(|e| SnapshotError::Manifest(e.to_string()))?;
-        if manifest.memory_len > MAX_MEMORY || manifest.memory_len % CHUNK as u64 != 0 {
+        if manifest.memory_len > MAX_MEMORY || !manifest.memory_len.is_multiple_of(CHUNK as u64) {
             return Err(SnapshotError::Bounds {
                 field: "memory_len",
                 detail: format!(
