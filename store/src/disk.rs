@@ -1,0 +1,483 @@
+//! The on-disk tier: one file per chunk, crash-safe.
+//!
+//! Layout under the store directory:
+//! ```text
+//! LOCK                              flock'ed while a Store has the directory open
+//! chunks/ab/<64 hex>                a chunk file: 24-byte header + payload
+//! checkpoints/<job>/<gen>-<seq>-<id> an empty ref file: "checkpoint <id> is listed"
+//! tmp/                              files being written; emptied on open
+//! ```
+//! Every file is written to `tmp/`, fsynced, renamed into place, and the
+//! directory it landed in is fsynced before anything that depends on it is
+//! written (batched: see [`DiskTier::sync_dirs`]). A checkpoint's manifest
+//! chunk is written after all its chunks, and its ref after the manifest, so a
+//! crash at any moment leaves either a fully listed checkpoint or none; what is
+//! left over is unreferenced chunks, which GC removes.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::encoded::{self, Compression, FILE_HEADER_LEN};
+use crate::error::{io_err, Result, StoreError};
+use crate::manifest::CheckpointRef;
+use crate::mem::lock;
+use crate::util::{escape_job, unescape_job};
+use crate::ChunkId;
+
+const SHARDS: usize = 64;
+
+pub(crate) struct DiskTier {
+    root: PathBuf,
+    /// id -> size of its file.
+    index: Box<[Mutex<HashMap<ChunkId, u64>>]>,
+    bytes: AtomicU64,
+    limit: u64,
+    compression: Compression,
+    tmp_counter: AtomicU64,
+    /// Directories that received a rename and still need an fsync. The lock
+    /// is held while syncing, so whoever returns from `sync_dirs` knows every
+    /// rename made before the call is durable.
+    pending_dirs: Mutex<BTreeSet<PathBuf>>,
+    _lock: File,
+}
+
+/// What `open` found besides the chunks.
+pub(crate) struct Scan {
+    pub refs: Vec<CheckpointRef>,
+}
+
+fn shard_of(id: &ChunkId) -> usize {
+    id.0[1] as usize % SHARDS
+}
+
+fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(dir))
+}
+
+pub(crate) fn ref_name(r: &CheckpointRef) -> String {
+    format!("{:020}-{:020}-{}", r.generation, r.seq, r.id)
+}
+
+pub(crate) fn parse_ref_name(job: &str, name: &str) -> Option<CheckpointRef> {
+    let mut parts = name.split('-');
+    let (g, s, h) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || g.len() != 20 || s.len() != 20 {
+        return None;
+    }
+    if !g.bytes().chain(s.bytes()).all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let id = ChunkId::from_hex(h)?;
+    if id.to_hex() != h {
+        return None;
+    }
+    Some(CheckpointRef {
+        job: job.to_string(),
+        generation: g.parse().ok()?,
+        seq: s.parse().ok()?,
+        id,
+    })
+}
+
+/// Parse `chunks/ab/<hex>` entries: the id, if the name is canonical and in the
+/// right subdirectory.
+fn parse_chunk_name(sub: &str, name: &str) -> Option<ChunkId> {
+    let id = ChunkId::from_hex(name)?;
+    (id.to_hex() == name && &name[..2] == sub).then_some(id)
+}
+
+impl DiskTier {
+    pub(crate) fn open(
+        root: &Path,
+        limit: u64,
+        compression: Compression,
+    ) -> Result<(DiskTier, Scan)> {
+        fs::create_dir_all(root).map_err(io_err(root))?;
+        let lock_path = root.join("LOCK");
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        // SAFETY: flock on a valid, owned file descriptor.
+        let rc = unsafe { libc::flock(lock_file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == ErrorKind::WouldBlock {
+                return Err(StoreError::Locked(root.to_path_buf()));
+            }
+            return Err(io_err(&lock_path)(e));
+        }
+        let mut created = false;
+        for d in ["chunks", "checkpoints", "tmp"] {
+            let p = root.join(d);
+            if !p.is_dir() {
+                fs::create_dir(&p).map_err(io_err(&p))?;
+                created = true;
+            }
+        }
+        if created {
+            fsync_dir(root)?;
+        }
+        // Stale temporaries of a crashed writer (we hold the lock: no live one).
+        let tmp = root.join("tmp");
+        for e in fs::read_dir(&tmp).map_err(io_err(&tmp))? {
+            let e = e.map_err(io_err(&tmp))?;
+            let p = e.path();
+            if let Err(err) = fs::remove_file(&p) {
+                tracing::warn!(path = %p.display(), %err, "cannot remove stale temporary file");
+            }
+        }
+        let disk = DiskTier {
+            root: root.to_path_buf(),
+            index: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            bytes: AtomicU64::new(0),
+            limit,
+            compression,
+            tmp_counter: AtomicU64::new(0),
+            pending_dirs: Mutex::default(),
+            _lock: lock_file,
+        };
+        let mut total = 0;
+        for (id, _path, size) in disk
+            .walk_chunks()?
+            .into_iter()
+            .filter_map(|(p, id, s)| Some((id?, p, s)))
+        {
+            lock(&disk.index[shard_of(&id)]).insert(id, size);
+            total += size;
+        }
+        disk.bytes.store(total, Ordering::Relaxed);
+        let mut refs = Vec::new();
+        for (path, r) in disk.walk_refs()? {
+            match r {
+                Some(r) if disk.contains(&r.id) => refs.push(r),
+                Some(r) => {
+                    tracing::warn!(path = %path.display(), id = %r.id, "ref without manifest: not listed")
+                }
+                None => tracing::warn!(path = %path.display(), "unrecognised file in checkpoints/"),
+            }
+        }
+        Ok((disk, Scan { refs }))
+    }
+
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub(crate) fn chunk_path(&self, id: &ChunkId) -> PathBuf {
+        let hex = id.to_hex();
+        self.root.join("chunks").join(&hex[..2]).join(hex)
+    }
+
+    fn job_dir(&self, job: &str) -> PathBuf {
+        self.root.join("checkpoints").join(escape_job(job))
+    }
+
+    pub(crate) fn ref_path(&self, r: &CheckpointRef) -> PathBuf {
+        self.job_dir(&r.job).join(ref_name(r))
+    }
+
+    pub(crate) fn contains(&self, id: &ChunkId) -> bool {
+        lock(&self.index[shard_of(id)]).contains_key(id)
+    }
+
+    pub(crate) fn ids(&self) -> Vec<ChunkId> {
+        let mut v = Vec::new();
+        for s in self.index.iter() {
+            v.extend(lock(s).keys().copied());
+        }
+        v
+    }
+
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    pub(crate) fn len(&self) -> u64 {
+        self.index.iter().map(|s| lock(s).len() as u64).sum()
+    }
+
+    /// Write `bytes` to `dest` via tmp + fsync + rename; `dest`'s directory is
+    /// queued for [`sync_dirs`](Self::sync_dirs).
+    fn write_atomic(&self, dest: &Path, bytes: &[u8]) -> Result<()> {
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("{}-{n}", std::process::id()));
+        let res = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .map_err(io_err(&tmp))?;
+            f.write_all(bytes).map_err(io_err(&tmp))?;
+            f.sync_all().map_err(io_err(&tmp))?;
+            match fs::rename(&tmp, dest) {
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    // First file of a `chunks/ab/` subdirectory: create it
+                    // (its parent is fsynced with the next `sync_dirs`).
+                    let dir = dest.parent().ok_or_else(|| io_err(dest)(e))?;
+                    match fs::create_dir(dir) {
+                        Ok(()) => {
+                            if let Some(parent) = dir.parent() {
+                                lock(&self.pending_dirs).insert(parent.to_path_buf());
+                            }
+                        }
+                        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                        Err(e) => return Err(io_err(dir)(e)),
+                    }
+                    fs::rename(&tmp, dest).map_err(io_err(dest))
+                }
+                r => r.map_err(io_err(dest)),
+            }
+        })();
+        if res.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        res?;
+        if let Some(dir) = dest.parent() {
+            lock(&self.pending_dirs).insert(dir.to_path_buf());
+        }
+        Ok(())
+    }
+
+    /// fsync every directory that received a rename since the last call.
+    pub(crate) fn sync_dirs(&self) -> Result<()> {
+        let mut pending = lock(&self.pending_dirs);
+        while let Some(d) = pending.pop_first() {
+            if let Err(e) = fsync_dir(&d) {
+                pending.insert(d);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Store a chunk whose hash the caller has checked. Returns the file size
+    /// when it was written, `None` when already present. The file is durable,
+    /// its directory entry only after the next [`sync_dirs`](Self::sync_dirs).
+    pub(crate) fn write_chunk(&self, id: &ChunkId, data: &[u8]) -> Result<Option<u64>> {
+        if self.contains(id) {
+            return Ok(None);
+        }
+        let file = encoded::encode_file(data, self.compression);
+        let size = file.len() as u64;
+        let before = self.bytes.fetch_add(size, Ordering::Relaxed);
+        if before + size > self.limit {
+            self.bytes.fetch_sub(size, Ordering::Relaxed);
+            return Err(StoreError::Full {
+                needed: size,
+                used: before,
+                limit: self.limit,
+            });
+        }
+        if let Err(e) = self.write_atomic(&self.chunk_path(id), &file) {
+            self.bytes.fetch_sub(size, Ordering::Relaxed);
+            return Err(e);
+        }
+        if lock(&self.index[shard_of(id)]).insert(*id, size).is_some() {
+            // Another thread wrote the same chunk at the same time.
+            self.bytes.fetch_sub(size, Ordering::Relaxed);
+            return Ok(None);
+        }
+        Ok(Some(size))
+    }
+
+    fn read_file(&self, id: &ChunkId, max_len: usize) -> Result<(PathBuf, Vec<u8>)> {
+        let path = self.chunk_path(id);
+        let mut f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Err(StoreError::NotFound(*id)),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let bound = (FILE_HEADER_LEN + zstd::zstd_safe::compress_bound(max_len) + 64) as u64;
+        let len = f.metadata().map_err(io_err(&path))?.len();
+        if len > bound {
+            return Err(self.corrupt(id, &path, format!("file is {len} bytes, over {bound}")));
+        }
+        let mut buf = Vec::with_capacity(len as usize);
+        Read::by_ref(&mut f)
+            .take(bound)
+            .read_to_end(&mut buf)
+            .map_err(io_err(&path))?;
+        Ok((path, buf))
+    }
+
+    fn corrupt(&self, id: &ChunkId, path: &Path, reason: String) -> StoreError {
+        tracing::warn!(%id, path = %path.display(), %reason, "corrupt chunk file");
+        StoreError::Corrupt {
+            id: *id,
+            path: Some(path.to_path_buf()),
+            reason,
+        }
+    }
+
+    /// Read, decode and verify a chunk of at most `max_len` bytes.
+    pub(crate) fn read(&self, id: &ChunkId, max_len: usize) -> Result<Vec<u8>> {
+        let (path, buf) = self.read_file(id, max_len)?;
+        encoded::decode_file(id, &buf, max_len).map_err(|r| self.corrupt(id, &path, r))
+    }
+
+    /// Read, decode and verify a chunk into `dst` (its exact length).
+    pub(crate) fn read_into(&self, id: &ChunkId, dst: &mut [u8]) -> Result<()> {
+        let (path, buf) = self.read_file(id, dst.len())?;
+        encoded::decode_file_into(id, &buf, dst).map_err(|r| self.corrupt(id, &path, r))
+    }
+
+    /// Delete a chunk file; returns the bytes freed.
+    pub(crate) fn remove_chunk(&self, id: &ChunkId) -> Result<u64> {
+        let path = self.chunk_path(id);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&path)(e)),
+        }
+        if let Some(dir) = path.parent() {
+            lock(&self.pending_dirs).insert(dir.to_path_buf());
+        }
+        let size = lock(&self.index[shard_of(id)]).remove(id).unwrap_or(0);
+        self.bytes.fetch_sub(size, Ordering::Relaxed);
+        Ok(size)
+    }
+
+    /// Create the (empty) ref file of `r` and make it durable.
+    pub(crate) fn write_ref(&self, r: &CheckpointRef) -> Result<()> {
+        let dir = self.job_dir(&r.job);
+        if !dir.is_dir() {
+            match fs::create_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err(&dir)(e)),
+            }
+            lock(&self.pending_dirs).insert(self.root.join("checkpoints"));
+        }
+        self.write_atomic(&dir.join(ref_name(r)), &[])?;
+        self.sync_dirs()
+    }
+
+    /// Delete the ref file of `r` (durable after the next `sync_dirs`).
+    pub(crate) fn remove_ref(&self, r: &CheckpointRef) -> Result<()> {
+        let path = self.ref_path(r);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&path)(e)),
+        }
+        lock(&self.pending_dirs).insert(self.job_dir(&r.job));
+        Ok(())
+    }
+
+    /// Every file under `chunks/` with its parsed id (None: not a chunk name)
+    /// and size. Reads the directory, not the index.
+    pub(crate) fn walk_chunks(&self) -> Result<Vec<(PathBuf, Option<ChunkId>, u64)>> {
+        let chunks = self.root.join("chunks");
+        let mut out = Vec::new();
+        for sub in fs::read_dir(&chunks).map_err(io_err(&chunks))? {
+            let sub = sub.map_err(io_err(&chunks))?;
+            let sub_path = sub.path();
+            let sub_name = sub.file_name().to_string_lossy().into_owned();
+            if !sub_path.is_dir() {
+                out.push((sub_path, None, 0));
+                continue;
+            }
+            for e in fs::read_dir(&sub_path).map_err(io_err(&sub_path))? {
+                let e = e.map_err(io_err(&sub_path))?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                let size = e.metadata().map(|m| m.len()).unwrap_or(0);
+                out.push((e.path(), parse_chunk_name(&sub_name, &name), size));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every entry under `checkpoints/` with its parsed ref (None: not a ref).
+    pub(crate) fn walk_refs(&self) -> Result<Vec<(PathBuf, Option<CheckpointRef>)>> {
+        let dir = self.root.join("checkpoints");
+        let mut out = Vec::new();
+        for jd in fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let jd = jd.map_err(io_err(&dir))?;
+            let jp = jd.path();
+            let job = unescape_job(&jd.file_name().to_string_lossy());
+            let (Some(job), true) = (job, jp.is_dir()) else {
+                out.push((jp, None));
+                continue;
+            };
+            for e in fs::read_dir(&jp).map_err(io_err(&jp))? {
+                let e = e.map_err(io_err(&jp))?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                let empty = e
+                    .metadata()
+                    .map(|m| m.is_file() && m.len() == 0)
+                    .unwrap_or(false);
+                let r = parse_ref_name(&job, &name).filter(|_| empty);
+                out.push((e.path(), r));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Remove job directories left empty by GC (best effort).
+    pub(crate) fn remove_empty_job_dirs(&self) {
+        let dir = self.root.join("checkpoints");
+        let Ok(rd) = fs::read_dir(&dir) else { return };
+        for jd in rd.flatten() {
+            if fs::remove_dir(jd.path()).is_ok() {
+                lock(&self.pending_dirs).insert(dir.clone());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ref_names_roundtrip_and_reject_junk() {
+        let r = CheckpointRef {
+            job: "j".into(),
+            generation: 7,
+            seq: 42,
+            id: ChunkId::of(b"m"),
+        };
+        assert_eq!(parse_ref_name("j", &ref_name(&r)), Some(r.clone()));
+        let n = ref_name(&r);
+        assert_eq!(parse_ref_name("j", &n[1..]), None);
+        assert_eq!(parse_ref_name("j", &format!("{n}-x")), None);
+        assert_eq!(parse_ref_name("j", &n.to_uppercase()), None);
+    }
+
+    #[test]
+    fn second_open_is_locked_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_a, _) = DiskTier::open(dir.path(), u64::MAX, Compression::None).unwrap();
+        assert!(matches!(
+            DiskTier::open(dir.path(), u64::MAX, Compression::None),
+            Err(StoreError::Locked(_))
+        ));
+    }
+
+    #[test]
+    fn stale_tmp_files_are_removed_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(DiskTier::open(dir.path(), u64::MAX, Compression::None).unwrap());
+        let stale = dir.path().join("tmp").join("123-0");
+        fs::write(&stale, b"half a chunk").unwrap();
+        let (_d, _) = DiskTier::open(dir.path(), u64::MAX, Compression::None).unwrap();
+        assert!(!stale.exists());
+    }
+}
