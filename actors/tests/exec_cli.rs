@@ -80,10 +80,10 @@ fn across_processes(name: &str, args: &[&str], capture_ms: u64, data: Option<&Pa
 fn guests_resume_in_another_process() {
     across_processes("autopilot", &["--exit-code", "5"], 300, None);
     across_processes("tracker", &[], 400, None);
-    across_processes("sieve", &["16"], 300, None);
+    across_processes("sieve", &[], 300, None);
     across_processes("recurse", &[], 300, None);
     across_processes("cguest", &[], 300, None);
-    across_processes("countdown", &[], 100, None);
+    across_processes("countdown", &[], 15, None);
 }
 
 #[test]

@@ -49,7 +49,7 @@ pub const FLAG_POLL: usize = 1;
 /// Prefix of the exports the pass adds for mutable globals that were not exported.
 pub const GLOBAL_EXPORT_PREFIX: &str = "__roam_g";
 /// Bumped whenever the instrumentation output changes; part of the cache key.
-pub const INSTRUMENT_VERSION: u32 = 3;
+pub const INSTRUMENT_VERSION: u32 = 6;
 
 /// Bytes of the Asyncify data header `{ current: i32, end: i32 }`.
 pub const ASYNCIFY_HEADER: u32 = 8;
@@ -59,8 +59,10 @@ pub const ASYNCIFY_HEADER: u32 = 8;
 pub struct InstrumentStats {
     pub functions: u32,
     pub loop_checks: u32,
-    /// Loops without calls, left unchecked.
+    /// Call-free loops with a typed block: poll point only.
     pub leaf_loops: u32,
+    /// Call-free loops wrapped so that they yield outside their body.
+    pub wrapped_loops: u32,
     pub import_call_checks: u32,
     pub entry_checks: u32,
 }
@@ -737,23 +739,68 @@ impl Reencode for YieldPointRewriter<'_> {
         }
         let loops_with_calls = loops_containing_calls(&func)?;
         let mut loop_index = 0usize;
+        // Open control frames; for each, the labels our wrappers put between it and its
+        // parent (branches that leave it must count them).
+        let mut frames: Vec<u32> = vec![0];
         let mut reader = func.get_operators_reader()?;
         while !reader.eof() {
             let op = reader.read()?;
             match op {
-                Operator::Loop { .. } => {
-                    f.instruction(&self.instruction(op)?);
-                    // Call-free loops get a poll point, not a yield point: were they able
-                    // to unwind, Asyncify would guard their bodies, which costs more than
-                    // anything else. A pause waits for the loop to end.
-                    if loops_with_calls.get(loop_index).copied().unwrap_or(true) {
+                Operator::Loop { blockty } => {
+                    let has_call = loops_with_calls.get(loop_index).copied().unwrap_or(true);
+                    loop_index += 1;
+                    if has_call {
+                        f.instruction(&self.instruction(op)?);
                         self.emit_check(&mut f);
                         self.stats.loop_checks += 1;
+                        frames.push(0);
+                    } else if blockty == wasmparser::BlockType::Empty {
+                        // A call-free loop: its check leaves the loop and yields *outside*
+                        // it, then re-enters at the header (see `emit_wrapped_loop_end`).
+                        // Asyncify then guards the loop as a whole, not every iteration.
+                        use wasm_encoder::{BlockType, Instruction as I};
+                        f.instruction(&I::Block(BlockType::Empty)); // $done
+                        f.instruction(&I::Loop(BlockType::Empty)); // $reenter
+                        f.instruction(&I::Block(BlockType::Empty)); // $pause
+                        f.instruction(&self.instruction(op)?);
+                        f.instruction(&I::GlobalGet(self.pause_global));
+                        f.instruction(&I::BrIf(1));
+                        self.stats.wrapped_loops += 1;
+                        frames.push(WRAPPED_LOOP_LABELS);
                     } else {
+                        // Typed call-free loops (rare): a poll point, which can kill or
+                        // preempt but not unwind.
+                        f.instruction(&self.instruction(op)?);
                         self.emit_poll(&mut f);
                         self.stats.leaf_loops += 1;
+                        frames.push(0);
                     }
-                    loop_index += 1;
+                }
+                Operator::Block { .. } | Operator::If { .. } => {
+                    frames.push(0);
+                    f.instruction(&self.instruction(op)?);
+                }
+                Operator::End => {
+                    f.instruction(&self.instruction(op)?);
+                    if frames.pop() == Some(WRAPPED_LOOP_LABELS) {
+                        self.emit_wrapped_loop_end(&mut f);
+                    }
+                }
+                Operator::Br { relative_depth } => {
+                    let d = adjusted_depth(&frames, relative_depth);
+                    f.instruction(&wasm_encoder::Instruction::Br(d));
+                }
+                Operator::BrIf { relative_depth } => {
+                    let d = adjusted_depth(&frames, relative_depth);
+                    f.instruction(&wasm_encoder::Instruction::BrIf(d));
+                }
+                Operator::BrTable { targets } => {
+                    let mut ts = Vec::with_capacity(targets.len() as usize);
+                    for t in targets.targets() {
+                        ts.push(adjusted_depth(&frames, t?));
+                    }
+                    let default = adjusted_depth(&frames, targets.default());
+                    f.instruction(&wasm_encoder::Instruction::BrTable(ts.into(), default));
                 }
                 Operator::Call { function_index } if function_index < self.scan.imported_funcs => {
                     self.emit_check(&mut f);
@@ -767,6 +814,32 @@ impl Reencode for YieldPointRewriter<'_> {
         }
         code.function(&f);
         Ok(())
+    }
+}
+
+/// Labels a wrapped loop adds around itself: `$done`, `$reenter`, `$pause`.
+const WRAPPED_LOOP_LABELS: u32 = 3;
+
+/// A branch `depth` labels out from the innermost of `frames`, in the rewritten code:
+/// every frame it leaves may have wrapper labels around it that it leaves too.
+fn adjusted_depth(frames: &[u32], depth: u32) -> u32 {
+    // frames[n-1] is the innermost open frame; a branch of `depth` leaves the innermost
+    // `depth` frames, and with each of them the wrapper labels around it.
+    let start = frames.len().saturating_sub(depth as usize);
+    depth + frames[start..].iter().sum::<u32>()
+}
+
+impl YieldPointRewriter<'_> {
+    /// Closes the wrapper of a call-free loop (its own `end` was just written):
+    /// on normal exit leave the wrapper; on a pause yield, then re-enter the loop.
+    fn emit_wrapped_loop_end(&mut self, f: &mut wasm_encoder::Function) {
+        use wasm_encoder::Instruction as I;
+        f.instruction(&I::Br(2)); // loop finished: out of $done
+        f.instruction(&I::End); // $pause
+        f.instruction(&I::Call(self.yield_func));
+        f.instruction(&I::Br(0)); // back to $reenter
+        f.instruction(&I::End); // $reenter
+        f.instruction(&I::End); // $done
     }
 }
 
@@ -1066,6 +1139,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn branch_depths_count_wrapper_labels() {
+        // function, block, wrapped loop, block
+        let frames = [0, 0, WRAPPED_LOOP_LABELS, 0];
+        assert_eq!(adjusted_depth(&frames, 0), 0, "to the innermost block");
+        assert_eq!(adjusted_depth(&frames, 1), 1, "to the wrapped loop itself");
+        assert_eq!(
+            adjusted_depth(&frames, 2),
+            2 + WRAPPED_LOOP_LABELS,
+            "out of it"
+        );
+        assert_eq!(
+            adjusted_depth(&frames, 3),
+            3 + WRAPPED_LOOP_LABELS,
+            "to the function"
+        );
+    }
+
+    #[test]
     fn cycles_are_found() {
         // 0 -> 1 -> 2 -> 1, 3 -> 3, 4 -> 0
         let g = vec![vec![1], vec![2], vec![1], vec![3], vec![0]];
@@ -1093,7 +1184,7 @@ mod tests {
             stats.loop_checks, 1,
             "the loop with a call gets a yield check"
         );
-        assert_eq!(stats.leaf_loops, 1, "the call-free loop gets a poll check");
+        assert_eq!(stats.wrapped_loops, 1, "the call-free loop is wrapped");
         assert_eq!(stats.import_call_checks, 1);
         assert_eq!(stats.entry_checks, 1);
         Validator::new_with_features(accepted_features())

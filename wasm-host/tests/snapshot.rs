@@ -143,3 +143,56 @@ fn bad_magic_and_version_are_named() {
         Err(SnapshotError::Version { found: 99, .. })
     ));
 }
+
+/// A loop without any call is a pause point too (it yields outside its body), and a job
+/// paused there resumes to the right result.
+#[test]
+fn call_free_loops_pause_and_resume() {
+    let wat = r#"(module
+      (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+      (memory (export "memory") 1)
+      (func (export "_start") (local $i i32) (local $acc i32)
+        (loop $spin
+          (local.set $acc (i32.add (local.get $acc) (i32.xor (local.get $i) (i32.const 0x55))))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if $spin (i32.ne (local.get $i) (i32.const 300000000))))
+        (call $exit (i32.and (local.get $acc) (i32.const 127)))))"#;
+    let host = Host::new(HostConfig::default()).expect("host");
+    let module = host.load(wat.as_bytes()).expect("load");
+    let expected = {
+        let mut job = Job::start(
+            &host,
+            module.clone(),
+            JobSpec::new(vec!["spin".into()]),
+            Box::new(BufferSink::default()),
+        )
+        .expect("start");
+        match job.run().expect("run") {
+            wasm_host::Outcome::Exited(c) => c,
+            other => panic!("{other:?}"),
+        }
+    };
+    let snap = run_and_capture(
+        &host,
+        module.clone(),
+        JobSpec::new(vec!["spin".into()]),
+        Box::new(BufferSink::default()),
+        Duration::from_millis(30),
+    )
+    .expect("run")
+    .expect("paused inside the call-free loop");
+    let decoded = Snapshot::decode(&snap.encode()).expect("decode");
+    let mut job = Job::restore(
+        &host,
+        module,
+        &decoded,
+        Vec::new(),
+        &Limits::default(),
+        Box::new(BufferSink::default()),
+    )
+    .expect("restore");
+    assert_eq!(
+        job.run().expect("resume"),
+        wasm_host::Outcome::Exited(expected)
+    );
+}
