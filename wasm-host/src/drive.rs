@@ -63,14 +63,14 @@ pub struct PauseReport {
 }
 
 /// Requests pauses on a timer thread; the running side tells it about each new handle.
-struct PauseTimer {
+pub(crate) struct PauseTimer {
     tx: Option<mpsc::Sender<PauseHandle>>,
     requested_at: Arc<Mutex<Option<Instant>>>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
 impl PauseTimer {
-    fn new(plan: &PausePlan) -> PauseTimer {
+    pub(crate) fn new(plan: &PausePlan) -> PauseTimer {
         let (tx, rx) = mpsc::channel::<PauseHandle>();
         let requested_at = Arc::new(Mutex::new(None));
         let at = requested_at.clone();
@@ -102,7 +102,7 @@ impl PauseTimer {
         }
     }
 
-    fn arm(&self, handle: PauseHandle) {
+    pub(crate) fn arm(&self, handle: PauseHandle) {
         if let Some(tx) = &self.tx {
             let _ = tx.send(handle);
         }

@@ -16,6 +16,7 @@ use wasmtime::{Config, Engine, Module};
 
 use crate::error::HostError;
 use crate::instrument::{self, InstrumentOptions, InstrumentStats, Instrumented};
+use crate::memory::DirtyCreator;
 
 /// A blake3 digest naming a module or a chunk.
 pub type Hash32 = [u8; 32];
@@ -36,6 +37,14 @@ pub struct HostConfig {
     pub pausable: bool,
     /// Native stack available to wasm (deep recursion needs more than wasmtime's 512 KiB).
     pub max_wasm_stack: usize,
+    /// Track written pages of pausable jobs (host-owned, write-protected memory; see
+    /// [`crate::memory`]) so incremental checkpoints hash only what changed. Default on;
+    /// `ROAM_DIRTY_TRACKING=0` turns it off (checkpoints then hash every chunk).
+    pub dirty_tracking: bool,
+    /// Bytes made writable and marked dirty together on a write fault (a power of two,
+    /// at least a host page; default 64 KiB). Smaller: exacter dirty sets for small
+    /// chunk sizes; larger: fewer faults for guests that stream through memory.
+    pub dirty_granule: usize,
 }
 
 impl Default for HostConfig {
@@ -45,6 +54,8 @@ impl Default for HostConfig {
             instrument: InstrumentOptions::default(),
             pausable: true,
             max_wasm_stack: 2 << 20,
+            dirty_tracking: std::env::var_os("ROAM_DIRTY_TRACKING").is_none_or(|v| v != "0"),
+            dirty_granule: 64 << 10,
         }
     }
 }
@@ -88,6 +99,8 @@ impl std::fmt::Debug for LoadedModule {
 pub struct Host {
     pub(crate) engine: Engine,
     pub(crate) config: HostConfig,
+    /// Owner of every linear memory when dirty tracking is on.
+    pub(crate) dirty: Option<Arc<DirtyCreator>>,
     fingerprint: String,
     loaded: Mutex<HashMap<Hash32, Arc<LoadedModule>>>,
     instrumented_by_original: Mutex<HashMap<Hash32, Hash32>>,
@@ -112,10 +125,26 @@ impl Host {
             .wasm_bulk_memory(true)
             .wasm_simd(true)
             .wasm_multi_memory(true);
+        let dirty = if config.pausable && config.dirty_tracking {
+            let creator = DirtyCreator::new(config.dirty_granule);
+            match &creator {
+                Some(creator) => {
+                    c.with_host_memory(creator.clone())
+                        // Copy-on-write images need wasmtime's own mmap-backed memories.
+                        .memory_init_cow(false);
+                }
+                // Checkpoints say so (once) when they hash everything.
+                None => tracing::info!("dirty-page tracking is not available on this host"),
+            }
+            creator
+        } else {
+            None
+        };
         let engine = Engine::new(&c).map_err(|e| HostError::Engine(e.to_string()))?;
         let fingerprint = engine_fingerprint(&engine);
         Ok(Arc::new(Host {
             engine,
+            dirty,
             config,
             fingerprint,
             loaded: Mutex::new(HashMap::new()),
@@ -130,6 +159,11 @@ impl Host {
 
     pub fn is_pausable(&self) -> bool {
         self.config.pausable
+    }
+
+    /// Whether jobs of this host track written pages (see [`HostConfig::dirty_tracking`]).
+    pub fn dirty_tracking(&self) -> bool {
+        self.dirty.is_some()
     }
 
     /// Loads an original (uninstrumented) module: WAT or binary. On a pausable host it is

@@ -29,8 +29,9 @@ use crate::host::{hex, Host, LoadedModule};
 use crate::instrument::{
     ASYNCIFY_HEADER, FLAG_MEMORY, FLAG_POLL, FLAG_UNWIND, POLL_NAME, YIELD_MODULE, YIELD_NAME,
 };
+use crate::memory::{Region, SavedBits};
 use crate::snapshot::{GlobalValue, Snapshot};
-use crate::wasi::{self, GuestExit, OutputSink, Preopen, WasiCtx};
+use crate::wasi::{self, FileImage, GuestExit, OutputSink, Preopen, WasiCtx, WasiState};
 
 const ASYNCIFY_NORMAL: i32 = 0;
 const ASYNCIFY_UNWINDING: i32 = 1;
@@ -145,10 +146,12 @@ struct Asyncify {
     get_state: TypedFunc<(), i32>,
 }
 
-/// Bytes of memory borrowed as the Asyncify data area, and what they held before.
+/// Bytes of memory borrowed as the Asyncify data area, what they held before, and
+/// their dirty bits before (put back with the bytes, so a pause dirties nothing).
 struct Scratch {
     base: u32,
     saved: Vec<u8>,
+    bits: Option<SavedBits>,
 }
 
 /// Store data of a job.
@@ -165,6 +168,8 @@ pub struct JobData {
     aborted: Option<u8>,
     /// Time the last pause request was seen by the yield point (for latency figures).
     pub(crate) pause_seen: Option<Instant>,
+    /// The main memory's dirty tracking, when the host owns memory (see `memory.rs`).
+    pub(crate) dirty: Option<Arc<Region>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,6 +195,9 @@ pub struct Job {
     snapshot_files_limit: u64,
     cpu_limit: Option<Duration>,
     cpu_used: Duration,
+    /// The checkpoint whose memory equals memory at the last dirty-set take: the only
+    /// valid parent of an incremental checkpoint built from the next take.
+    pub(crate) tracking_base: Option<store::ChunkId>,
 }
 
 impl Drop for Job {
@@ -236,25 +244,47 @@ impl Job {
             }
             .into());
         }
+        let mut job = Job::restore_begin(
+            host,
+            module,
+            snapshot.wasi.clone(),
+            &snapshot.files,
+            preopens,
+            limits,
+            sink,
+        )?;
+        job.write_state(snapshot)?;
+        job.set_paused(snapshot.stack.clone());
+        Ok(job)
+    }
+
+    /// First half of a restore: checks the preopens, puts the files back and makes a
+    /// fresh instance whose WASI state is `wasi`. Memory, globals and stack follow.
+    pub(crate) fn restore_begin(
+        host: &Host,
+        module: Arc<LoadedModule>,
+        wasi: WasiState,
+        files: &[FileImage],
+        preopens: Vec<Preopen>,
+        limits: &Limits,
+        sink: Box<dyn OutputSink>,
+    ) -> Result<Job, HostError> {
         let names: Vec<&str> = preopens.iter().map(|p| p.guest.as_str()).collect();
-        let wanted: Vec<&str> = snapshot
-            .wasi
-            .preopen_names
-            .iter()
-            .map(String::as_str)
-            .collect();
+        let wanted: Vec<&str> = wasi.preopen_names.iter().map(String::as_str).collect();
         if names != wanted {
             return Err(HostError::Config(format!(
                 "snapshot was taken with preopens {wanted:?}, but {names:?} were given"
             )));
         }
-        let wasi = WasiCtx::from_state(snapshot.wasi.clone(), preopens, sink);
-        wasi.restore_files(&snapshot.files)?;
-        let mut job = Job::instantiate(host, module, wasi, limits, true)?;
-        job.write_state(snapshot)?;
-        job.stack = snapshot.stack.clone();
-        job.phase = Phase::Paused;
-        Ok(job)
+        let wasi = WasiCtx::from_state(wasi, preopens, sink);
+        wasi.restore_files(files)?;
+        Job::instantiate(host, module, wasi, limits, true)
+    }
+
+    /// Last step of a restore: the job is paused with `stack` as its unwound frames.
+    pub(crate) fn set_paused(&mut self, stack: Vec<u8>) {
+        self.stack = stack;
+        self.phase = Phase::Paused;
     }
 
     fn instantiate(
@@ -287,12 +317,17 @@ impl Job {
             scratch: None,
             aborted: None,
             pause_seen: None,
+            dirty: None,
         };
         let mut store = Store::new(engine, data);
         store.limiter(|d| &mut d.limits);
 
         let mut linker: Linker<JobData> = Linker::new(engine);
         wasi::add_to_linker(&mut linker).map_err(|e| HostError::Engine(e.to_string()))?;
+        if host.dirty.is_some() {
+            crate::memory::wrap_kernel_writers(&mut linker, &mut store)
+                .map_err(|e| HostError::Engine(e.to_string()))?;
+        }
         linker
             .func_wrap(YIELD_MODULE, YIELD_NAME, yield_point)
             .map_err(|e| HostError::Engine(e.to_string()))?;
@@ -373,6 +408,20 @@ impl Job {
             .get_memory(&mut store, &memory_name)
             .ok_or_else(|| HostError::InvalidModule("module exports no memory".into()))?;
         store.data_mut().memory = Some(memory);
+        // The main memory is found by its base address; other memories (the flag
+        // memory) are never armed, so never write-protected.
+        let region = host
+            .dirty
+            .as_ref()
+            .and_then(|c| c.region_at(memory.data_ptr(&store)));
+        #[cfg(unix)]
+        if let Some(region) = &region {
+            use wasmtime::unix::StoreExt;
+            let r = region.clone();
+            // SAFETY: `on_fault` is async-signal-safe: atomics and mprotect only.
+            unsafe { store.set_signal_handler(move |signum, info, _| r.on_fault(signum, info)) };
+        }
+        store.data_mut().dirty = region;
         let flag_ptr = store
             .data()
             .flags
@@ -396,6 +445,7 @@ impl Job {
             snapshot_files_limit: limits.snapshot_files_bytes.unwrap_or(1 << 30),
             cpu_limit: limits.cpu,
             cpu_used: Duration::ZERO,
+            tracking_base: None,
         })
     }
 
@@ -510,7 +560,16 @@ impl Job {
             )));
         }
         self.stack = data[start..current].to_vec();
+        let dirty = self.store.data().dirty.clone();
+        // Outside wasm: no signal handler sees this write, so un-protect first.
+        if let Some(r) = &dirty {
+            r.prepare_write(base, base + scratch.saved.len());
+        }
+        let data = memory.data_mut(&mut self.store);
         data[base..base + scratch.saved.len()].copy_from_slice(&scratch.saved);
+        if let (Some(r), Some(bits)) = (&dirty, &scratch.bits) {
+            r.restore_bits(bits);
+        }
         self.pause.requested.store(false, Ordering::SeqCst);
         Ok(())
     }
@@ -534,8 +593,14 @@ impl Job {
             )));
         }
         let base = ((mem_len - need) & !7) as usize;
+        let end = mem_len as usize;
+        // Outside wasm: no signal handler sees these writes, so un-protect first.
+        let bits = self.store.data().dirty.as_ref().and_then(|r| {
+            let bits = r.save_bits(base, end);
+            r.prepare_write(base, end);
+            bits
+        });
         let data = memory.data_mut(&mut self.store);
-        let end = data.len();
         let saved = data[base..end].to_vec();
         let start = base + ASYNCIFY_HEADER as usize;
         let current = start + self.stack.len();
@@ -545,6 +610,7 @@ impl Job {
         self.store.data_mut().scratch = Some(Scratch {
             base: base as u32,
             saved,
+            bits,
         });
         asyncify
             .start_rewind
@@ -563,10 +629,28 @@ impl Job {
 
     /// Captures the state of a paused job. The job stays paused and can run on.
     pub fn capture(&mut self) -> Result<Snapshot, HostError> {
+        let (globals, wasi, files) = self.capture_state()?;
+        let memory = self.memory()?;
+        Ok(Snapshot {
+            module_hash: self.module.hash,
+            module: None,
+            memory: memory.data(&self.store).to_vec(),
+            globals,
+            stack: self.stack.clone(),
+            wasi,
+            files,
+        })
+    }
+
+    /// Everything of a paused job's state but memory and stack: globals, WASI state
+    /// (clocks frozen) and the files it touched.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn capture_state(
+        &mut self,
+    ) -> Result<(Vec<(String, GlobalValue)>, WasiState, Vec<FileImage>), HostError> {
         if self.phase != Phase::Paused {
             return Err(HostError::State("capture needs a paused job"));
         }
-        let memory = self.memory()?;
         let mut globals = Vec::with_capacity(self.state_globals.len());
         for (name, g) in &self.state_globals {
             let v = match g.get(&mut self.store) {
@@ -589,26 +673,32 @@ impl Job {
             .data()
             .wasi
             .capture_files(self.snapshot_files_limit)?;
-        Ok(Snapshot {
-            module_hash: self.module.hash,
-            module: None,
-            memory: memory.data(&self.store).to_vec(),
-            globals,
-            stack: self.stack.clone(),
-            wasi: self.store.data().wasi.state.clone(),
-            files,
-        })
+        Ok((globals, self.store.data().wasi.state.clone(), files))
+    }
+
+    /// The unwound stack of a paused job.
+    pub(crate) fn stack(&self) -> &[u8] {
+        &self.stack
     }
 
     /// Writes memory and globals of a snapshot into this (fresh) instance.
     fn write_state(&mut self, snap: &Snapshot) -> Result<(), HostError> {
+        self.resize_memory(snap.memory.len() as u64)?
+            .copy_from_slice(&snap.memory);
+        self.set_globals(&snap.globals)
+    }
+
+    /// Grows a fresh instance's memory to `want` bytes (never shrinks) and returns it
+    /// for writing (un-protected).
+    pub(crate) fn resize_memory(&mut self, want: u64) -> Result<&mut [u8], HostError> {
         let memory = self.memory()?;
         let have = memory.data_size(&self.store) as u64;
-        let want = snap.memory.len() as u64;
-        if want < have {
+        if want < have || !want.is_multiple_of(crate::snapshot::CHUNK as u64) {
             return Err(SnapshotError::Bounds {
                 field: "memory",
-                detail: format!("{want} bytes, less than the module's initial {have}"),
+                detail: format!(
+                    "{want} bytes: not whole 64 KiB pages, or less than the module's initial {have}"
+                ),
             }
             .into());
         }
@@ -618,8 +708,18 @@ impl Job {
                 .grow(&mut self.store, pages)
                 .map_err(|e| HostError::MemoryLimit(want).with_context(e))?;
         }
-        memory.data_mut(&mut self.store)[..snap.memory.len()].copy_from_slice(&snap.memory);
-        for (name, value) in &snap.globals {
+        if let Some(r) = &self.store.data().dirty {
+            r.prepare_write(0, want as usize);
+        }
+        Ok(memory.data_mut(&mut self.store))
+    }
+
+    /// Sets every captured mutable global; the set must match the module's exactly.
+    pub(crate) fn set_globals(
+        &mut self,
+        globals: &[(String, GlobalValue)],
+    ) -> Result<(), HostError> {
+        for (name, value) in globals {
             let g = self
                 .state_globals
                 .iter()
@@ -643,12 +743,12 @@ impl Job {
                 })
             })?;
         }
-        if snap.globals.len() != self.state_globals.len() {
+        if globals.len() != self.state_globals.len() {
             return Err(SnapshotError::Bounds {
                 field: "globals",
                 detail: format!(
                     "snapshot has {} globals, module {}",
-                    snap.globals.len(),
+                    globals.len(),
                     self.state_globals.len()
                 ),
             }
@@ -660,6 +760,43 @@ impl Job {
     /// The WASI state (output offsets etc.).
     pub fn wasi_state(&self) -> &crate::wasi::WasiState {
         &self.store.data().wasi.state
+    }
+
+    /// Linear memory as it is now (read-only; a paused job's memory is its state).
+    pub fn memory_data(&self) -> &[u8] {
+        match self.store.data().memory {
+            Some(m) => m.data(&self.store),
+            None => &[],
+        }
+    }
+
+    /// Whether the job is paused (can be captured, checkpointed or run on).
+    pub fn is_paused(&self) -> bool {
+        self.phase == Phase::Paused
+    }
+
+    /// Whether writes to this job's memory are tracked (see [`crate::memory`]).
+    pub fn dirty_tracking(&self) -> bool {
+        self.store.data().dirty.is_some()
+    }
+
+    /// Indices of the `chunk_size`-byte chunks of memory written since the last call
+    /// (the first call: every chunk), sorted; the pages are write-protected again so the
+    /// next call sees only new writes. `None` when tracking is unavailable (host
+    /// without it, or a `chunk_size` that is not a multiple of the host page size):
+    /// hash every chunk instead. Calling this detaches the job from its last
+    /// checkpoint, so the next [`Job::checkpoint`] hashes everything.
+    pub fn take_dirty_chunks(&mut self, chunk_size: u32) -> Option<Vec<u64>> {
+        self.tracking_base = None;
+        self.take_dirty_raw(chunk_size)
+    }
+
+    pub(crate) fn take_dirty_raw(&mut self, chunk_size: u32) -> Option<Vec<u64>> {
+        self.store
+            .data()
+            .dirty
+            .as_ref()?
+            .take_dirty(chunk_size as usize)
     }
 
     /// Exported instance, for tests and tools.
@@ -731,6 +868,9 @@ fn yield_point(mut caller: Caller<'_, JobData>) -> wasmtime::Result<()> {
             let base = scratch.base as usize;
             memory.data_mut(&mut caller)[base..base + scratch.saved.len()]
                 .copy_from_slice(&scratch.saved);
+            if let (Some(r), Some(bits)) = (&caller.data().dirty, &scratch.bits) {
+                r.restore_bits(bits);
+            }
         }
         return Ok(());
     }
@@ -764,14 +904,21 @@ fn yield_point(mut caller: Caller<'_, JobData>) -> wasmtime::Result<()> {
         )));
     }
     let base = ((mem_len - need) & !7) as usize;
+    let end = mem_len as usize;
+    // The unwind writes the scratch area; its bytes and dirty bits are put back when it ends.
+    let bits = caller.data().dirty.as_ref().and_then(|r| {
+        let bits = r.save_bits(base, end);
+        r.prepare_write(base, end);
+        bits
+    });
     let data = memory.data_mut(&mut caller);
-    let end = data.len();
     let saved = data[base..end].to_vec();
     data[base..base + 4].copy_from_slice(&((base + ASYNCIFY_HEADER as usize) as u32).to_le_bytes());
     data[base + 4..base + 8].copy_from_slice(&(end as u32).to_le_bytes());
     caller.data_mut().scratch = Some(Scratch {
         base: base as u32,
         saved,
+        bits,
     });
     asyncify.start_unwind.call(&mut caller, base as i32)?;
     Ok(())

@@ -6,16 +6,23 @@
 //! ([`Job`], [`Snapshot`]). Host state the guest can observe is roam's own WASI
 //! implementation ([`wasi`]), kept as plain data so it travels with the job.
 //!
+//! A paused job can also be checkpointed into a content-addressed [`store::Store`] and
+//! restored from it ([`checkpoint`]); host-owned, write-protected linear memory
+//! ([`memory`]) makes each incremental checkpoint cost what the job wrote since the last.
+//!
 //! This crate knows nothing of the network.
 
+pub mod checkpoint;
 pub mod drive;
 pub mod error;
 pub mod host;
 pub mod instrument;
 pub mod job;
+pub mod memory;
 pub mod snapshot;
 pub mod wasi;
 
+pub use checkpoint::CheckpointError;
 pub use error::{HostError, SnapshotError};
 pub use host::{Host, HostConfig, LoadedModule};
 pub use job::{Job, JobSpec, Limits, Outcome, PauseHandle};

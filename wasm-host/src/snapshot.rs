@@ -205,3 +205,74 @@ impl Snapshot {
         })
     }
 }
+
+/// Format version of [`JobState`] and [`JobGlobals`].
+pub const JOB_STATE_FORMAT: u32 = 1;
+
+/// A paused job's state without memory, globals and files: what a checkpoint in a
+/// [`store::Store`] keeps as its manifest's `host_state` (memory is the chunk map,
+/// globals are [`JobGlobals`], files are extra blobs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobState {
+    pub format: u32,
+    /// blake3 of the (instrumented) module bytes the job runs.
+    #[serde(with = "serde_bytes")]
+    pub module_hash: [u8; 32],
+    /// The Asyncify-unwound call stack.
+    pub stack: ByteBuf,
+    pub wasi: WasiState,
+}
+
+/// A paused job's mutable globals, by export name: a checkpoint manifest's `globals`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobGlobals {
+    pub format: u32,
+    pub globals: Vec<(String, GlobalValue)>,
+}
+
+fn to_cbor<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    // Serialising plain owned data into a Vec cannot fail.
+    if let Err(e) = ciborium::into_writer(value, &mut out) {
+        unreachable!("CBOR encoding of job state failed: {e}");
+    }
+    out
+}
+
+fn from_cbor<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    bytes: &[u8],
+    format: impl Fn(&T) -> u32,
+) -> Result<T, SnapshotError> {
+    // Bounded by the caller: these bytes come from a manifest the store has size-checked.
+    let v: T = ciborium::from_reader(bytes)
+        .map_err(|e| SnapshotError::Manifest(format!("{what}: {e}")))?;
+    let found = format(&v);
+    if found != JOB_STATE_FORMAT {
+        return Err(SnapshotError::Version {
+            found,
+            supported: JOB_STATE_FORMAT,
+        });
+    }
+    Ok(v)
+}
+
+impl JobState {
+    pub fn encode(&self) -> Vec<u8> {
+        to_cbor(self)
+    }
+    /// Decodes untrusted bytes; a wrong format version is a typed error.
+    pub fn decode(bytes: &[u8]) -> Result<JobState, SnapshotError> {
+        from_cbor("job state", bytes, |s: &JobState| s.format)
+    }
+}
+
+impl JobGlobals {
+    pub fn encode(&self) -> Vec<u8> {
+        to_cbor(self)
+    }
+    /// Decodes untrusted bytes; a wrong format version is a typed error.
+    pub fn decode(bytes: &[u8]) -> Result<JobGlobals, SnapshotError> {
+        from_cbor("job globals", bytes, |g: &JobGlobals| g.format)
+    }
+}

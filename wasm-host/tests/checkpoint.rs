@@ -23,6 +23,7 @@ fn guest(name: &str) -> Vec<u8> {
     })
 }
 
+/// A host with tracking on (default 64 KiB fault granule) or off.
 fn host(tracking: bool) -> Arc<Host> {
     static ON: OnceLock<Arc<Host>> = OnceLock::new();
     static OFF: OnceLock<Arc<Host>> = OnceLock::new();
@@ -30,6 +31,19 @@ fn host(tracking: bool) -> Arc<Host> {
     cell.get_or_init(|| {
         Host::new(HostConfig {
             dirty_tracking: tracking,
+            ..HostConfig::default()
+        })
+        .expect("host")
+    })
+    .clone()
+}
+
+/// A host tracking single 4 KiB pages, for page-exact dirty sets with 4 KiB chunks.
+fn fine_host() -> Arc<Host> {
+    static FINE: OnceLock<Arc<Host>> = OnceLock::new();
+    FINE.get_or_init(|| {
+        Host::new(HostConfig {
+            dirty_granule: 4096,
             ..HostConfig::default()
         })
         .expect("host")
@@ -101,7 +115,7 @@ fn counter(cp: &Checkpoint, store: &Store) -> u32 {
 /// Pauses at every yield point reached and checkpoints there; returns the checkpoints
 /// with their (hashed, written) counts and the steps each one covered.
 fn dirtier_run(tracking: bool) -> Vec<(Checkpoint, u64, u64, u32, u32)> {
-    let host = host(tracking);
+    let host = if tracking { fine_host() } else { host(false) };
     let store = store(4096);
     let module = host.load(dirtier_wat().as_bytes()).expect("load");
     let mut job = Job::start(
@@ -257,74 +271,75 @@ fn host_writes_into_protected_pages() {
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     std::fs::write(dir.path().join("in.bin"), &input).expect("input");
-    let host = host(true);
-    let module = host.load(WAT.as_bytes()).expect("load");
-    let spec = || {
-        let mut spec = JobSpec::new(vec!["reader".into()]);
-        spec.preopens = vec![Preopen {
-            host: dir.path().to_path_buf(),
-            guest: "/data".into(),
-        }];
-        spec.seed = [9; 32];
-        spec
-    };
-    let straight_sink = BufferSink::default();
-    let mut job = Job::start(
-        &host,
-        module.clone(),
-        spec(),
-        Box::new(straight_sink.clone()),
-    )
-    .expect("start");
-    assert_eq!(job.run().expect("straight run"), Outcome::Exited(0));
+    for host in [host(true), fine_host()] {
+        let module = host.load(WAT.as_bytes()).expect("load");
+        let spec = || {
+            let mut spec = JobSpec::new(vec!["reader".into()]);
+            spec.preopens = vec![Preopen {
+                host: dir.path().to_path_buf(),
+                guest: "/data".into(),
+            }];
+            spec.seed = [9; 32];
+            spec
+        };
+        let straight_sink = BufferSink::default();
+        let mut job = Job::start(
+            &host,
+            module.clone(),
+            spec(),
+            Box::new(straight_sink.clone()),
+        )
+        .expect("start");
+        assert_eq!(job.run().expect("straight run"), Outcome::Exited(0));
 
-    let store = store(4096);
-    let sink = BufferSink::default();
-    let mut job = Job::start(&host, module, spec(), Box::new(sink.clone())).expect("start");
-    let mut parent: Option<Checkpoint> = None;
-    let mut checkpoints = 0;
-    let mut buffer_dirty = 0;
-    loop {
-        job.pause_handle().request();
-        if job.run().expect("run") == Outcome::Exited(0) {
-            break;
-        }
-        let info = job
-            .checkpoint(&store, parent.as_ref(), "reader", 1)
-            .expect("checkpoint");
-        let restored = store
-            .restore_memory(&info.checkpoint.manifest)
-            .expect("restore");
-        assert!(
-            restored == job.memory_data(),
-            "checkpoint {checkpoints} differs"
-        );
-        // Was the read buffer (page 16) among the chunks of this checkpoint's changes?
-        if let Some(p) = &parent {
-            if p.manifest.memory.get(16) != info.checkpoint.manifest.memory.get(16) {
-                buffer_dirty += 1;
+        let store = store(4096);
+        let sink = BufferSink::default();
+        let mut job = Job::start(&host, module, spec(), Box::new(sink.clone())).expect("start");
+        let mut parent: Option<Checkpoint> = None;
+        let mut checkpoints = 0;
+        let mut buffer_dirty = 0;
+        loop {
+            job.pause_handle().request();
+            if job.run().expect("run") == Outcome::Exited(0) {
+                break;
             }
+            let info = job
+                .checkpoint(&store, parent.as_ref(), "reader", 1)
+                .expect("checkpoint");
+            let restored = store
+                .restore_memory(&info.checkpoint.manifest)
+                .expect("restore");
+            assert!(
+                restored == job.memory_data(),
+                "checkpoint {checkpoints} differs"
+            );
+            // Was the read buffer (page 16) among the chunks of this checkpoint's changes?
+            if let Some(p) = &parent {
+                if p.manifest.memory.get(16) != info.checkpoint.manifest.memory.get(16) {
+                    buffer_dirty += 1;
+                }
+            }
+            checkpoints += 1;
+            parent = Some(info.checkpoint);
         }
-        checkpoints += 1;
-        parent = Some(info.checkpoint);
+        assert!(checkpoints >= 16, "{checkpoints} checkpoints");
+        assert!(
+            buffer_dirty >= 6,
+            "the read buffer changed in {buffer_dirty} checkpoints"
+        );
+        let out = sink.stdout_bytes();
+        assert!(
+            out == straight_sink.stdout_bytes(),
+            "stdout differs from a straight run"
+        );
+        assert_eq!(out.len(), 8 * 8224);
+        assert_eq!(&out[..8192], &input[..8192], "first pread");
+        assert_eq!(
+            &out[8224..8224 + 8192],
+            &input[..8192],
+            "first read (position 0)"
+        );
     }
-    assert!(checkpoints >= 16, "{checkpoints} checkpoints");
-    assert!(
-        buffer_dirty >= 6,
-        "the read buffer changed in {buffer_dirty} checkpoints"
-    );
-    let out = sink.stdout_bytes();
-    assert!(
-        out == straight_sink.stdout_bytes(),
-        "stdout differs from a straight run"
-    );
-    assert_eq!(out.len(), 8 * 8224);
-    assert_eq!(&out[..8192], &input[..8192], "first pread");
-    assert_eq!(
-        &out[8224..8224 + 8192],
-        &input[..8192],
-        "first read (position 0)"
-    );
 }
 
 struct Outputs {
@@ -495,4 +510,47 @@ fn run_with_checkpoints_chains_parents() {
     assert_eq!(listed.len(), seen.len());
     assert_eq!(store.latest("sieve-1").map(|r| r.id), last.map(|c| c.id));
     assert!(store.verify().is_clean());
+}
+
+/// With memory write-protected, a real out-of-bounds access is still the guest's trap
+/// (the tracking handler only claims writes to clean pages inside memory).
+#[test]
+fn out_of_bounds_still_traps_while_tracking() {
+    let wat = r#"(module
+      (memory (export "memory") 2)
+      (func $tick (param $i i32) (i32.store (i32.const 64) (local.get $i)))
+      (func (export "_start") (local $i i32)
+        (loop $l
+          (call $tick (local.get $i))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if $l (i32.lt_u (local.get $i) (i32.const 4))))
+        (i32.store (i32.const 0x30000) (i32.const 1))))"#;
+    let host = fine_host();
+    let store = store(4096);
+    let module = host.load(wat.as_bytes()).expect("load");
+    let mut job = Job::start(
+        &host,
+        module,
+        JobSpec::new(vec!["oob".into()]),
+        Box::new(BufferSink::default()),
+    )
+    .expect("start");
+    let mut parent: Option<Checkpoint> = None;
+    let err = loop {
+        job.pause_handle().request();
+        match job.run() {
+            Ok(Outcome::Paused) => {}
+            Ok(Outcome::Exited(c)) => panic!("exited with {c} instead of trapping"),
+            Err(e) => break e,
+        }
+        let info = job
+            .checkpoint(&store, parent.as_ref(), "oob", 1)
+            .expect("checkpoint");
+        parent = Some(info.checkpoint);
+    };
+    assert!(parent.is_some(), "no checkpoint before the trap");
+    assert!(
+        err.to_string().contains("out of bounds"),
+        "unexpected error: {err}"
+    );
 }

@@ -54,8 +54,19 @@ pub struct ExecArgs {
     #[arg(long)]
     pub allow_unknown_imports: bool,
     /// Run the module as given, without instrumentation (cannot pause; for baselines).
-    #[arg(long, conflicts_with_all = ["pause_at_random", "capture_after"])]
+    #[arg(long, conflicts_with_all = ["pause_at_random", "capture_after", "checkpoint_every"])]
     pub plain: bool,
+    /// Pause the job every MS milliseconds of running time, write a checkpoint into
+    /// --store (incremental: only the chunks written since the last one are hashed) and
+    /// run on. Resume one later with `roam resume --store DIR`.
+    #[arg(long, value_name = "MS", requires = "store", conflicts_with_all = ["pause_at_random", "capture_after"])]
+    pub checkpoint_every: Option<u64>,
+    /// Checkpoint store directory for --checkpoint-every (created if missing).
+    #[arg(long, value_name = "DIR", requires = "checkpoint_every")]
+    pub store: Option<PathBuf>,
+    /// Job id of the checkpoints (default: the module's file name without extension).
+    #[arg(long, value_name = "ID", requires = "checkpoint_every")]
+    pub job: Option<String>,
     /// Print pause statistics to stderr at the end.
     #[arg(long)]
     pub stats: bool,
@@ -64,7 +75,23 @@ pub struct ExecArgs {
 #[derive(Debug, Args)]
 pub struct ResumeArgs {
     /// Snapshot file written by `roam exec --capture-after MS --out FILE`.
-    pub snapshot: PathBuf,
+    #[arg(required_unless_present = "store", conflicts_with = "store")]
+    pub snapshot: Option<PathBuf>,
+    /// Resume from a checkpoint store (written by `roam exec --checkpoint-every`) instead
+    /// of a snapshot file: the newest checkpoint of the store's job unless --checkpoint
+    /// or --job says otherwise.
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    /// The checkpoint to resume: its id, or a unique prefix of at least 8 hex digits.
+    #[arg(long, value_name = "ID", requires = "store", conflicts_with = "job")]
+    pub checkpoint: Option<String>,
+    /// Resume the newest checkpoint of this job.
+    #[arg(long, value_name = "JOB", requires = "store")]
+    pub job: Option<String>,
+    /// Keep checkpointing the resumed job into the store every MS milliseconds (as the
+    /// next generation, incremental from the restored checkpoint).
+    #[arg(long, value_name = "MS", requires = "store")]
+    pub checkpoint_every: Option<u64>,
     /// Host directories for the guest's preopens, as when it was captured: HOST::GUEST.
     #[arg(long = "dir", value_name = "HOST::GUEST")]
     pub dirs: Vec<String>,
@@ -172,7 +199,28 @@ fn exec_inner(a: ExecArgs) -> anyhow::Result<i32> {
     spec.limits = limits(a.memory_limit_mib, a.cpu_limit_ms);
     spec.allow_unknown_imports = a.allow_unknown_imports;
 
-    if let Some(ms) = a.capture_after {
+    if let Some(ms) = a.checkpoint_every {
+        let dir = a
+            .store
+            .clone()
+            .context("--checkpoint-every needs --store")?;
+        let store = super::store::open_store(&dir, true)?;
+        let job_id = match &a.job {
+            Some(j) => j.clone(),
+            None => a
+                .module
+                .file_stem()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "job".into()),
+        };
+        let plan = wasm_host::checkpoint::CheckpointPlan {
+            every: Duration::from_millis(ms.max(1)),
+            job_id,
+            generation: 0,
+        };
+        let mut job = Job::start(&host, module, spec, Box::new(StdioSink))?;
+        super::store::run_checkpointed(&mut job, &store, &plan, None, a.stats)
+    } else if let Some(ms) = a.capture_after {
         let out = a.out.clone().context("--capture-after needs --out")?;
         match run_and_capture(
             &host,
@@ -258,11 +306,22 @@ pub fn resume(a: ResumeArgs) -> anyhow::Result<i32> {
 }
 
 fn resume_inner(a: ResumeArgs) -> anyhow::Result<i32> {
-    let bytes =
-        std::fs::read(&a.snapshot).with_context(|| format!("reading {}", a.snapshot.display()))?;
-    let snap = Snapshot::decode(&bytes)
-        .with_context(|| format!("{} is not a usable snapshot", a.snapshot.display()))?;
     let host = Host::new(HostConfig::default())?;
+    if let Some(dir) = &a.store {
+        return super::store::resume_from_store(
+            &host,
+            dir,
+            a.checkpoint.as_deref(),
+            a.job.as_deref(),
+            parse_dirs(&a.dirs)?,
+            &limits(a.memory_limit_mib, None),
+            a.checkpoint_every,
+        );
+    }
+    let path = a.snapshot.context("give a snapshot file or --store DIR")?;
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let snap = Snapshot::decode(&bytes)
+        .with_context(|| format!("{} is not a usable snapshot", path.display()))?;
     let module_bytes = snap
         .module
         .as_ref()

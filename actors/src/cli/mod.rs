@@ -1,6 +1,7 @@
 //! Command-line interface: argument parsing and dispatch to the subcommands.
 
 mod exec;
+mod store;
 
 use clap::{Parser, Subcommand};
 
@@ -24,14 +25,27 @@ pub enum Command {
     ///   roam exec --dir ./data::/data guests/out/imgproc.wasm -- --input /data/in.pgm --output /data/out.pgm
     ///   roam exec --pause-at-random 20 --seed 7 guests/out/tracker.wasm
     ///   roam exec --capture-after 500 --out job.snap guests/out/autopilot.wasm
+    ///   roam exec --checkpoint-every 100 --store ./ckpt guests/out/sieve.wasm
     #[command(verbatim_doc_comment)]
     Exec(exec::ExecArgs),
-    /// Resume a job from a snapshot file written by `roam exec --out`.
+    /// Resume a job from a snapshot file written by `roam exec --out`, or from a
+    /// checkpoint store written by `roam exec --checkpoint-every`.
     ///
-    /// Example:
+    /// Examples:
     ///   roam resume job.snap
+    ///   roam resume --store ./ckpt                  # newest checkpoint of the only job
+    ///   roam resume --store ./ckpt --job sieve
+    ///   roam resume --store ./ckpt --checkpoint 3f2a91c0
     #[command(verbatim_doc_comment)]
     Resume(exec::ResumeArgs),
+    /// Inspect and maintain a checkpoint store directory.
+    ///
+    /// Examples:
+    ///   roam store ls ./ckpt
+    ///   roam store verify ./ckpt
+    ///   roam store gc --keep 2 ./ckpt
+    #[command(verbatim_doc_comment)]
+    Store(store::StoreArgs),
 }
 
 pub fn init_logging(verbose: u8) {
@@ -54,5 +68,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Exec(a) => exec::exec(a),
         Command::Resume(a) => exec::resume(a),
+        Command::Store(a) => store::run(a),
     }
 }
