@@ -82,20 +82,12 @@ const BIG_WAT: &str = r#"(module
       (i32.store (i32.const 0) (local.get $n))
       (br_if $spin (i32.ne (local.get $n) (i32.const -1))))))"#;
 
-fn main() {
-    let pausable = Host::new(HostConfig::default()).expect("host");
-    let plain = Host::new(HostConfig {
-        pausable: false,
-        ..HostConfig::default()
-    })
-    .expect("plain host");
-
+fn per_guest(pausable: &Host, plain: &Host, ratios: &mut Vec<f64>, stops: &mut Vec<f64>) {
     println!("instrumentation overhead (straight runs, median of 3, interleaved)");
     println!(
         "{:<10} {:>10} {:>13} {:>7}",
         "guest", "plain ms", "pausable ms", "ratio"
     );
-    let mut ratios = Vec::new();
     for (name, args) in GUESTS {
         let wasm = guest(name);
         // Warm the caches (instrumentation, compilation) outside the timing.
@@ -103,8 +95,8 @@ fn main() {
         plain.load(&wasm).expect("load");
         let (mut p, mut i) = (Vec::new(), Vec::new());
         for _ in 0..3 {
-            p.push(time_run(&plain, &wasm, name, args).as_secs_f64() * 1e3);
-            i.push(time_run(&pausable, &wasm, name, args).as_secs_f64() * 1e3);
+            p.push(time_run(plain, &wasm, name, args).as_secs_f64() * 1e3);
+            i.push(time_run(pausable, &wasm, name, args).as_secs_f64() * 1e3);
         }
         let (pm, im) = (median(p), median(i));
         ratios.push(im / pm);
@@ -117,7 +109,6 @@ fn main() {
         "{:<10} {:>7} {:>14} {:>14}",
         "guest", "pauses", "stop p50 us", "stop p99 us"
     );
-    let mut stops = Vec::new();
     for (name, args) in GUESTS {
         let wasm = guest(name);
         let module = pausable.load(&wasm).expect("load");
@@ -130,7 +121,7 @@ fn main() {
         };
         let sink = BufferSink::default();
         let (_code, report) = run_with_pauses(
-            &pausable,
+            pausable,
             module,
             spec(name, args),
             move || Box::new(sink.clone()),
@@ -151,7 +142,23 @@ fn main() {
         );
         stops.extend(us);
     }
+}
 
+fn main() {
+    let pausable = Host::new(HostConfig::default()).expect("host");
+    let plain = Host::new(HostConfig {
+        pausable: false,
+        ..HostConfig::default()
+    })
+    .expect("plain host");
+
+    // `--only-64mib` skips the per-guest parts (quick iteration on capture/restore).
+    let only_big = std::env::args().any(|a| a == "--only-64mib");
+    let mut ratios = Vec::new();
+    let mut stops = Vec::new();
+    if !only_big {
+        per_guest(&pausable, &plain, &mut ratios, &mut stops);
+    }
     println!();
     let module = pausable.load(BIG_WAT.as_bytes()).expect("load big");
     let (mut cap, mut res, mut enc, mut dec) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -202,13 +209,27 @@ fn main() {
     println!("  encode to file format                       {encode_ms:>8.2} ms");
     println!("  decode + verify from file format            {decode_ms:>8.2} ms");
 
+    let json = |v: f64| {
+        if v.is_finite() {
+            format!("{v:.4}")
+        } else {
+            "null".to_string()
+        }
+    };
     let overhead_median = median(ratios.clone());
-    let overhead_max = ratios.iter().cloned().fold(f64::MIN, f64::max);
+    let overhead_max = ratios.iter().cloned().fold(f64::NAN, f64::max);
     let p99 = percentile(stops, 0.99);
     println!();
     println!("overhead ratio median {overhead_median:.3} (goal <= 1.15), max {overhead_max:.3}");
     println!("stop latency p99 {p99:.0} us (goal <= 1000)");
     println!(
-        "{{\"overhead_ratio_median\":{overhead_median:.4},\"overhead_ratio_max\":{overhead_max:.4},\"pause_latency_us_p99\":{p99:.1},\"capture_ms_64mib\":{capture_ms:.3},\"restore_ms_64mib\":{restore_ms:.3},\"encode_ms_64mib\":{encode_ms:.3},\"decode_ms_64mib\":{decode_ms:.3}}}"
+        "{{\"overhead_ratio_median\":{},\"overhead_ratio_max\":{},\"pause_latency_us_p99\":{},\"capture_ms_64mib\":{},\"restore_ms_64mib\":{},\"encode_ms_64mib\":{},\"decode_ms_64mib\":{}}}",
+        json(overhead_median),
+        json(overhead_max),
+        json(p99),
+        json(capture_ms),
+        json(restore_ms),
+        json(encode_ms),
+        json(decode_ms)
     );
 }

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 
 /// roam — a peer-to-peer mesh that live-migrates running WebAssembly jobs.
 #[derive(Debug, Parser)]
-#[command(name = "roam", version, about, long_about = None)]
+#[command(name = "roam", version)]
 pub struct Cli {
     /// More log output (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
