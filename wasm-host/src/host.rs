@@ -120,7 +120,9 @@ impl Host {
     pub fn new(config: HostConfig) -> Result<Arc<Host>, HostError> {
         let mut c = Config::new();
         c.max_wasm_stack(config.max_wasm_stack)
-            .wasm_backtrace_max_frames(std::num::NonZeroUsize::new(1 << 24))
+            // Enough for any stack within max_wasm_stack (a frame is at least 16 bytes);
+            // the backtrace sizes the unwind area, and allocates this many slots.
+            .wasm_backtrace_max_frames(std::num::NonZeroUsize::new(1 << 17))
             .wasm_multi_value(true)
             .wasm_bulk_memory(true)
             .wasm_simd(true)
