@@ -49,7 +49,7 @@ pub const FLAG_POLL: usize = 1;
 /// Prefix of the exports the pass adds for mutable globals that were not exported.
 pub const GLOBAL_EXPORT_PREFIX: &str = "__roam_g";
 /// Bumped whenever the instrumentation output changes; part of the cache key.
-pub const INSTRUMENT_VERSION: u32 = 6;
+pub const INSTRUMENT_VERSION: u32 = 7;
 
 /// Bytes of the Asyncify data header `{ current: i32, end: i32 }`.
 pub const ASYNCIFY_HEADER: u32 = 8;
@@ -59,7 +59,7 @@ pub const ASYNCIFY_HEADER: u32 = 8;
 pub struct InstrumentStats {
     pub functions: u32,
     pub loop_checks: u32,
-    /// Call-free loops with a typed block: poll point only.
+    /// Call-free loops given a poll point only (see `Scan::may_unwind`).
     pub leaf_loops: u32,
     /// Call-free loops wrapped so that they yield outside their body.
     pub wrapped_loops: u32,
@@ -269,6 +269,12 @@ struct Scan {
     total_globals: u32,
     /// Per defined function: does it need an entry check (it sits on a call-graph cycle)?
     entry_check: Vec<bool>,
+    /// Per defined function: is it instrumented by Asyncify anyway (it has a yield point,
+    /// an indirect call, or calls such a function) or exported? Only these get their
+    /// call-free loops wrapped into yield points; wrapping a loop elsewhere would make
+    /// Asyncify instrument the function and every caller, which costs more than the
+    /// wrapped loops gain.
+    may_unwind: Vec<bool>,
     /// Mutable, defined, not yet exported globals.
     globals_to_export: Vec<u32>,
     memory_exported: bool,
@@ -300,6 +306,8 @@ impl Scan {
         // Per defined function: direct callees and whether it calls indirectly.
         let mut callees: Vec<Vec<u32>> = Vec::new();
         let mut calls_indirect: Vec<bool> = Vec::new();
+        let mut has_call_loop: Vec<bool> = Vec::new();
+        let mut exported_funcs: BTreeSet<u32> = BTreeSet::new();
         for payload in wasmparser::Parser::new(0).parse_all(wasm) {
             match payload.map_err(bad)? {
                 Payload::TypeSection(s) => {
@@ -335,6 +343,9 @@ impl Scan {
                                 exported_globals.insert(e.index);
                             }
                             ExternalKind::Memory if e.index == 0 => memory_exported = true,
+                            ExternalKind::Func => {
+                                exported_funcs.insert(e.index);
+                            }
                             _ => {}
                         }
                     }
@@ -362,6 +373,7 @@ impl Scan {
                     }
                 }
                 Payload::CodeSectionEntry(body) => {
+                    has_call_loop.push(loops_containing_calls(&body).map_err(bad)?.contains(&true));
                     let mut direct = Vec::new();
                     let mut indirect = false;
                     for op in body.get_operators_reader().map_err(bad)? {
@@ -410,6 +422,31 @@ impl Scan {
             }
         }
         let entry_check = on_cycle(&graph);
+        // Functions Asyncify will instrument: those with a yield check or an indirect call,
+        // then, to a fixed point, every caller of one.
+        let mut may_unwind: Vec<bool> = (0..n)
+            .map(|i| {
+                entry_check[i]
+                    || has_call_loop[i]
+                    || calls_indirect[i]
+                    || callees[i].iter().any(|c| *c < imported_funcs)
+            })
+            .collect();
+        let mut changed = true;
+        while changed {
+            changed = false;
+            for i in 0..n {
+                if !may_unwind[i] && graph[i].iter().any(|c| may_unwind[*c]) {
+                    may_unwind[i] = true;
+                    changed = true;
+                }
+            }
+        }
+        for f in &exported_funcs {
+            if *f >= imported_funcs && ((*f - imported_funcs) as usize) < n {
+                may_unwind[(*f - imported_funcs) as usize] = true;
+            }
+        }
         let globals_to_export = defined_globals
             .iter()
             .enumerate()
@@ -421,6 +458,7 @@ impl Scan {
             imported_funcs,
             total_globals: imported_globals + defined_globals.len() as u32,
             entry_check,
+            may_unwind,
             globals_to_export,
             memory_exported,
             has_memory,
@@ -754,7 +792,9 @@ impl Reencode for YieldPointRewriter<'_> {
                         self.emit_check(&mut f);
                         self.stats.loop_checks += 1;
                         frames.push(0);
-                    } else if blockty == wasmparser::BlockType::Empty {
+                    } else if blockty == wasmparser::BlockType::Empty
+                        && self.scan.may_unwind.get(defined).copied().unwrap_or(true)
+                    {
                         // A call-free loop: its check leaves the loop and yields *outside*
                         // it, then re-enters at the header (see `emit_wrapped_loop_end`).
                         // Asyncify then guards the loop as a whole, not every iteration.
@@ -768,8 +808,9 @@ impl Reencode for YieldPointRewriter<'_> {
                         self.stats.wrapped_loops += 1;
                         frames.push(WRAPPED_LOOP_LABELS);
                     } else {
-                        // Typed call-free loops (rare): a poll point, which can kill or
-                        // preempt but not unwind.
+                        // Call-free loops of functions Asyncify leaves alone, and typed
+                        // call-free loops: a poll point, which can kill or preempt but not
+                        // unwind. A pause waits for the function to return.
                         f.instruction(&self.instruction(op)?);
                         self.emit_poll(&mut f);
                         self.stats.leaf_loops += 1;
@@ -1172,19 +1213,23 @@ mod tests {
             (func $rec (param i32) (result i32)
                 local.get 0
                 if (result i32) local.get 0 i32.const 1 i32.sub call $rec else i32.const 0 end)
+            (func $kernel (loop $k (br_if $k (i32.const 0))))
             (func $main (export "_start")
+                (call $kernel)
                 (loop $leaf (br_if $leaf (i32.const 0)))
                 (loop $l (br_if $l (i32.eqz (call $rec (i32.const 1)))))
                 i32.const 3 call $rec call $exit))"#;
         let bytes = parse_module_bytes(wat.as_bytes()).expect("valid");
         let scan = Scan::new(&bytes).expect("scan");
-        assert_eq!(scan.entry_check, vec![true, false]);
+        assert_eq!(scan.entry_check, vec![true, false, false]);
+        assert_eq!(scan.may_unwind, vec![true, false, true]);
         let (out, stats) = add_yield_points(&bytes, &scan).expect("rewrite");
         assert_eq!(
             stats.loop_checks, 1,
             "the loop with a call gets a yield check"
         );
-        assert_eq!(stats.wrapped_loops, 1, "the call-free loop is wrapped");
+        assert_eq!(stats.wrapped_loops, 1, "main's call-free loop is wrapped");
+        assert_eq!(stats.leaf_loops, 1, "the leaf kernel's loop only polls");
         assert_eq!(stats.import_call_checks, 1);
         assert_eq!(stats.entry_checks, 1);
         Validator::new_with_features(accepted_features())
