@@ -1,0 +1,537 @@
+//! The destination side: the node the job moves to.
+
+use std::collections::{HashSet, VecDeque};
+
+use store::ChunkId;
+
+use crate::error::MigrateError;
+use crate::msg::{AbortReason, Body, ChunkRef, Compression, Message, MigrationId, Outcome};
+
+/// Knobs of the destination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DestConfig {
+    /// Abort when the source has said nothing (and the shell reported
+    /// nothing) for this long. Must exceed the source's
+    /// `max_retransmit_ms`, whose retransmissions keep a live migration
+    /// going, and the time the source needs to checkpoint or pause.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for DestConfig {
+    fn default() -> Self {
+        DestConfig {
+            idle_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// What the destination's shell tells the core.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DestEvent {
+    /// Every chunk of [`DestAction::Fetch`] `round` is verified and stored.
+    Fetched { round: u32 },
+    /// The fetch of `round` failed.
+    FetchFailed { round: u32 },
+    /// [`DestAction::VerifyAndRestore`] succeeded: the job is restored,
+    /// paused, not running.
+    Restored,
+    /// A chunk the manifest needs is missing or corrupt, or restore failed.
+    RestoreFailed,
+    /// Call the migration off (refused once the job runs here).
+    Cancel,
+}
+
+/// What the destination core asks its shell to do, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DestAction {
+    /// Send to the source.
+    Send(Message),
+    /// Fetch these chunks (from the source or any peer holding them), verify
+    /// and store them; answer with [`DestEvent::Fetched`] or `FetchFailed`.
+    Fetch {
+        round: u32,
+        chunks: Vec<ChunkRef>,
+        compression: Compression,
+    },
+    /// Check every chunk the manifest needs is in the store (hash-verified),
+    /// import the manifest and restore the job *paused*. Do not run it.
+    /// Answer with [`DestEvent::Restored`] or `RestoreFailed`.
+    VerifyAndRestore {
+        manifest: Vec<u8>,
+        manifest_id: ChunkId,
+    },
+    /// Record `job` at `generation` (the source's + 1) as owned here,
+    /// durably, then run the restored job.
+    ResumeJob {
+        job: String,
+        generation: u64,
+        manifest_id: ChunkId,
+    },
+    /// Throw away the restored (paused) job, if any; never run it. Idempotent.
+    DiscardRestored,
+    /// The migration ended here.
+    Finished(Outcome),
+}
+
+/// Where the destination is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DestPhase {
+    /// Have sent; waiting for round 1.
+    Offered,
+    /// Fetching the chunks of `round`.
+    Fetching { round: u32 },
+    /// Round `round` acknowledged; waiting for the next round or Final.
+    Idle { round: u32 },
+    /// Fetching the last chunks.
+    FetchingFinal,
+    /// VerifyAndRestore asked.
+    Verifying,
+    /// Restored and paused, Ready sent; waiting for Go.
+    Ready,
+    /// Go received: the job runs here at generation + 1.
+    Running,
+    /// Final: the job never ran here and never will.
+    Aborted,
+}
+
+impl DestPhase {
+    fn name(self) -> &'static str {
+        match self {
+            DestPhase::Offered => "Offered",
+            DestPhase::Fetching { .. } => "Fetching",
+            DestPhase::Idle { .. } => "Idle",
+            DestPhase::FetchingFinal => "FetchingFinal",
+            DestPhase::Verifying => "Verifying",
+            DestPhase::Ready => "Ready",
+            DestPhase::Running => "Running",
+            DestPhase::Aborted => "Aborted",
+        }
+    }
+}
+
+/// What the destination saw (for logs and tests).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DestReport {
+    /// Distinct chunks the store already had when offered.
+    pub present_chunks: usize,
+    /// Chunks asked for by `Fetch` actions, over all rounds and the final.
+    pub fetched_chunks: usize,
+    pub fetched_bytes: u64,
+}
+
+/// The destination's state machine; created from an Offer by
+/// [`Destination::accept`].
+#[derive(Debug)]
+pub struct Destination {
+    cfg: DestConfig,
+    migration: MigrationId,
+    generation: u64,
+    job: String,
+    phase: DestPhase,
+    /// Our answer to the offer (resent on a duplicate Offer).
+    have: Vec<ChunkId>,
+    /// Chunks in our store as far as this migration knows.
+    known: HashSet<ChunkId>,
+    /// Chunks of the fetch in progress.
+    pending: Vec<ChunkRef>,
+    acked: u32,
+    final_manifest: Option<(Vec<u8>, ChunkId)>,
+    /// VerifyAndRestore was asked: an abort must discard.
+    restore_asked: bool,
+    abort_reason: Option<AbortReason>,
+    deadline: Option<u64>,
+    actions: VecDeque<DestAction>,
+    report: DestReport,
+}
+
+impl Destination {
+    /// Take on an Offer. `has` answers whether the local store holds a
+    /// chunk (module, earlier checkpoints, other jobs' identical chunks).
+    /// `local_generation` is the newest generation of this job this node has
+    /// recorded as owned (by an earlier [`DestAction::ResumeJob`]); an offer
+    /// for an older generation is fenced off: this node already runs a newer
+    /// one, and answering it could let a stale source resume.
+    ///
+    /// The first action is the Have. To decline an offer, send
+    /// [`Destination::refusal`] instead — but never in answer to a
+    /// [`MigrateError::Fenced`] offer, and never for a migration id this node
+    /// has a core for: drop those. (A source past Go ignores refusals anyway.)
+    pub fn accept(
+        cfg: DestConfig,
+        now: u64,
+        offer: &Message,
+        local_generation: Option<u64>,
+        mut has: impl FnMut(&ChunkId) -> bool,
+    ) -> Result<Destination, MigrateError> {
+        offer.validate()?;
+        let Body::Offer(o) = &offer.body else {
+            return Err(MigrateError::Unexpected {
+                what: offer.body.name(),
+                phase: "accept",
+            });
+        };
+        if let Some(local) = local_generation.filter(|l| *l > offer.generation) {
+            return Err(MigrateError::Fenced {
+                job: o.job.clone(),
+                local,
+                offered: offer.generation,
+            });
+        }
+        let have: Vec<ChunkId> = o
+            .state
+            .distinct_chunks()
+            .into_iter()
+            .map(|c| c.id)
+            .filter(|id| has(id))
+            .collect();
+        let mut d = Destination {
+            migration: offer.migration,
+            generation: offer.generation,
+            job: o.job.clone(),
+            phase: DestPhase::Offered,
+            known: have.iter().copied().collect(),
+            report: DestReport {
+                present_chunks: have.len(),
+                ..DestReport::default()
+            },
+            have,
+            pending: Vec::new(),
+            acked: 0,
+            final_manifest: None,
+            restore_asked: false,
+            abort_reason: None,
+            deadline: Some(now.saturating_add(cfg.idle_timeout_ms)),
+            actions: VecDeque::new(),
+            cfg,
+        };
+        d.send(Body::Have {
+            have: d.have.clone(),
+        });
+        Ok(d)
+    }
+
+    /// The answer that declines `offer` (no state needed). Only for an offer
+    /// this node never accepted; see [`Destination::accept`].
+    pub fn refusal(offer: &Message) -> Message {
+        Message {
+            migration: offer.migration,
+            generation: offer.generation,
+            body: Body::Abort {
+                reason: AbortReason::Refused,
+            },
+        }
+    }
+
+    pub fn migration(&self) -> MigrationId {
+        self.migration
+    }
+
+    pub fn job(&self) -> &str {
+        &self.job
+    }
+
+    pub fn phase(&self) -> DestPhase {
+        self.phase
+    }
+
+    pub fn report(&self) -> &DestReport {
+        &self.report
+    }
+
+    pub fn poll_action(&mut self) -> Option<DestAction> {
+        self.actions.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.deadline
+    }
+
+    fn send(&mut self, body: Body) {
+        self.actions.push_back(DestAction::Send(Message {
+            migration: self.migration,
+            generation: self.generation,
+            body,
+        }));
+    }
+
+    /// After every accepted input: while waiting for the source, give it
+    /// `idle_timeout_ms` more; while waiting for our own shell (fetch,
+    /// restore: it always answers), or when done, no deadline.
+    fn rearm(&mut self, now: u64) {
+        self.deadline = match self.phase {
+            DestPhase::Offered | DestPhase::Idle { .. } | DestPhase::Ready => {
+                Some(now.saturating_add(self.cfg.idle_timeout_ms))
+            }
+            _ => None,
+        };
+    }
+
+    fn abort(&mut self, reason: AbortReason, tell_peer: bool) {
+        if self.restore_asked {
+            self.actions.push_back(DestAction::DiscardRestored);
+        }
+        if tell_peer {
+            self.send(Body::Abort { reason });
+        }
+        self.phase = DestPhase::Aborted;
+        self.abort_reason = Some(reason);
+        self.deadline = None;
+        self.pending.clear();
+        self.actions
+            .push_back(DestAction::Finished(Outcome::Aborted(reason)));
+    }
+
+    fn reply_abort(&mut self) {
+        let reason = self.abort_reason.unwrap_or(AbortReason::Cancelled);
+        self.send(Body::Abort { reason });
+    }
+
+    /// Ask the shell for the chunks we lack; false if there are none.
+    fn fetch(&mut self, round: u32, chunks: Vec<ChunkRef>, compression: Compression) -> bool {
+        let mut seen = HashSet::new();
+        let want: Vec<ChunkRef> = chunks
+            .into_iter()
+            .filter(|c| !self.known.contains(&c.id) && seen.insert(c.id))
+            .collect();
+        if want.is_empty() {
+            return false;
+        }
+        self.report.fetched_chunks += want.len();
+        self.report.fetched_bytes += want.iter().map(|c| c.len as u64).sum::<u64>();
+        self.pending = want.clone();
+        self.actions.push_back(DestAction::Fetch {
+            round,
+            chunks: want,
+            compression,
+        });
+        true
+    }
+
+    fn ack_round(&mut self, round: u32) {
+        self.known.extend(self.pending.drain(..).map(|c| c.id));
+        self.acked = round;
+        self.phase = DestPhase::Idle { round };
+        self.send(Body::RoundAck { round });
+    }
+
+    fn verify(&mut self) {
+        self.known.extend(self.pending.drain(..).map(|c| c.id));
+        if let Some((manifest, manifest_id)) = self.final_manifest.clone() {
+            self.restore_asked = true;
+            self.phase = DestPhase::Verifying;
+            self.actions.push_back(DestAction::VerifyAndRestore {
+                manifest,
+                manifest_id,
+            });
+        }
+    }
+
+    /// A message from the source.
+    pub fn handle_message(&mut self, now: u64, msg: Message) -> Result<(), MigrateError> {
+        self.on_message(msg)?;
+        self.rearm(now);
+        Ok(())
+    }
+
+    fn on_message(&mut self, msg: Message) -> Result<(), MigrateError> {
+        msg.validate()?;
+        if msg.migration != self.migration {
+            return Err(MigrateError::WrongMigration {
+                expected: self.migration,
+                found: msg.migration,
+            });
+        }
+        if msg.generation != self.generation {
+            return Err(MigrateError::WrongGeneration {
+                expected: self.generation,
+                found: msg.generation,
+            });
+        }
+        let phase = self.phase;
+        let unexpected = |what| MigrateError::Unexpected {
+            what,
+            phase: phase.name(),
+        };
+        if phase == DestPhase::Aborted {
+            // Whatever the source still says, the answer is that we are out.
+            if !matches!(msg.body, Body::Abort { .. }) {
+                self.reply_abort();
+            }
+            return Ok(());
+        }
+        match msg.body {
+            Body::Have { .. } | Body::RoundAck { .. } | Body::Ready | Body::GoAck => {
+                Err(MigrateError::WrongDirection {
+                    message: msg.body.name(),
+                    role: "destination",
+                })
+            }
+            Body::Offer(_) => {
+                // A retransmission (the shell routes by migration id).
+                if phase == DestPhase::Offered {
+                    let have = self.have.clone();
+                    self.send(Body::Have { have });
+                }
+                Ok(())
+            }
+            Body::Round {
+                round,
+                chunks,
+                compression,
+            } => {
+                let next = self.acked + 1;
+                let fetching = matches!(phase, DestPhase::Fetching { round: r } if r == round);
+                let waiting = matches!(phase, DestPhase::Offered | DestPhase::Idle { .. });
+                if round > next || (round == next && !waiting && !fetching) {
+                    return Err(MigrateError::WrongRound {
+                        expected: next,
+                        found: round,
+                    });
+                }
+                if round == next && waiting {
+                    self.phase = DestPhase::Fetching { round };
+                    if !self.fetch(round, chunks, compression) {
+                        self.ack_round(round);
+                    }
+                } else if round == self.acked && phase == (DestPhase::Idle { round }) {
+                    // Our ack was lost.
+                    self.send(Body::RoundAck { round });
+                }
+                // Otherwise a duplicate of the round being fetched or a stale one.
+                Ok(())
+            }
+            Body::Final {
+                after_round,
+                chunks,
+                compression,
+                manifest,
+                manifest_id,
+            } => match phase {
+                DestPhase::Offered | DestPhase::Idle { .. } => {
+                    if after_round != self.acked {
+                        return Err(MigrateError::WrongRound {
+                            expected: self.acked,
+                            found: after_round,
+                        });
+                    }
+                    self.final_manifest = Some((manifest, manifest_id));
+                    self.phase = DestPhase::FetchingFinal;
+                    if !self.fetch(after_round + 1, chunks, compression) {
+                        self.verify();
+                    }
+                    Ok(())
+                }
+                DestPhase::FetchingFinal | DestPhase::Verifying => Ok(()),
+                DestPhase::Ready => {
+                    // Our Ready was lost.
+                    self.send(Body::Ready);
+                    Ok(())
+                }
+                DestPhase::Running => Ok(()),
+                _ => Err(unexpected("Final")),
+            },
+            Body::Go => match (phase, self.final_manifest.as_ref()) {
+                // Ready is reached only through `verify`, so it has a manifest.
+                (DestPhase::Ready, Some((_, manifest_id))) => {
+                    let manifest_id = *manifest_id;
+                    // The source is paused and has promised not to resume
+                    // unless we abort, which we never do from here on.
+                    self.phase = DestPhase::Running;
+                    self.deadline = None;
+                    // `validate` keeps an offer's generation below u64::MAX.
+                    self.actions.push_back(DestAction::ResumeJob {
+                        job: self.job.clone(),
+                        generation: self.generation.saturating_add(1),
+                        manifest_id,
+                    });
+                    self.send(Body::GoAck);
+                    self.actions
+                        .push_back(DestAction::Finished(Outcome::Committed));
+                    Ok(())
+                }
+                (DestPhase::Running, _) => {
+                    // Our ack was lost.
+                    self.send(Body::GoAck);
+                    Ok(())
+                }
+                _ => Err(unexpected("Go")),
+            },
+            Body::Abort { reason } => match phase {
+                // The source never aborts after Go.
+                DestPhase::Running => Err(unexpected("Abort")),
+                _ => {
+                    self.abort(reason, false);
+                    Ok(())
+                }
+            },
+        }
+    }
+
+    /// A report from the shell.
+    pub fn handle_event(&mut self, now: u64, ev: DestEvent) -> Result<(), MigrateError> {
+        self.on_event(ev)?;
+        self.rearm(now);
+        Ok(())
+    }
+
+    fn on_event(&mut self, ev: DestEvent) -> Result<(), MigrateError> {
+        let phase = self.phase;
+        let unexpected = |what| MigrateError::Unexpected {
+            what,
+            phase: phase.name(),
+        };
+        match (ev, phase) {
+            (DestEvent::Fetched { round }, DestPhase::Fetching { round: r }) if r == round => {
+                self.ack_round(round);
+                Ok(())
+            }
+            (DestEvent::Fetched { round }, DestPhase::FetchingFinal) if round == self.acked + 1 => {
+                self.verify();
+                Ok(())
+            }
+            (DestEvent::FetchFailed { round }, DestPhase::Fetching { round: r }) if r == round => {
+                self.abort(AbortReason::FetchFailed, true);
+                Ok(())
+            }
+            (DestEvent::FetchFailed { round }, DestPhase::FetchingFinal)
+                if round == self.acked + 1 =>
+            {
+                self.abort(AbortReason::FetchFailed, true);
+                Ok(())
+            }
+            (DestEvent::Restored, DestPhase::Verifying) => {
+                self.phase = DestPhase::Ready;
+                self.send(Body::Ready);
+                Ok(())
+            }
+            (DestEvent::RestoreFailed, DestPhase::Verifying) => {
+                self.abort(AbortReason::VerificationFailed, true);
+                Ok(())
+            }
+            (DestEvent::Cancel, DestPhase::Running) => Err(MigrateError::TooLateToCancel),
+            (DestEvent::Cancel, DestPhase::Aborted) => Ok(()),
+            (DestEvent::Cancel, _) => {
+                self.abort(AbortReason::Cancelled, true);
+                Ok(())
+            }
+            // A restore that finishes after we aborted: throw it away again.
+            (DestEvent::Restored, DestPhase::Aborted) => {
+                self.actions.push_back(DestAction::DiscardRestored);
+                Ok(())
+            }
+            // Late answers to work of an aborted migration.
+            (_, DestPhase::Aborted) => Ok(()),
+            (DestEvent::Fetched { .. }, _) => Err(unexpected("Fetched")),
+            (DestEvent::FetchFailed { .. }, _) => Err(unexpected("FetchFailed")),
+            (DestEvent::Restored, _) => Err(unexpected("Restored")),
+            (DestEvent::RestoreFailed, _) => Err(unexpected("RestoreFailed")),
+        }
+    }
+
+    /// Call at (or after) [`Destination::poll_timeout`]; early calls do nothing.
+    pub fn handle_timeout(&mut self, now: u64) {
+        if self.deadline.is_some_and(|d| now >= d) {
+            self.abort(AbortReason::Timeout, true);
+        }
+    }
+}
