@@ -49,7 +49,7 @@ pub const FLAG_POLL: usize = 1;
 /// Prefix of the exports the pass adds for mutable globals that were not exported.
 pub const GLOBAL_EXPORT_PREFIX: &str = "__roam_g";
 /// Bumped whenever the instrumentation output changes; part of the cache key.
-pub const INSTRUMENT_VERSION: u32 = 7;
+pub const INSTRUMENT_VERSION: u32 = 8;
 
 /// Bytes of the Asyncify data header `{ current: i32, end: i32 }`.
 pub const ASYNCIFY_HEADER: u32 = 8;
@@ -388,6 +388,17 @@ impl Scan {
                             | Operator::ReturnCallRef { .. } => indirect = true,
                             Operator::RefFunc { function_index } => {
                                 address_taken.insert(function_index);
+                            }
+                            Operator::TableSet { .. }
+                            | Operator::TableGrow { .. }
+                            | Operator::TableFill { .. }
+                            | Operator::TableCopy { .. }
+                            | Operator::TableInit { .. } => {
+                                // Tables are rebuilt from the module on restore, so a
+                                // module that changes them could not resume correctly.
+                                return Err(HostError::InvalidModule(
+                                    "module changes its tables at run time (table.set/grow/fill/copy/init); roam cannot capture tables yet".into(),
+                                ));
                             }
                             _ => {}
                         }
@@ -1195,6 +1206,19 @@ mod tests {
             3 + WRAPPED_LOOP_LABELS,
             "to the function"
         );
+    }
+
+    #[test]
+    fn modules_that_change_tables_are_refused() {
+        let wat = r#"(module
+            (memory 1)
+            (table 2 funcref)
+            (func $f)
+            (elem declare func $f)
+            (func (export "_start") (table.set (i32.const 0) (ref.func $f))))"#;
+        let bytes = parse_module_bytes(wat.as_bytes()).expect("valid");
+        let err = Scan::new(&bytes).err().expect("refused");
+        assert!(err.to_string().contains("tables"), "{err}");
     }
 
     #[test]
