@@ -1,0 +1,219 @@
+//! What nodes gossip. Small on purpose: short field names, columns as sparse
+//! delta-coded fixed-point pairs, costs as `f32`. Everything a node uses from its own
+//! messages goes through the same wire precision, so every node computes from the very
+//! same numbers. Decoding validates against the round (indices, lengths, ranges): a
+//! message from the network is untrusted.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{effective_cost, Hysteresis, Job, NodeEnv, NodeId};
+
+/// Fixed-point scale of column entries: `x = q / Q`.
+pub const Q: u32 = 65_535;
+
+/// Upper bound on any cost, capacity or price on the wire (seconds / CPU units).
+pub const MAX_VALUE: f32 = 1.0e9;
+
+/// A price or ρ from the wire, sanitised (finite, within range, ≥ 0).
+pub fn sane(v: f32) -> f64 {
+    if v.is_finite() {
+        v.clamp(0.0, MAX_VALUE) as f64
+    } else {
+        0.0
+    }
+}
+
+/// One gossip message. `(round, view, iter, from)` identifies it; handling one twice is a
+/// no-op.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Msg {
+    #[serde(rename = "r")]
+    pub round: u64,
+    /// Digest of the view: round, membership epoch and set, job list, solver settings.
+    #[serde(rename = "v")]
+    pub view: u32,
+    #[serde(rename = "i")]
+    pub iter: u32,
+    #[serde(rename = "n")]
+    pub from: NodeId,
+    #[serde(rename = "b")]
+    pub body: Body,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Body {
+    /// Iteration 0 of a view: the sender's constraints and costs, its starting column and
+    /// (warm start) its capacity price and ρ from its last solve.
+    #[serde(rename = "S")]
+    Start(Start),
+    /// The sender's column `x[·][from]` after iteration `iter`, and its capacity price
+    /// (the multiplier of its local step, cost units per unit of demand).
+    #[serde(rename = "C")]
+    Column(Column, f32),
+    /// The sender converged at `iter` and rounded to the placement with this digest.
+    #[serde(rename = "F")]
+    Final(u64),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Start {
+    #[serde(rename = "s")]
+    pub spec: Spec,
+    #[serde(rename = "x")]
+    pub column: Column,
+    /// Capacity price of the sender (cost units per unit of demand), 0 without history.
+    #[serde(rename = "m")]
+    pub mu: f32,
+    /// The ρ the sender ended its last solve with (0: none, use the configured one).
+    #[serde(rename = "h")]
+    pub rho: f32,
+}
+
+/// A node's constraints and cost column: sparse over the jobs it may run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Spec {
+    #[serde(rename = "c")]
+    cap: f32,
+    #[serde(rename = "k")]
+    knee: f32,
+    #[serde(rename = "l")]
+    slope: f32,
+    /// Delta-coded job indices.
+    #[serde(rename = "j")]
+    idx: Vec<u32>,
+    #[serde(rename = "e")]
+    cost: Vec<f32>,
+}
+
+impl Spec {
+    /// The spec node `me` announces for `jobs` (sorted by id).
+    pub fn from_env(me: NodeId, env: &NodeEnv, jobs: &[Job], h: &Hysteresis) -> Spec {
+        let cap = env.capacity.clamp(0.0, MAX_VALUE as f64) as f32;
+        let (knee, slope) = if env.load.knee < 1.0 && env.load.slope > 0.0 {
+            (
+                (env.load.knee.max(0.0) * cap as f64) as f32,
+                env.load.slope.min(MAX_VALUE as f64) as f32,
+            )
+        } else {
+            (cap, 0.0)
+        };
+        let (mut idx, mut cost) = (Vec::new(), Vec::new());
+        let mut last = 0u32;
+        for (j, job) in jobs.iter().enumerate() {
+            if let Some(c) = effective_cost(job, me, env, h) {
+                let j = j as u32;
+                idx.push(if idx.is_empty() { j } else { j - last });
+                last = j;
+                cost.push(c.clamp(0.0, MAX_VALUE as f64) as f32);
+            }
+        }
+        Spec {
+            cap,
+            knee,
+            slope,
+            idx,
+            cost,
+        }
+    }
+
+    pub fn capacity(&self) -> f64 {
+        self.cap as f64
+    }
+    /// Absolute knee of the load term.
+    pub fn knee_abs(&self) -> f64 {
+        self.knee as f64
+    }
+    pub fn slope(&self) -> f64 {
+        self.slope as f64
+    }
+
+    /// Validated `(job index, cost)` pairs for a round of `n_jobs` jobs.
+    pub fn costs(&self, n_jobs: usize) -> Result<Vec<(usize, f64)>, &'static str> {
+        let bad = |reason| reason;
+        let ok = |v: f32| v.is_finite() && (0.0..=MAX_VALUE).contains(&v);
+        if !ok(self.cap) || !ok(self.knee) || !ok(self.slope) || self.knee > self.cap {
+            return Err(bad("capacity or load term out of range"));
+        }
+        if self.idx.len() != self.cost.len() || self.idx.len() > n_jobs {
+            return Err(bad("cost list length"));
+        }
+        let mut out = Vec::with_capacity(self.idx.len());
+        let mut j: u64 = 0;
+        for (k, (&d, &c)) in self.idx.iter().zip(&self.cost).enumerate() {
+            if k > 0 && d == 0 {
+                return Err(bad("cost indices not increasing"));
+            }
+            j += d as u64;
+            if j >= n_jobs as u64 || !ok(c) {
+                return Err(bad("cost entry out of range"));
+            }
+            out.push((j as usize, c as f64));
+        }
+        Ok(out)
+    }
+}
+
+/// A sparse column: flat `[Δjob, q, Δjob, q, …]`, `x[job] = q / Q`, zeros omitted.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Column(pub Vec<u32>);
+
+impl Column {
+    /// Encode a dense column whose entries are already multiples of `1/Q`.
+    pub fn from_dense(x: &[f64]) -> Column {
+        let mut v = Vec::new();
+        let mut last = 0usize;
+        let mut first = true;
+        for (j, &xj) in x.iter().enumerate() {
+            let q = (xj * Q as f64).round() as u32;
+            if q > 0 {
+                v.push(if first { j } else { j - last } as u32);
+                v.push(q.min(Q));
+                last = j;
+                first = false;
+            }
+        }
+        Column(v)
+    }
+
+    /// Decode into a dense column of `n_jobs` entries; `None` if malformed.
+    pub fn to_dense(&self, n_jobs: usize) -> Option<Vec<f64>> {
+        if !self.0.len().is_multiple_of(2) || self.0.len() / 2 > n_jobs {
+            return None;
+        }
+        let mut x = vec![0.0; n_jobs];
+        let mut j: u64 = 0;
+        for (k, pair) in self.0.chunks_exact(2).enumerate() {
+            if k > 0 && pair[0] == 0 {
+                return None;
+            }
+            j += pair[0] as u64;
+            if j >= n_jobs as u64 || pair[1] > Q || pair[1] == 0 {
+                return None;
+            }
+            x[j as usize] = pair[1] as f64 / Q as f64;
+        }
+        Some(x)
+    }
+}
+
+/// Snap a value in [0, 1] down to the wire grid (down, so a column that meets its
+/// capacity still does after quantisation).
+pub fn quantise(x: f64) -> f64 {
+    (x.clamp(0.0, 1.0) * Q as f64 + 1e-9).floor() / Q as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn column_round_trip_and_rejects() {
+        let x = vec![0.0, quantise(0.5), 0.0, 1.0, quantise(1e-3)];
+        let c = Column::from_dense(&x);
+        assert_eq!(c.to_dense(5), Some(x.clone()));
+        assert_eq!(c.to_dense(4), None, "index past the job count");
+        assert_eq!(Column(vec![1]).to_dense(5), None, "odd length");
+        assert_eq!(Column(vec![1, 5, 0, 5]).to_dense(5), None, "repeated index");
+        assert_eq!(Column(vec![1, Q + 1]).to_dense(5), None, "value above 1");
+    }
+}

@@ -1,0 +1,1006 @@
+//! One node's share of the decentralised solve: a plain state machine fed messages
+//! ([`Node::handle`]), membership changes and timer ticks, and polled for messages to
+//! gossip ([`Node::poll_transmit`]) and outcomes ([`Node::poll_event`]).
+//!
+//! Iterations are bulk-synchronous: a node computes `x_n^{k+1}` once it holds every
+//! member's `x^k`. That makes every node's dual update, ρ adaptation, stopping decision
+//! and final rounding a function of the same data, hence the same on every node; lost
+//! messages are recovered by [`Node::tick`] (a node that made no progress since the
+//! previous tick re-sends its last two messages — peers are never more than one
+//! iteration apart, so that is all a peer can be missing).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::error::PlacementError;
+use crate::integer::{self, Fnv};
+use crate::local::Projector;
+use crate::model::{Hysteresis, Job, JobId, NodeEnv, NodeId, Problem};
+use crate::msg::{quantise, sane, Body, Column, Msg, Spec, Start};
+
+/// Solver settings. Must be the same on every node (they are part of the view digest).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Initial penalty ρ (costs are divided by their mean, so ρ is unit-free).
+    pub rho0: f64,
+    /// Iteration cap: past it the node rounds whatever it has (flagged in the outcome).
+    pub max_iters: u32,
+    /// Absolute and relative tolerances on the primal and dual residuals.
+    pub eps_abs: f64,
+    pub eps_rel: f64,
+    /// Residual balancing: when one residual (relative to its tolerance) exceeds the
+    /// other by `rho_mu`, scale ρ by the square root of their ratio, clamped to
+    /// `[1/rho_tau, rho_tau]`.
+    pub adaptive_rho: bool,
+    pub rho_mu: f64,
+    pub rho_tau: f64,
+    pub hysteresis: Hysteresis,
+    /// Local-search passes after rounding.
+    pub polish_passes: u32,
+    /// Subgradient steps that sharpen the ADMM prices before the price-guided rounding
+    /// (0: round with the ADMM prices as they are).
+    pub price_steps: u32,
+    /// Bounds on what a round may hold (untrusted input).
+    pub max_jobs: usize,
+    pub max_members: usize,
+    /// Messages kept for views/rounds this node has not entered yet.
+    pub max_buffered: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            rho0: 1.0,
+            max_iters: 100,
+            eps_abs: 5e-4,
+            eps_rel: 5e-3,
+            adaptive_rho: true,
+            rho_mu: 5.0,
+            rho_tau: 2.0,
+            hysteresis: Hysteresis::default(),
+            polish_passes: 4,
+            price_steps: 200,
+            max_jobs: 1 << 16,
+            max_members: 1024,
+            max_buffered: 4096,
+        }
+    }
+}
+
+impl Config {
+    fn digest(&self) -> u64 {
+        let mut h = Fnv::new();
+        for v in [
+            self.rho0,
+            self.eps_abs,
+            self.eps_rel,
+            self.rho_mu,
+            self.rho_tau,
+            self.hysteresis.absolute,
+            self.hysteresis.relative,
+        ] {
+            h.f64(v);
+        }
+        h.u64(self.max_iters as u64);
+        h.u64(self.adaptive_rho as u64);
+        h.u64(self.polish_passes as u64);
+        h.u64(self.price_steps as u64);
+        h.finish()
+    }
+}
+
+/// The agreed result of a round on this node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    pub round: u64,
+    pub epoch: u32,
+    /// Job → node, sorted by job id.
+    pub placement: Vec<(JobId, NodeId)>,
+    pub digest: u64,
+    /// ADMM iterations of the final view.
+    pub iterations: u32,
+    /// False if the iteration cap, not the residuals, ended the solve.
+    pub converged: bool,
+    /// Objective of the placement (effective costs) and of the last fractional iterate.
+    pub objective: f64,
+    pub fractional_objective: f64,
+    /// Jobs that change node.
+    pub moves: usize,
+    pub primal_residual: f64,
+    pub dual_residual: f64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// Every member reported the same placement digest.
+    Placed(Outcome),
+    /// Members rounded to different placements (e.g. different floating point): the
+    /// shell must not act on this round.
+    Disagreement {
+        round: u64,
+        digests: Vec<(NodeId, u64)>,
+    },
+    /// The instance is infeasible (every member reaches the same verdict).
+    Failed { round: u64, error: PlacementError },
+}
+
+/// Counters for tests and benchmarks.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodeStats {
+    pub sent: u64,
+    pub resent: u64,
+    pub received: u64,
+    pub duplicates: u64,
+    pub stale: u64,
+    pub rejected: u64,
+    pub buffered: u64,
+    pub views: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Phase {
+    Gathering,
+    Iterating,
+    Final {
+        assign: Vec<usize>,
+        digest: u64,
+        objective: f64,
+    },
+    Done,
+    Failed,
+}
+
+struct Solver {
+    problem: Problem,
+    /// Index of this node in `problem.nodes`.
+    me: usize,
+    /// Cost scale `S` (costs are divided by it inside the ADMM).
+    scale: f64,
+    rho: f64,
+    /// Last complete iteration.
+    k: u32,
+    /// `X^k` (node columns as gossiped), `Y^k` (job rows projected on the simplex) and
+    /// the scaled duals `U^k`, all `[node][job]`.
+    x: Vec<Vec<f64>>,
+    y: Vec<Vec<f64>>,
+    u: Vec<Vec<f64>>,
+    /// Capacity price of every member with its `x^k` (cost units per unit of demand).
+    mu: Vec<f64>,
+    /// Allowed nodes per job.
+    job_nodes: Vec<Vec<usize>>,
+    /// This node's own next column and price once computed.
+    next: Option<(Vec<f64>, f64)>,
+    allowed: Vec<usize>,
+    demand: Vec<f64>,
+    cost: Vec<f64>,
+    w: Vec<f64>,
+    out: Vec<f64>,
+    row: Vec<f64>,
+    projector: Projector,
+    primal: f64,
+    dual: f64,
+    converged: bool,
+}
+
+struct Round {
+    round: u64,
+    epoch: u32,
+    view: u32,
+    members: Vec<NodeId>,
+    jobs: Vec<Job>,
+    env: NodeEnv,
+    /// Own column to start the view from (warm start).
+    start_column: Vec<f64>,
+    starts: BTreeMap<NodeId, Start>,
+    /// Columns of iterations ≥ 1 not yet complete, by iteration then node.
+    pending: BTreeMap<u32, BTreeMap<NodeId, (Vec<f64>, f64)>>,
+    finals: BTreeMap<NodeId, u64>,
+    solver: Option<Solver>,
+    phase: Phase,
+    last_sent: VecDeque<Msg>,
+    progressed: bool,
+    peer_lagging: bool,
+}
+
+/// One node's placement core.
+pub struct Node {
+    id: NodeId,
+    cfg: Config,
+    cfg_digest: u64,
+    round: Option<Round>,
+    buffered: VecDeque<Msg>,
+    outbox: VecDeque<Msg>,
+    events: VecDeque<Event>,
+    /// Own capacity price and ρ the last solve ended with (warm start of the next).
+    memory: Option<(f32, f32)>,
+    stats: NodeStats,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.id)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    pub fn new(id: NodeId, cfg: Config) -> Node {
+        let cfg_digest = cfg.digest();
+        Node {
+            id,
+            cfg,
+            cfg_digest,
+            round: None,
+            buffered: VecDeque::new(),
+            outbox: VecDeque::new(),
+            events: VecDeque::new(),
+            memory: None,
+            stats: NodeStats::default(),
+        }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+    pub fn stats(&self) -> &NodeStats {
+        &self.stats
+    }
+    /// Members of the current view.
+    pub fn members(&self) -> &[NodeId] {
+        self.round.as_ref().map_or(&[], |r| &r.members)
+    }
+    pub fn epoch(&self) -> u32 {
+        self.round.as_ref().map_or(0, |r| r.epoch)
+    }
+    /// True once the round has ended here (placed, failed or disagreed).
+    pub fn is_finished(&self) -> bool {
+        self.round
+            .as_ref()
+            .is_some_and(|r| matches!(r.phase, Phase::Done | Phase::Failed))
+    }
+    /// Iteration this node is at (the last complete one).
+    pub fn iteration(&self) -> u32 {
+        self.round
+            .as_ref()
+            .and_then(|r| r.solver.as_ref())
+            .map_or(0, |s| s.k)
+    }
+    /// Current ρ (for diagnostics).
+    pub fn rho(&self) -> Option<f64> {
+        self.round
+            .as_ref()
+            .and_then(|r| r.solver.as_ref())
+            .map(|s| s.rho)
+    }
+    /// The assembled problem of the current view, once every member's spec is in.
+    pub fn problem(&self) -> Option<&Problem> {
+        self.round
+            .as_ref()
+            .and_then(|r| r.solver.as_ref())
+            .map(|s| &s.problem)
+    }
+    /// The current fractional iterate `x[n][j]` (node index of [`Node::problem`]).
+    pub fn fractional(&self) -> Option<&[Vec<f64>]> {
+        self.round
+            .as_ref()
+            .and_then(|r| r.solver.as_ref())
+            .map(|s| s.x.as_slice())
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Msg> {
+        self.outbox.pop_front()
+    }
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Start a solve. `members` and `jobs` must be the same on every node for the round
+    /// (they are part of the view digest); `env` is this node's own data.
+    pub fn start_round(
+        &mut self,
+        round: u64,
+        epoch: u32,
+        members: Vec<NodeId>,
+        jobs: Vec<Job>,
+        env: NodeEnv,
+    ) -> Result<(), PlacementError> {
+        if !members.contains(&self.id) {
+            return Err(PlacementError::NotAMember(self.id));
+        }
+        if members.len() > self.cfg.max_members {
+            return Err(PlacementError::TooManyMembers(members.len()));
+        }
+        let mut jobs = jobs;
+        if jobs.len() > self.cfg.max_jobs {
+            return Err(PlacementError::TooManyJobs(jobs.len()));
+        }
+        jobs.sort_by_key(|j| j.id);
+        if let Some(w) = jobs.windows(2).find(|w| w[0].id == w[1].id) {
+            return Err(PlacementError::DuplicateJob(w[0].id));
+        }
+        let start_column: Vec<f64> = jobs
+            .iter()
+            .map(|j| {
+                if j.current == Some(self.id) && j.allows(self.id) {
+                    1.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        self.round = Some(Round {
+            round,
+            epoch,
+            view: 0,
+            members: Vec::new(),
+            jobs,
+            env,
+            start_column,
+            starts: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            finals: BTreeMap::new(),
+            solver: None,
+            phase: Phase::Gathering,
+            last_sent: VecDeque::new(),
+            progressed: true,
+            peer_lagging: false,
+        });
+        self.enter_view(epoch, members)
+    }
+
+    /// A membership change mid-solve (same `epoch`/`members` on every node, from the
+    /// shell's membership protocol): restart the ADMM in the new view, warm-started from
+    /// the current iterate and prices.
+    pub fn set_members(&mut self, epoch: u32, members: Vec<NodeId>) -> Result<(), PlacementError> {
+        let Some(r) = self.round.as_mut() else {
+            return Ok(());
+        };
+        let mut sorted = members.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        if epoch == r.epoch && sorted == r.members {
+            return Ok(());
+        }
+        // Warm start: own latest column, own price and ρ.
+        if let Some(sv) = &r.solver {
+            let (col, mu) = sv
+                .next
+                .clone()
+                .unwrap_or_else(|| (sv.x[sv.me].clone(), sv.mu[sv.me]));
+            r.start_column = col;
+            self.memory = Some((mu as f32, sv.rho as f32));
+        }
+        self.enter_view(epoch, sorted)
+    }
+
+    /// Convenience: `id` left (the next epoch, without it).
+    pub fn remove_member(&mut self, id: NodeId) -> Result<(), PlacementError> {
+        let (epoch, mut members) = match &self.round {
+            Some(r) => (r.epoch, r.members.clone()),
+            None => return Ok(()),
+        };
+        members.retain(|&m| m != id);
+        self.set_members(epoch.wrapping_add(1), members)
+    }
+
+    /// Convenience: `id` joined (the next epoch, with it).
+    pub fn add_member(&mut self, id: NodeId) -> Result<(), PlacementError> {
+        let (epoch, mut members) = match &self.round {
+            Some(r) => (r.epoch, r.members.clone()),
+            None => return Ok(()),
+        };
+        members.push(id);
+        self.set_members(epoch.wrapping_add(1), members)
+    }
+
+    fn enter_view(&mut self, epoch: u32, members: Vec<NodeId>) -> Result<(), PlacementError> {
+        let id = self.id;
+        let cfg_digest = self.cfg_digest;
+        let max_members = self.cfg.max_members;
+        let h = self.cfg.hysteresis;
+        let memory = self.memory;
+        let Some(r) = self.round.as_mut() else {
+            return Ok(());
+        };
+        let mut members = members;
+        members.sort_unstable();
+        members.dedup();
+        if members.len() > max_members {
+            return Err(PlacementError::TooManyMembers(members.len()));
+        }
+        if !members.contains(&id) {
+            return Err(PlacementError::NotAMember(id));
+        }
+        r.epoch = epoch;
+        r.members = members;
+        r.view = view_digest(r.round, epoch, &r.members, &r.jobs, cfg_digest);
+        r.starts.clear();
+        r.pending.clear();
+        r.finals.clear();
+        r.solver = None;
+        r.phase = Phase::Gathering;
+        r.last_sent.clear();
+        r.progressed = true;
+        self.stats.views += 1;
+        tracing::debug!(
+            node = id,
+            round = r.round,
+            epoch,
+            view = r.view,
+            members = r.members.len(),
+            "placement view"
+        );
+
+        let spec = Spec::from_env(id, &r.env, &r.jobs, &h);
+        // Own column restricted to the allowed jobs, on the wire grid.
+        let allowed: Vec<bool> = r.jobs.iter().map(|j| j.allows(id)).collect();
+        let col: Vec<f64> = r
+            .start_column
+            .iter()
+            .zip(&allowed)
+            .map(|(&x, &a)| if a { quantise(x) } else { 0.0 })
+            .collect();
+        let (mu, rho) = memory.unwrap_or((0.0, 0.0));
+        let start = Start {
+            spec,
+            column: Column::from_dense(&col),
+            mu,
+            rho,
+        };
+        let msg = Msg {
+            round: r.round,
+            view: r.view,
+            iter: 0,
+            from: id,
+            body: Body::Start(start.clone()),
+        };
+        r.starts.insert(id, start);
+        let (round, view) = (r.round, r.view);
+        self.send(msg);
+        // Replay what arrived early for this view.
+        let early: Vec<Msg> = {
+            let (keep, take): (VecDeque<Msg>, VecDeque<Msg>) = std::mem::take(&mut self.buffered)
+                .into_iter()
+                .partition(|m| !(m.round == round && m.view == view));
+            self.buffered = keep;
+            take.into_iter().collect()
+        };
+        for m in early {
+            self.handle_inner(m);
+        }
+        self.try_assemble();
+        Ok(())
+    }
+
+    fn send(&mut self, msg: Msg) {
+        self.stats.sent += 1;
+        if let Some(r) = self.round.as_mut() {
+            if r.last_sent.len() == 2 {
+                r.last_sent.pop_front();
+            }
+            r.last_sent.push_back(msg.clone());
+        }
+        self.outbox.push_back(msg);
+    }
+
+    /// Timer: if nothing moved since the last tick (or a peer showed it lags), re-send
+    /// the last two messages. Idempotent on the receiving side.
+    pub fn tick(&mut self) {
+        let Some(r) = self.round.as_mut() else { return };
+        let finished = matches!(r.phase, Phase::Done | Phase::Failed);
+        let resend = if finished {
+            r.peer_lagging
+        } else {
+            !r.progressed || r.peer_lagging
+        };
+        r.progressed = false;
+        r.peer_lagging = false;
+        if resend {
+            let msgs: Vec<Msg> = r.last_sent.iter().cloned().collect();
+            self.stats.resent += msgs.len() as u64;
+            self.outbox.extend(msgs);
+        }
+    }
+
+    /// Feed one message from the network (untrusted; invalid ones are dropped and
+    /// counted).
+    pub fn handle(&mut self, msg: Msg) {
+        self.stats.received += 1;
+        self.handle_inner(msg);
+        self.try_assemble();
+    }
+
+    fn buffer(&mut self, msg: Msg) {
+        self.stats.buffered += 1;
+        if self.buffered.len() >= self.cfg.max_buffered {
+            self.buffered.pop_front();
+        }
+        self.buffered.push_back(msg);
+    }
+
+    fn handle_inner(&mut self, msg: Msg) {
+        let Some(r) = self.round.as_mut() else {
+            self.buffer(msg);
+            return;
+        };
+        if msg.round < r.round {
+            self.stats.stale += 1;
+            return;
+        }
+        if msg.round > r.round || msg.view != r.view {
+            self.buffer(msg);
+            return;
+        }
+        if msg.from == self.id || r.members.binary_search(&msg.from).is_err() {
+            self.stats.rejected += 1;
+            return;
+        }
+        let nj = r.jobs.len();
+        match msg.body {
+            Body::Start(start) => {
+                if msg.iter != 0
+                    || start.column.to_dense(nj).is_none()
+                    || start.spec.costs(nj).is_err()
+                {
+                    self.stats.rejected += 1;
+                    return;
+                }
+                match r.starts.entry(msg.from) {
+                    std::collections::btree_map::Entry::Occupied(_) => {
+                        self.stats.duplicates += 1;
+                        r.peer_lagging = true;
+                    }
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        v.insert(start);
+                    }
+                }
+            }
+            Body::Column(col, mu) => {
+                let Some(x) = col.to_dense(nj) else {
+                    self.stats.rejected += 1;
+                    return;
+                };
+                let next = r.solver.as_ref().map_or(0, |s| s.k + 1);
+                let solving = matches!(r.phase, Phase::Gathering | Phase::Iterating);
+                if msg.iter == 0 {
+                    self.stats.rejected += 1;
+                } else if msg.iter < next || !solving {
+                    self.stats.stale += 1;
+                    r.peer_lagging = true;
+                } else if msg.iter > next + 1 {
+                    // Not possible from an honest member of this view; drop.
+                    self.stats.rejected += 1;
+                } else {
+                    let slot = r.pending.entry(msg.iter).or_default();
+                    match slot.entry(msg.from) {
+                        std::collections::btree_map::Entry::Occupied(_) => {
+                            self.stats.duplicates += 1;
+                            r.peer_lagging = true;
+                        }
+                        std::collections::btree_map::Entry::Vacant(v) => {
+                            v.insert((x, sane(mu)));
+                        }
+                    }
+                }
+            }
+            Body::Final(d) => {
+                if r.finals.insert(msg.from, d).is_some() {
+                    self.stats.duplicates += 1;
+                    r.peer_lagging = true;
+                }
+            }
+        }
+    }
+
+    /// Drive the state machine as far as the data it holds allows.
+    fn try_assemble(&mut self) {
+        loop {
+            let Some(r) = self.round.as_mut() else { return };
+            match r.phase {
+                Phase::Gathering => {
+                    if r.members.iter().any(|m| !r.starts.contains_key(m)) {
+                        return;
+                    }
+                    match build_solver(r, self.id, &self.cfg) {
+                        Ok(s) => {
+                            r.solver = Some(s);
+                            r.phase = Phase::Iterating;
+                            r.progressed = true;
+                            self.complete_iteration();
+                        }
+                        Err(error) => {
+                            tracing::warn!(node = self.id, round = r.round, %error, "placement infeasible");
+                            r.phase = Phase::Failed;
+                            r.progressed = true;
+                            let round = r.round;
+                            self.events.push_back(Event::Failed { round, error });
+                            return;
+                        }
+                    }
+                }
+                Phase::Iterating => {
+                    let Some(s) = r.solver.as_ref() else { return };
+                    let k1 = s.k + 1;
+                    let complete = r
+                        .pending
+                        .get(&k1)
+                        .is_some_and(|m| r.members.iter().all(|id| m.contains_key(id)));
+                    if !complete {
+                        return;
+                    }
+                    let cols = r.pending.remove(&k1).unwrap_or_default();
+                    if let Some(s) = r.solver.as_mut() {
+                        let (mut x, mu): (Vec<_>, Vec<_>) = cols.into_values().unzip();
+                        sanitise_columns(&s.problem, &mut x);
+                        s.x = x;
+                        s.mu = mu;
+                        s.k = k1;
+                        s.next = None;
+                    }
+                    r.progressed = true;
+                    self.complete_iteration();
+                }
+                Phase::Final {
+                    ref assign,
+                    digest,
+                    objective,
+                } => {
+                    if r.members
+                        .iter()
+                        .any(|m| *m != self.id && !r.finals.contains_key(m))
+                    {
+                        return;
+                    }
+                    let agree = r.finals.values().all(|&d| d == digest);
+                    let assign = assign.clone();
+                    r.progressed = true;
+                    r.phase = Phase::Done;
+                    let Some(s) = r.solver.as_ref() else { return };
+                    let p = &s.problem;
+                    if agree {
+                        let placement: Vec<(JobId, NodeId)> = assign
+                            .iter()
+                            .enumerate()
+                            .map(|(j, &n)| (p.jobs[j].id, p.nodes[n]))
+                            .collect();
+                        let moves = p
+                            .jobs
+                            .iter()
+                            .zip(&assign)
+                            .filter(|(job, &n)| job.current != Some(p.nodes[n]))
+                            .count();
+                        let frac = p.fractional_objective(&s.y);
+                        let outcome = Outcome {
+                            round: r.round,
+                            epoch: r.epoch,
+                            placement,
+                            digest,
+                            iterations: s.k,
+                            converged: s.converged,
+                            objective,
+                            fractional_objective: frac,
+                            moves,
+                            primal_residual: s.primal,
+                            dual_residual: s.dual,
+                        };
+                        // Remember price and ρ for the next round's warm start.
+                        self.memory = Some((s.mu[s.me] as f32, s.rho as f32));
+                        self.events.push_back(Event::Placed(outcome));
+                    } else {
+                        let mut digests: Vec<(NodeId, u64)> =
+                            r.finals.iter().map(|(&n, &d)| (n, d)).collect();
+                        digests.push((self.id, digest));
+                        digests.sort_unstable();
+                        tracing::warn!(
+                            node = self.id,
+                            round = r.round,
+                            ?digests,
+                            "placement digests disagree"
+                        );
+                        self.events.push_back(Event::Disagreement {
+                            round: r.round,
+                            digests,
+                        });
+                    }
+                    return;
+                }
+                Phase::Done | Phase::Failed => return,
+            }
+        }
+    }
+
+    /// Iteration `k` is complete (every member's `x^k` is in): job-row projection, dual
+    /// update, residuals, ρ adaptation, stopping test; then either the next local step or
+    /// the rounding.
+    fn complete_iteration(&mut self) {
+        let cfg = self.cfg.clone();
+        let id = self.id;
+        let Some(r) = self.round.as_mut() else { return };
+        let Some(s) = r.solver.as_mut() else { return };
+        let nj = s.problem.n_jobs();
+        let (mut dy2, mut r2, mut xx, mut yy) = (0.0, 0.0, 0.0, 0.0);
+        {
+            // Y^k = Π_rows(X^k + U^{k-1}); U^k = U^{k-1} + X^k − Y^k.
+            for j in 0..nj {
+                let nodes = &s.job_nodes[j];
+                s.row.clear();
+                s.row.extend(nodes.iter().map(|&n| s.x[n][j] + s.u[n][j]));
+                project_simplex(&mut s.row);
+                for (t, &n) in nodes.iter().enumerate() {
+                    let (xv, yv) = (s.x[n][j], s.row[t]);
+                    dy2 += (yv - s.y[n][j]).powi(2);
+                    r2 += (xv - yv).powi(2);
+                    xx += xv * xv;
+                    yy += yv * yv;
+                    s.y[n][j] = yv;
+                    s.u[n][j] += xv - yv;
+                }
+            }
+        }
+        let nnz = s.job_nodes.iter().map(Vec::len).sum::<usize>().max(1) as f64;
+        let unorm = s.u.iter().flatten().map(|v| v * v).sum::<f64>().sqrt();
+        let primal = r2.sqrt();
+        let dual = s.rho * dy2.sqrt();
+        let eps_pri = nnz.sqrt() * cfg.eps_abs + cfg.eps_rel * xx.sqrt().max(yy.sqrt());
+        let eps_dual = nnz.sqrt() * cfg.eps_abs + cfg.eps_rel * s.rho * unorm;
+        s.primal = primal;
+        s.dual = dual;
+        let stop = s.k >= 1 && primal <= eps_pri && dual <= eps_dual;
+        if stop || s.k >= cfg.max_iters {
+            s.converged = stop;
+            let res = integer::round_and_repair(
+                &s.problem,
+                &s.y,
+                &s.mu,
+                cfg.polish_passes,
+                cfg.price_steps,
+            );
+            match res {
+                Ok(assign) => {
+                    let digest = integer::digest(r.round, &s.problem, &assign);
+                    tracing::debug!(
+                        node = id,
+                        round = r.round,
+                        iterations = s.k,
+                        converged = stop,
+                        primal,
+                        dual,
+                        rho = s.rho,
+                        "placement rounded"
+                    );
+                    let objective = s.problem.objective(&assign).unwrap_or(f64::INFINITY);
+                    let msg = Msg {
+                        round: r.round,
+                        view: r.view,
+                        iter: s.k,
+                        from: id,
+                        body: Body::Final(digest),
+                    };
+                    r.phase = Phase::Final {
+                        assign,
+                        digest,
+                        objective,
+                    };
+                    self.send(msg);
+                }
+                Err(error) => {
+                    r.phase = Phase::Failed;
+                    let round = r.round;
+                    self.events.push_back(Event::Failed { round, error });
+                }
+            }
+            return;
+        }
+        if cfg.adaptive_rho && s.k >= 1 && eps_pri > 0.0 && eps_dual > 0.0 {
+            let (rp, rd) = (primal / eps_pri, dual / eps_dual);
+            let old = s.rho;
+            if rp > cfg.rho_mu * rd || rd > cfg.rho_mu * rp {
+                let f = if rd > 0.0 {
+                    (rp / rd).sqrt()
+                } else {
+                    cfg.rho_tau
+                };
+                s.rho *= f.clamp(1.0 / cfg.rho_tau, cfg.rho_tau);
+            }
+            if s.rho != old {
+                let f = old / s.rho;
+                s.u.iter_mut().flatten().for_each(|u| *u *= f);
+            }
+        }
+        // Local step: x_me ← Π_{X_me}(y_me − u_me − ĉ_me/ρ).
+        let me = s.me;
+        for (t, &j) in s.allowed.iter().enumerate() {
+            s.w[t] = s.y[me][j] - s.u[me][j] - s.cost[t] / s.rho;
+        }
+        let p = &s.problem;
+        let penalty = if p.slope[me] > 0.0 {
+            Some((p.knee[me], p.slope[me] / s.scale / s.rho))
+        } else {
+            None
+        };
+        let t = s
+            .projector
+            .project(&s.w, &s.demand, p.capacity[me], penalty, &mut s.out);
+        let mut next = vec![0.0; nj];
+        for (q, &j) in s.allowed.iter().enumerate() {
+            next[j] = quantise(s.out[q]);
+        }
+        // The price as every peer will read it (wire precision).
+        let mu_wire = (t * s.rho * s.scale).clamp(0.0, crate::msg::MAX_VALUE as f64) as f32;
+        let body = Body::Column(Column::from_dense(&next), mu_wire);
+        let msg = Msg {
+            round: r.round,
+            view: r.view,
+            iter: s.k + 1,
+            from: id,
+            body,
+        };
+        r.pending
+            .entry(s.k + 1)
+            .or_default()
+            .insert(id, (next.clone(), sane(mu_wire)));
+        s.next = Some((next, sane(mu_wire)));
+        self.send(msg);
+    }
+}
+
+/// Zero the entries of columns (from the network) on pairs locality forbids.
+fn sanitise_columns(p: &Problem, x: &mut [Vec<f64>]) {
+    for (n, col) in x.iter_mut().enumerate() {
+        for (j, v) in col.iter_mut().enumerate() {
+            if !p.allowed(n, j) {
+                *v = 0.0;
+            }
+        }
+    }
+}
+
+/// Euclidean projection of `v` onto the simplex `{v ≥ 0, Σ v = 1}` (sort-based,
+/// O(n log n)).
+fn project_simplex(v: &mut [f64]) {
+    if v.is_empty() {
+        return;
+    }
+    let mut s: Vec<f64> = v.to_vec();
+    s.sort_by(|a, b| b.total_cmp(a));
+    let (mut cum, mut theta) = (0.0, 0.0);
+    for (i, &x) in s.iter().enumerate() {
+        cum += x;
+        let t = (cum - 1.0) / (i + 1) as f64;
+        if x - t > 0.0 {
+            theta = t;
+        }
+    }
+    v.iter_mut().for_each(|x| *x = (*x - theta).max(0.0));
+}
+
+fn view_digest(round: u64, epoch: u32, members: &[NodeId], jobs: &[Job], cfg: u64) -> u32 {
+    let mut h = Fnv::new();
+    h.u64(round);
+    h.u64(epoch as u64);
+    h.u64(cfg);
+    h.u64(members.len() as u64);
+    for &m in members {
+        h.u64(m as u64);
+    }
+    for j in jobs {
+        h.u64(j.id);
+        h.f64(j.demand);
+        h.f64(j.work);
+        h.u64(j.state_bytes);
+        h.u64(j.current.map_or(u64::MAX, |c| c as u64));
+        match &j.allowed {
+            None => h.u64(u64::MAX),
+            Some(a) => {
+                h.u64(a.len() as u64);
+                for &n in a {
+                    h.u64(n as u64);
+                }
+            }
+        }
+    }
+    let d = h.finish();
+    (d ^ (d >> 32)) as u32
+}
+
+/// Assemble the problem from every member's start and set up the ADMM state.
+fn build_solver(r: &Round, me_id: NodeId, cfg: &Config) -> Result<Solver, PlacementError> {
+    let nj = r.jobs.len();
+    let nn = r.members.len();
+    let mut p = Problem {
+        jobs: r.jobs.clone(),
+        nodes: r.members.clone(),
+        capacity: Vec::with_capacity(nn),
+        knee: Vec::with_capacity(nn),
+        slope: Vec::with_capacity(nn),
+        margin: r.jobs.iter().map(|j| cfg.hysteresis.margin(j)).collect(),
+        cost: vec![f64::INFINITY; nn * nj],
+    };
+    let mut x = Vec::with_capacity(nn);
+    for (n, id) in r.members.iter().enumerate() {
+        let st = r.starts.get(id).ok_or(PlacementError::BadSpec {
+            node: *id,
+            reason: "missing",
+        })?;
+        p.capacity.push(st.spec.capacity());
+        p.knee.push(st.spec.knee_abs());
+        p.slope.push(st.spec.slope());
+        for (j, c) in st
+            .spec
+            .costs(nj)
+            .map_err(|reason| PlacementError::BadSpec { node: *id, reason })?
+        {
+            // Locality is job data: a spec offering a job that forbids the node is ignored
+            // there.
+            if r.jobs[j].allows(*id) {
+                p.cost[n * nj + j] = c;
+            }
+        }
+        let col = st.column.to_dense(nj).ok_or(PlacementError::BadSpec {
+            node: *id,
+            reason: "column",
+        })?;
+        x.push(col);
+    }
+    p.validate()?;
+    sanitise_columns(&p, &mut x);
+    let me = p
+        .node_index(me_id)
+        .ok_or(PlacementError::NotAMember(me_id))?;
+    let scale = p.cost_scale();
+    // Warm start: ρ of the lowest-id member that has one; every member's own price.
+    let rho = r
+        .members
+        .iter()
+        .filter_map(|m| r.starts.get(m))
+        .map(|s| sane(s.rho))
+        .find(|&v| v > 0.0)
+        .map_or(cfg.rho0, |v| v.clamp(1e-6, 1e6));
+    let mu: Vec<f64> = r
+        .members
+        .iter()
+        .map(|m| r.starts.get(m).map_or(0.0, |s| sane(s.mu)))
+        .collect();
+    let job_nodes: Vec<Vec<usize>> = (0..nj)
+        .map(|j| (0..nn).filter(|&n| p.allowed(n, j)).collect())
+        .collect();
+    // U^{-1} = −(ĉ + μ̂ d)/ρ: the reduced cost of every pair, so the first row projection
+    // already leans to the cheap nodes.
+    let y = vec![vec![0.0; nj]; nn];
+    let mut u = vec![vec![0.0; nj]; nn];
+    for (n, row) in u.iter_mut().enumerate() {
+        for (j, v) in row.iter_mut().enumerate() {
+            if p.allowed(n, j) {
+                *v = -(p.c(n, j) + mu[n] * p.jobs[j].demand) / scale / rho;
+            }
+        }
+    }
+    let allowed: Vec<usize> = (0..nj).filter(|&j| p.allowed(me, j)).collect();
+    let demand = allowed.iter().map(|&j| p.jobs[j].demand).collect();
+    let cost = allowed.iter().map(|&j| p.c(me, j) / scale).collect();
+    let na = allowed.len();
+    Ok(Solver {
+        problem: p,
+        me,
+        scale,
+        rho,
+        k: 0,
+        x,
+        y,
+        u,
+        mu,
+        job_nodes,
+        next: None,
+        allowed,
+        demand,
+        cost,
+        w: vec![0.0; na],
+        out: vec![0.0; na],
+        row: Vec::with_capacity(nn),
+        projector: Projector::default(),
+        primal: f64::INFINITY,
+        dual: f64::INFINITY,
+        converged: false,
+    })
+}

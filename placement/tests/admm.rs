@@ -1,0 +1,591 @@
+//! The decentralised solve end to end on the simulated swarm: quality against an LP
+//! solver and exact integer optima, infeasibility, loss, duplicates, delays, churn,
+//! hysteresis, agreement, message sizes.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use placement::msg::{Body, Column, Msg};
+use placement::sim::{random_instance, Codec, Instance, InstanceOpts, SimConfig, Swarm};
+use placement::{
+    Config, Event, Hysteresis, Job, Link, LoadPenalty, Node, NodeEnv, Outcome, PlacementError,
+    Problem,
+};
+
+fn problem(inst: &Instance, cfg: &Config) -> Problem {
+    Problem::from_envs(&inst.jobs, &inst.envs, &cfg.hysteresis).expect("feasible instance")
+}
+
+fn solve(inst: &Instance, cfg: &Config, sim: SimConfig) -> (Outcome, Swarm) {
+    let mut swarm = Swarm::new(inst, cfg.clone(), sim).with_codec(Box::new(common::Cbor));
+    swarm.start_round(1).expect("start");
+    let rep = swarm.run().expect("run");
+    assert!(rep.finished, "swarm did not finish in {} steps", rep.steps);
+    let out = rep
+        .agreed()
+        .unwrap_or_else(|| panic!("nodes disagree: {:?}", rep.last_events))
+        .clone();
+    (out, swarm)
+}
+
+fn assignment(p: &Problem, out: &Outcome) -> Vec<usize> {
+    out.placement
+        .iter()
+        .map(|(_, n)| p.node_index(*n).expect("placed on a member"))
+        .collect()
+}
+
+/// Checks the placement against the problem (capacity, locality, one node per job) and
+/// returns its objective.
+fn check_feasible(p: &Problem, out: &Outcome) -> f64 {
+    assert_eq!(out.placement.len(), p.n_jobs());
+    for ((id, _), job) in out.placement.iter().zip(&p.jobs) {
+        assert_eq!(*id, job.id);
+    }
+    let obj = p
+        .objective(&assignment(p, out))
+        .expect("placement breaks capacity or locality");
+    assert!(
+        (obj - out.objective).abs() <= 1e-6 * obj.abs().max(1.0),
+        "reported objective is not the placement's"
+    );
+    obj
+}
+
+#[test]
+fn gap_to_lp_bound_within_one_percent_at_32x256() {
+    let cfg = Config::default();
+    for seed in 1..=3 {
+        let inst = random_instance(seed, 32, 256, &InstanceOpts::default());
+        let p = problem(&inst, &cfg);
+        let (out, swarm) = solve(&inst, &cfg, SimConfig::default());
+        let obj = check_feasible(&p, &out);
+        let lb = common::lp_bound(&p);
+        let gap = common::gap_pct(obj, lb);
+        assert!(out.converged, "seed {seed}: stopped by the iteration cap");
+        assert!(gap <= 1.0, "seed {seed}: gap {gap:.3}% to the LP bound");
+        assert!(
+            gap >= -1e-6,
+            "seed {seed}: below the LP bound ({gap}%): the bound or the objective is wrong"
+        );
+        assert!(
+            out.iterations <= 40,
+            "seed {seed}: {} iterations",
+            out.iterations
+        );
+        // Gossip stays small: ≤ 2 KiB per node per iteration, CBOR-encoded.
+        let per_iter = swarm.stats.bytes as f64 / 32.0 / out.iterations as f64;
+        assert!(
+            per_iter <= 2048.0,
+            "seed {seed}: {per_iter:.0} bytes per node per iteration"
+        );
+    }
+}
+
+#[test]
+fn small_sizes_match_exact_optima() {
+    let cfg = Config::default();
+    // Tiny: brute force, and the MIP solver agrees with it (the ground truth is checked too).
+    for (seed, nodes, jobs) in [(1, 3, 1), (2, 3, 4), (3, 4, 5), (4, 2, 7), (5, 3, 6)] {
+        let inst = random_instance(seed, nodes, jobs, &InstanceOpts::default());
+        let p = problem(&inst, &cfg);
+        let (out, _) = solve(&inst, &cfg, SimConfig::default());
+        let obj = check_feasible(&p, &out);
+        let best = common::brute_force(&p).expect("some placement fits");
+        let mip = common::ilp_optimum(&p).expect("MIP optimum");
+        assert!(
+            (mip - best).abs() <= 1e-6 * best,
+            "MIP {mip} vs brute force {best}"
+        );
+        let lb = common::lp_bound(&p);
+        assert!(
+            lb <= best + 1e-6 * best,
+            "LP bound {lb} above the integer optimum {best}"
+        );
+        let gap = common::gap_pct(obj, best);
+        assert!(
+            gap <= 1.0,
+            "{nodes}x{jobs}: {gap:.3}% above the integer optimum"
+        );
+    }
+    // Larger: the MIP optimum as ground truth (instances the MIP solves in seconds).
+    for (seed, nodes, jobs) in [(1, 8, 32), (1, 6, 24), (2, 6, 24)] {
+        let inst = random_instance(seed, nodes, jobs, &InstanceOpts::default());
+        let p = problem(&inst, &cfg);
+        let (out, _) = solve(&inst, &cfg, SimConfig::default());
+        let obj = check_feasible(&p, &out);
+        let best = common::ilp_optimum(&p).expect("MIP optimum");
+        let lb = common::lp_bound(&p);
+        assert!(lb <= best * (1.0 + 1e-9));
+        let gap = common::gap_pct(obj, best);
+        assert!(
+            gap <= 1.0,
+            "{nodes}x{jobs} seed {seed}: {gap:.3}% above the integer optimum"
+        );
+        assert!(
+            out.iterations <= 60,
+            "{nodes}x{jobs} seed {seed}: {} iterations",
+            out.iterations
+        );
+    }
+}
+
+fn tiny_env(capacity: f64, speed: f64) -> NodeEnv {
+    NodeEnv {
+        capacity,
+        speed,
+        load: LoadPenalty::default(),
+        links: BTreeMap::new(),
+        fallback_link: Link {
+            bandwidth: 100e6,
+            rtt: 1e-3,
+        },
+    }
+}
+
+fn job(id: u64, demand: f64, current: Option<u32>, allowed: Option<Vec<u32>>) -> Job {
+    Job {
+        id,
+        demand,
+        work: 100.0,
+        state_bytes: 1_000_000,
+        current,
+        allowed,
+    }
+}
+
+fn expect_failure(inst: &Instance, want: fn(&PlacementError) -> bool) {
+    let cfg = Config::default();
+    let mut swarm = Swarm::new(inst, cfg, SimConfig::default());
+    swarm.start_round(1).expect("start");
+    let rep = swarm.run().expect("run");
+    assert!(rep.finished);
+    assert!(
+        rep.steps <= 3,
+        "infeasibility took {} steps: it must be detected, not iterated on",
+        rep.steps
+    );
+    let err = rep
+        .failed()
+        .unwrap_or_else(|| panic!("not every node failed alike: {:?}", rep.last_events));
+    assert!(want(err), "unexpected error {err:?}");
+}
+
+#[test]
+fn infeasible_instances_are_reported() {
+    let envs: BTreeMap<u32, NodeEnv> = [(1, tiny_env(1.0, 1.0)), (2, tiny_env(1.0, 1.0))].into();
+    // More work than total capacity.
+    let jobs = (0..5).map(|i| job(i, 0.5, None, None)).collect();
+    expect_failure(
+        &Instance {
+            jobs,
+            envs: envs.clone(),
+        },
+        |e| matches!(e, PlacementError::OverCapacity { .. }),
+    );
+    // A job with no allowed member.
+    let jobs = vec![job(1, 0.1, None, None), job(2, 0.1, None, Some(vec![7]))];
+    expect_failure(
+        &Instance {
+            jobs,
+            envs: envs.clone(),
+        },
+        |e| matches!(e, PlacementError::NoAllowedNode { job: 2 }),
+    );
+    // A job larger than every node it may run on.
+    let jobs = vec![job(1, 1.5, None, None)];
+    expect_failure(
+        &Instance {
+            jobs,
+            envs: envs.clone(),
+        },
+        |e| matches!(e, PlacementError::JobTooLarge { job: 1, .. }),
+    );
+    // Totals fit (1.2 ≤ 2) but locality confines 1.2 to node 1 (capacity 1).
+    let jobs = vec![
+        job(1, 0.6, None, Some(vec![1])),
+        job(2, 0.6, None, Some(vec![1])),
+    ];
+    expect_failure(&Instance { jobs, envs }, |e| {
+        matches!(e, PlacementError::LocalityInfeasible { .. })
+    });
+}
+
+#[test]
+fn ten_percent_loss_converges_to_the_same_placement() {
+    let cfg = Config::default();
+    let inst = random_instance(11, 16, 96, &InstanceOpts::default());
+    let (clean, _) = solve(&inst, &cfg, SimConfig::default());
+    for seed in 1..=3 {
+        let sim = SimConfig {
+            seed,
+            drop: 0.10,
+            tick_every: 3,
+            ..SimConfig::default()
+        };
+        let (lossy, swarm) = solve(&inst, &cfg, sim);
+        assert!(
+            swarm.stats.dropped > 0 && swarm.stats.resent > 0,
+            "the test lost nothing"
+        );
+        assert_eq!(
+            lossy.placement, clean.placement,
+            "seed {seed}: loss changed the placement"
+        );
+        assert_eq!(lossy.digest, clean.digest);
+        assert_eq!(lossy.iterations, clean.iterations);
+    }
+}
+
+#[test]
+fn duplicated_and_late_messages_are_harmless() {
+    let cfg = Config::default();
+    let inst = random_instance(12, 12, 64, &InstanceOpts::default());
+    let (clean, _) = solve(&inst, &cfg, SimConfig::default());
+    let sim = SimConfig {
+        seed: 5,
+        duplicate: 0.3,
+        max_delay: 6,
+        tick_every: 16,
+        ..SimConfig::default()
+    };
+    let (noisy, swarm) = solve(&inst, &cfg, sim);
+    assert!(swarm.stats.duplicated > 0);
+    let dups: u64 = swarm
+        .nodes
+        .values()
+        .map(|n| n.stats().duplicates + n.stats().stale)
+        .sum();
+    assert!(dups > 0, "no duplicate or late message reached a node");
+    assert_eq!(noisy.placement, clean.placement);
+    assert_eq!(noisy.digest, clean.digest);
+}
+
+#[test]
+fn node_leaving_mid_solve_the_rest_reconverge_without_it() {
+    let cfg = Config::default();
+    let inst = random_instance(
+        13,
+        10,
+        60,
+        &InstanceOpts {
+            load_factor: 0.6,
+            ..InstanceOpts::default()
+        },
+    );
+    let gone = *inst.envs.keys().nth(3).expect("node");
+    let mut swarm = Swarm::new(
+        &inst,
+        cfg.clone(),
+        SimConfig {
+            max_delay: 1,
+            tick_every: 6,
+            ..SimConfig::default()
+        },
+    )
+    .with_codec(Box::new(common::Cbor));
+    swarm.start_round(1).expect("start");
+    for _ in 0..6 {
+        swarm.step().expect("step");
+    }
+    assert!(
+        swarm.nodes.values().all(|n| !n.is_finished()),
+        "leave must happen mid-solve"
+    );
+    swarm.schedule_leave(swarm.now() + 1, gone, 4);
+    let rep = swarm.run().expect("run");
+    assert!(rep.finished);
+    assert!(!rep.last_events.contains_key(&gone));
+    let out = rep.agreed().expect("survivors agree").clone();
+    assert!(
+        out.placement.iter().all(|&(_, n)| n != gone),
+        "a job stays on the node that left"
+    );
+    assert_eq!(out.epoch, 1);
+    // Quality in the reduced swarm.
+    let mut envs = inst.envs.clone();
+    envs.remove(&gone);
+    let reduced = Instance {
+        jobs: inst.jobs.clone(),
+        envs,
+    };
+    let p = problem(&reduced, &cfg);
+    let obj = check_feasible(&p, &out);
+    let gap = common::gap_pct(obj, common::lp_bound(&p));
+    assert!(gap <= 1.5, "gap {gap:.3}% after the leave");
+}
+
+#[test]
+fn node_joining_mid_solve_is_used() {
+    let cfg = Config::default();
+    let mut inst = random_instance(
+        14,
+        6,
+        40,
+        &InstanceOpts {
+            load_factor: 0.8,
+            ..InstanceOpts::default()
+        },
+    );
+    // The newcomer is the fastest, biggest node: the optimum must use it.
+    let newcomer = 999;
+    let env = NodeEnv {
+        capacity: 2.0,
+        speed: 4.0,
+        ..inst.envs.values().next().expect("env").clone()
+    };
+    let mut swarm =
+        Swarm::new(&inst, cfg.clone(), SimConfig::default()).with_codec(Box::new(common::Cbor));
+    swarm.start_round(1).expect("start");
+    for _ in 0..4 {
+        swarm.step().expect("step");
+    }
+    swarm.schedule_join(swarm.now() + 1, newcomer, env.clone(), 2);
+    let rep = swarm.run().expect("run");
+    let out = rep.agreed().expect("all agree, newcomer included").clone();
+    assert!(rep.last_events.contains_key(&newcomer));
+    assert!(
+        out.placement.iter().any(|&(_, n)| n == newcomer),
+        "the newcomer got no job"
+    );
+    inst.envs.insert(newcomer, env);
+    let p = problem(&inst, &cfg);
+    let obj = check_feasible(&p, &out);
+    let gap = common::gap_pct(obj, common::lp_bound(&p));
+    assert!(gap <= 1.5, "gap {gap:.3}% after the join");
+}
+
+#[test]
+fn hysteresis_blocks_moves_of_negligible_gain() {
+    // One job on node 1; node 2 is 0.2 % faster and the state is tiny: moving gains
+    // ~0.2 s minus the migration, below the 0.5 s margin. With no margin it moves.
+    let envs: BTreeMap<u32, NodeEnv> = [(1, tiny_env(1.0, 1.0)), (2, tiny_env(1.0, 1.002))].into();
+    let mut jobs = vec![Job {
+        id: 1,
+        demand: 0.3,
+        work: 100.0,
+        state_bytes: 1000,
+        current: Some(1),
+        allowed: None,
+    }];
+    // With node 2 much faster, both jobs gain far more than the margin: they must move.
+    jobs.push(Job {
+        id: 2,
+        demand: 0.3,
+        work: 100.0,
+        state_bytes: 1000,
+        current: Some(1),
+        allowed: None,
+    });
+    let mut envs2 = envs.clone();
+    envs2.insert(2, tiny_env(1.0, 1.5));
+    let cfg = Config::default();
+    let (out, _) = solve(
+        &Instance {
+            jobs: jobs[..1].to_vec(),
+            envs: envs.clone(),
+        },
+        &cfg,
+        SimConfig::default(),
+    );
+    assert_eq!(
+        out.placement,
+        vec![(1, 1)],
+        "a move of negligible gain happened"
+    );
+    assert_eq!(out.moves, 0);
+    let eager = Config {
+        hysteresis: Hysteresis {
+            absolute: 0.0,
+            relative: 0.0,
+        },
+        ..Config::default()
+    };
+    let (out, _) = solve(
+        &Instance {
+            jobs: jobs[..1].to_vec(),
+            envs,
+        },
+        &eager,
+        SimConfig::default(),
+    );
+    assert_eq!(
+        out.placement,
+        vec![(1, 2)],
+        "without a margin the better node wins"
+    );
+    let (out, _) = solve(&Instance { jobs, envs: envs2 }, &cfg, SimConfig::default());
+    assert_eq!(
+        out.moves, 2,
+        "gains well above the margin must move: {:?}",
+        out.placement
+    );
+}
+
+#[test]
+fn warm_start_next_round_converges_faster_and_keeps_the_placement() {
+    let cfg = Config::default();
+    let inst = random_instance(15, 16, 128, &InstanceOpts::default());
+    let (first, mut swarm) = solve(&inst, &cfg, SimConfig::default());
+    swarm.apply(&first);
+    swarm.start_round(2).expect("round 2");
+    let rep = swarm.run().expect("run");
+    let second = rep.agreed().expect("agreement").clone();
+    assert!(
+        2 * second.iterations <= first.iterations,
+        "warm start took {} iterations vs {} cold",
+        second.iterations,
+        first.iterations
+    );
+    // Nothing changed: every move would only add migration and margin.
+    assert_eq!(second.moves, 0, "jobs moved with nothing changed");
+}
+
+/// Drive nodes by hand: forge one node's final digest; every other node must detect it.
+#[test]
+fn a_diverging_placement_is_detected_by_the_final_digest() {
+    let cfg = Config::default();
+    let inst = random_instance(16, 3, 6, &InstanceOpts::default());
+    let members: Vec<u32> = inst.envs.keys().copied().collect();
+    let liar = members[0];
+    let mut nodes: Vec<Node> = members
+        .iter()
+        .map(|&id| Node::new(id, cfg.clone()))
+        .collect();
+    for n in &mut nodes {
+        let env = inst.envs[&n.id()].clone();
+        n.start_round(1, 0, members.clone(), inst.jobs.clone(), env)
+            .expect("start");
+    }
+    let mut events: BTreeMap<u32, Event> = BTreeMap::new();
+    for _ in 0..200 {
+        let mut msgs = Vec::new();
+        for n in &mut nodes {
+            while let Some(mut m) = n.poll_transmit() {
+                if m.from == liar {
+                    if let Body::Final(d) = &mut m.body {
+                        *d ^= 1;
+                    }
+                }
+                msgs.push(m);
+            }
+            while let Some(e) = n.poll_event() {
+                events.insert(n.id(), e);
+            }
+        }
+        if msgs.is_empty() {
+            break;
+        }
+        for m in &msgs {
+            for n in nodes.iter_mut().filter(|n| n.id() != m.from) {
+                n.handle(m.clone());
+            }
+        }
+    }
+    for n in &mut nodes {
+        while let Some(e) = n.poll_event() {
+            events.insert(n.id(), e);
+        }
+    }
+    assert_eq!(events.len(), 3);
+    for (id, e) in &events {
+        if *id == liar {
+            // Its own view is consistent: every digest it heard matches its own.
+            assert!(matches!(e, Event::Placed(_)), "liar: {e:?}");
+        } else {
+            assert!(matches!(e, Event::Disagreement { .. }), "node {id}: {e:?}");
+        }
+    }
+}
+
+#[test]
+fn untrusted_messages_are_rejected_without_panic() {
+    let cfg = Config::default();
+    let inst = random_instance(17, 3, 5, &InstanceOpts::default());
+    let members: Vec<u32> = inst.envs.keys().copied().collect();
+    let mut a = Node::new(members[0], cfg.clone());
+    a.start_round(
+        1,
+        0,
+        members.clone(),
+        inst.jobs.clone(),
+        inst.envs[&members[0]].clone(),
+    )
+    .expect("start");
+    let first = a.poll_transmit().expect("start message");
+    let view = first.view;
+    let bad = [
+        // Job index past the end, value above 1, odd length, repeated index.
+        Body::Column(Column(vec![9, 100]), 0.0),
+        Body::Column(Column(vec![0, u32::MAX]), 0.0),
+        Body::Column(Column(vec![1]), 0.0),
+        Body::Column(Column(vec![1, 5, 0, 5]), f32::NAN),
+    ];
+    for body in bad {
+        a.handle(Msg {
+            round: 1,
+            view,
+            iter: 1,
+            from: members[1],
+            body,
+        });
+    }
+    // A non-member, and our own id echoed back.
+    a.handle(Msg {
+        round: 1,
+        view,
+        iter: 1,
+        from: 4242,
+        body: Body::Final(1),
+    });
+    a.handle(Msg {
+        round: 1,
+        view,
+        iter: 0,
+        from: members[0],
+        body: first.body.clone(),
+    });
+    assert_eq!(a.stats().rejected, 6);
+    assert!(!a.is_finished());
+    // Garbage bytes never decode into a message.
+    let codec = common::Cbor;
+    assert!(codec.decode(&[0xff, 0x00, 0x13]).is_none());
+    let mut bytes = codec.encode(&first);
+    bytes.truncate(bytes.len() / 2);
+    assert!(codec.decode(&bytes).is_none());
+    assert_eq!(codec.decode(&codec.encode(&first)), Some(first));
+}
+
+#[test]
+fn every_node_computes_the_identical_integer_placement() {
+    let cfg = Config::default();
+    let inst = random_instance(18, 20, 120, &InstanceOpts::default());
+    let mut swarm = Swarm::new(
+        &inst,
+        cfg,
+        SimConfig {
+            seed: 3,
+            drop: 0.05,
+            duplicate: 0.05,
+            max_delay: 2,
+            tick_every: 8,
+            ..SimConfig::default()
+        },
+    );
+    swarm.start_round(1).expect("start");
+    let rep = swarm.run().expect("run");
+    let placements: Vec<&Outcome> = rep
+        .last_events
+        .values()
+        .map(|e| match e {
+            Some(Event::Placed(o)) => o,
+            other => panic!("not placed: {other:?}"),
+        })
+        .collect();
+    assert_eq!(placements.len(), 20);
+    for o in &placements[1..] {
+        assert_eq!(o.placement, placements[0].placement);
+        assert_eq!(o.digest, placements[0].digest);
+    }
+}
