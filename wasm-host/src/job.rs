@@ -369,28 +369,12 @@ impl Job {
                     })?;
                     state_globals.push((name.clone(), g));
                 }
-                let get = |store: &mut Store<JobData>, name: &str| {
-                    instance
-                        .get_func(&mut *store, name)
-                        .ok_or_else(|| HostError::InvalidModule(format!("export `{name}` missing")))
-                };
-                let typed = |e: wasmtime::Error| HostError::InvalidModule(e.to_string());
                 let asyncify = Asyncify {
-                    start_unwind: get(&mut store, "asyncify_start_unwind")?
-                        .typed(&store)
-                        .map_err(typed)?,
-                    stop_unwind: get(&mut store, "asyncify_stop_unwind")?
-                        .typed(&store)
-                        .map_err(typed)?,
-                    start_rewind: get(&mut store, "asyncify_start_rewind")?
-                        .typed(&store)
-                        .map_err(typed)?,
-                    stop_rewind: get(&mut store, "asyncify_stop_rewind")?
-                        .typed(&store)
-                        .map_err(typed)?,
-                    get_state: get(&mut store, "asyncify_get_state")?
-                        .typed(&store)
-                        .map_err(typed)?,
+                    start_unwind: typed_export(&instance, &mut store, "asyncify_start_unwind")?,
+                    stop_unwind: typed_export(&instance, &mut store, "asyncify_stop_unwind")?,
+                    start_rewind: typed_export(&instance, &mut store, "asyncify_start_rewind")?,
+                    stop_rewind: typed_export(&instance, &mut store, "asyncify_stop_rewind")?,
+                    get_state: typed_export(&instance, &mut store, "asyncify_get_state")?,
                 };
                 let flags = instance
                     .get_memory(&mut store, FLAG_MEMORY)
@@ -820,6 +804,17 @@ impl HostError {
             other => other,
         }
     }
+}
+
+/// An exported function of the instrumented module with the signature roam expects.
+fn typed_export<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(
+    instance: &Instance,
+    store: &mut Store<JobData>,
+    name: &str,
+) -> Result<TypedFunc<P, R>, HostError> {
+    instance
+        .get_typed_func::<P, R>(&mut *store, name)
+        .map_err(|e| HostError::InvalidModule(format!("export `{name}`: {e}")))
 }
 
 fn trap_error(store: &Store<JobData>, e: wasmtime::Error) -> HostError {
