@@ -73,14 +73,19 @@ fn checkpoint_ls_verify_resume_gc() {
 
     // Resume an early checkpoint (by prefix) and the newest one (by job): each prints the
     // rest of the straight run's output.
-    for args in [
-        vec!["--checkpoint".to_string(), ids[1][..12].to_string()],
-        vec!["--job".to_string(), "sv".to_string()],
+    // The newest checkpoint may come after the last line was printed, so only the early
+    // one must print something.
+    for (args, must_print) in [
+        (
+            vec!["--checkpoint".to_string(), ids[1][..12].to_string()],
+            true,
+        ),
+        (vec!["--job".to_string(), "sv".to_string()], false),
     ] {
         let resumed = run(roam().args(["resume", "--store"]).arg(&store).args(&args));
         let out = ok(&resumed, "resume");
         assert!(
-            !out.is_empty() && expected.ends_with(&out),
+            (!must_print || !out.is_empty()) && expected.ends_with(&out),
             "resume {args:?}: output is not the rest of the straight run ({} bytes)",
             out.len()
         );
