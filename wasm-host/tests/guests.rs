@@ -245,5 +245,5 @@ fn wat_guest_resumes_bit_identically() {
     let reference = Case::new("countdown", &[]).straight(&host());
     assert!(reference.stdout.ends_with(b"liftoff\n"));
     // It runs for a few milliseconds only: pause it at short intervals.
-    check_with(Case::new("countdown", &[]), Duration::from_millis(4));
+    check_with(Case::new("countdown", &[]), Duration::from_millis(2));
 }
