@@ -104,6 +104,8 @@ pub struct Host {
     fingerprint: String,
     loaded: Mutex<HashMap<Hash32, Arc<LoadedModule>>>,
     instrumented_by_original: Mutex<HashMap<Hash32, Hash32>>,
+    /// `wasm-opt --version`, asked once per host (it is part of the cache key).
+    wasm_opt_version: std::sync::OnceLock<String>,
 }
 
 struct Blake3Hasher(blake3::Hasher);
@@ -151,6 +153,7 @@ impl Host {
             fingerprint,
             loaded: Mutex::new(HashMap::new()),
             instrumented_by_original: Mutex::new(HashMap::new()),
+            wasm_opt_version: std::sync::OnceLock::new(),
         }))
     }
 
@@ -279,7 +282,13 @@ impl Host {
     }
 
     fn instrument_cache_key(&self, original: &Hash32) -> Result<String, HostError> {
-        let version = instrument::wasm_opt_version(&self.config.instrument.wasm_opt)?;
+        let version = match self.wasm_opt_version.get() {
+            Some(v) => v.clone(),
+            None => {
+                let v = instrument::wasm_opt_version(&self.config.instrument.wasm_opt)?;
+                self.wasm_opt_version.get_or_init(|| v).clone()
+            }
+        };
         let mut h = blake3::Hasher::new();
         h.update(original);
         h.update(&instrument::INSTRUMENT_VERSION.to_le_bytes());
