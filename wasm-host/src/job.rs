@@ -589,7 +589,7 @@ impl Job {
         let start = base + ASYNCIFY_HEADER as usize;
         let current = start + self.stack.len();
         data[base..base + 4].copy_from_slice(&(current as u32).to_le_bytes());
-        data[base + 4..base + 8].copy_from_slice(&(end as u32).to_le_bytes());
+        data[base + 4..base + 8].copy_from_slice(&asyncify_end(end).to_le_bytes());
         data[start..current].copy_from_slice(&self.stack);
         self.store.data_mut().scratch = Some(Scratch {
             base: base as u32,
@@ -909,7 +909,7 @@ fn yield_point(mut caller: Caller<'_, JobData>) -> wasmtime::Result<()> {
     let data = memory.data_mut(&mut caller);
     let saved = data[base..end].to_vec();
     data[base..base + 4].copy_from_slice(&((base + ASYNCIFY_HEADER as usize) as u32).to_le_bytes());
-    data[base + 4..base + 8].copy_from_slice(&(end as u32).to_le_bytes());
+    data[base + 4..base + 8].copy_from_slice(&asyncify_end(end).to_le_bytes());
     caller.data_mut().scratch = Some(Scratch {
         base: base as u32,
         saved,
@@ -917,4 +917,10 @@ fn yield_point(mut caller: Caller<'_, JobData>) -> wasmtime::Result<()> {
     });
     asyncify.start_unwind.call(&mut caller, base as i32)?;
     Ok(())
+}
+
+/// The Asyncify data end pointer for a scratch area ending at `end`: a wasm32 address, so
+/// a full 4 GiB memory ends at the last representable one.
+fn asyncify_end(end: usize) -> u32 {
+    u32::try_from(end).unwrap_or(u32::MAX)
 }
