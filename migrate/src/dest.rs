@@ -334,19 +334,7 @@ impl Destination {
     }
 
     fn on_message(&mut self, msg: Message) -> Result<(), MigrateError> {
-        msg.validate()?;
-        if msg.migration != self.migration {
-            return Err(MigrateError::WrongMigration {
-                expected: self.migration,
-                found: msg.migration,
-            });
-        }
-        if msg.generation != self.generation {
-            return Err(MigrateError::WrongGeneration {
-                expected: self.generation,
-                found: msg.generation,
-            });
-        }
+        msg.check_addressed_to(self.migration, self.generation)?;
         let phase = self.phase;
         let unexpected = |what| MigrateError::Unexpected {
             what,

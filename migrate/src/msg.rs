@@ -209,6 +209,32 @@ pub struct Message {
     pub body: Body,
 }
 
+impl Message {
+    /// Validates the message and checks that it belongs to this migration and generation:
+    /// the first thing either side does with anything it receives.
+    pub(crate) fn check_addressed_to(
+        &self,
+        migration: MigrationId,
+        generation: u64,
+    ) -> Result<(), crate::error::MigrateError> {
+        use crate::error::MigrateError;
+        self.validate()?;
+        if self.migration != migration {
+            return Err(MigrateError::WrongMigration {
+                expected: migration,
+                found: self.migration,
+            });
+        }
+        if self.generation != generation {
+            return Err(MigrateError::WrongGeneration {
+                expected: generation,
+                found: self.generation,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// What a message says. Arrows give the direction (S = source, D = destination).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Body {
