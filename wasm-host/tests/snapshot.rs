@@ -196,3 +196,80 @@ fn call_free_loops_pause_and_resume() {
         wasm_host::Outcome::Exited(expected)
     );
 }
+
+/// A wrong branch target could loop forever: fail instead of hanging the suite.
+fn limited(mut spec: JobSpec) -> JobSpec {
+    spec.limits.cpu = Some(Duration::from_secs(30));
+    spec
+}
+
+/// Branches out of a wrapped (call-free) loop — `br`, `br_if` and `br_table` to labels
+/// outside it — still reach the right place after instrumentation, paused or not.
+#[test]
+fn branches_out_of_wrapped_loops_keep_their_targets() {
+    let wat = r#"(module
+      (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+      (memory (export "memory") 1)
+      (func (export "_start") (local $i i32) (local $acc i32) (local $round i32)
+        (block $finished
+          (loop $rounds
+            (block $b2
+              (block $b1
+                (block $b0
+                  (local.set $i (i32.const 0))
+                  (loop $inner
+                    (local.set $acc (i32.add (local.get $acc) (i32.mul (local.get $i) (i32.const 3))))
+                    (local.set $i (i32.add (local.get $i) (i32.const 1)))
+                    ;; odd rounds leave early to $b1; others through the table to $b0
+                    (br_if $b1 (i32.and (i32.eq (local.get $i) (i32.const 1000000))
+                                        (i32.and (local.get $round) (i32.const 1))))
+                    (br_table $inner $b0 $b2 (i32.div_u (local.get $i) (i32.const 3000000))))
+                  )
+                ;; $b0: the table's second target
+                (local.set $acc (i32.xor (local.get $acc) (i32.const 0x1234))))
+              ;; $b1
+              (local.set $acc (i32.add (local.get $acc) (i32.const 7))))
+            ;; $b2
+            (local.set $round (i32.add (local.get $round) (i32.const 1)))
+            (br_if $finished (i32.ge_u (local.get $round) (i32.const 40)))
+            (br $rounds)))
+        (call $exit (i32.and (local.get $acc) (i32.const 255)))))"#;
+    let plain = Host::new(HostConfig {
+        pausable: false,
+        ..HostConfig::default()
+    })
+    .expect("plain host");
+    let run_plain = |host: &Host| {
+        let module = host.load(wat.as_bytes()).expect("load");
+        let mut job = Job::start(
+            host,
+            module,
+            limited(JobSpec::new(vec!["branches".into()])),
+            Box::new(BufferSink::default()),
+        )
+        .expect("start");
+        job.run().expect("run")
+    };
+    let expected = run_plain(&plain);
+    let (host, _m, _s) = captured();
+    assert_eq!(run_plain(&host), expected, "instrumented run differs");
+    let module = host.load(wat.as_bytes()).expect("load");
+    let plan = wasm_host::drive::PausePlan {
+        count: 20,
+        seed: 5,
+        min_delay: Duration::from_micros(100),
+        max_delay: Duration::from_millis(3),
+        fresh_instance: true,
+    };
+    let sink = BufferSink::default();
+    let (code, report) = wasm_host::drive::run_with_pauses(
+        &host,
+        module,
+        limited(JobSpec::new(vec!["branches".into()])),
+        move || Box::new(sink.clone()),
+        &plan,
+    )
+    .expect("paused run");
+    assert!(report.pauses >= 5, "only {} pauses", report.pauses);
+    assert_eq!(wasm_host::Outcome::Exited(code), expected);
+}
