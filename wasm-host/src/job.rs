@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use std::sync::Mutex;
 
 use wasmtime::{
-    Caller, Global, Instance, Linker, Memory, Store, StoreLimits, StoreLimitsBuilder, TypedFunc,
-    Val, WasmBacktrace,
+    AsContextMut, Caller, Global, Instance, Linker, Memory, Store, StoreLimits, StoreLimitsBuilder,
+    TypedFunc, Val, WasmBacktrace,
 };
 
 use crate::error::{HostError, SnapshotError};
@@ -152,6 +152,24 @@ struct Scratch {
     base: u32,
     saved: Vec<u8>,
     bits: Option<SavedBits>,
+}
+
+impl Scratch {
+    /// Puts the guest's own bytes back over the scratch area, with the dirty bits they
+    /// had, so that borrowing the area leaves no trace.
+    fn put_back(self, memory: Memory, mut ctx: impl AsContextMut<Data = JobData>) {
+        let base = self.base as usize;
+        let end = base + self.saved.len();
+        let dirty = ctx.as_context().data().dirty.clone();
+        // Outside wasm no signal handler sees this write, so un-protect first.
+        if let Some(r) = &dirty {
+            r.prepare_write(base, end);
+        }
+        memory.data_mut(&mut ctx)[base..end].copy_from_slice(&self.saved);
+        if let (Some(r), Some(bits)) = (&dirty, &self.bits) {
+            r.restore_bits(bits);
+        }
+    }
 }
 
 /// Store data of a job.
@@ -509,15 +527,19 @@ impl Job {
         }
     }
 
-    /// After the entry function returned while unwinding: end the unwind, take the
-    /// frames out of the scratch area and put the guest's bytes back.
-    fn finish_unwind(&mut self) -> Result<(), HostError> {
-        let asyncify = self
-            .store
+    /// The Asyncify entry points (only instrumented modules have them).
+    fn asyncify(&self) -> Result<Asyncify, HostError> {
+        self.store
             .data()
             .asyncify
             .clone()
-            .ok_or(HostError::State("not instrumented"))?;
+            .ok_or(HostError::State("not instrumented"))
+    }
+
+    /// After the entry function returned while unwinding: end the unwind, take the
+    /// frames out of the scratch area and put the guest's bytes back.
+    fn finish_unwind(&mut self) -> Result<(), HostError> {
+        let asyncify = self.asyncify()?;
         asyncify
             .stop_unwind
             .call(&mut self.store, ())
@@ -544,28 +566,14 @@ impl Job {
             )));
         }
         self.stack = data[start..current].to_vec();
-        let dirty = self.store.data().dirty.clone();
-        // Outside wasm: no signal handler sees this write, so un-protect first.
-        if let Some(r) = &dirty {
-            r.prepare_write(base, base + scratch.saved.len());
-        }
-        let data = memory.data_mut(&mut self.store);
-        data[base..base + scratch.saved.len()].copy_from_slice(&scratch.saved);
-        if let (Some(r), Some(bits)) = (&dirty, &scratch.bits) {
-            r.restore_bits(bits);
-        }
+        scratch.put_back(memory, &mut self.store);
         self.pause.requested.store(false, Ordering::SeqCst);
         Ok(())
     }
 
     /// Puts the saved frames into a scratch area and starts an Asyncify rewind.
     fn begin_rewind(&mut self) -> Result<(), HostError> {
-        let asyncify = self
-            .store
-            .data()
-            .asyncify
-            .clone()
-            .ok_or(HostError::State("not instrumented"))?;
+        let asyncify = self.asyncify()?;
         let memory = self.memory()?;
         let mem_len = memory.data_size(&self.store) as u64;
         let need = u64::from(ASYNCIFY_HEADER) + self.stack.len() as u64;
@@ -860,12 +868,7 @@ fn yield_point(mut caller: Caller<'_, JobData>) -> wasmtime::Result<()> {
     if state == ASYNCIFY_REWINDING {
         asyncify.stop_rewind.call(&mut caller, ())?;
         if let Some(scratch) = caller.data_mut().scratch.take() {
-            let base = scratch.base as usize;
-            memory.data_mut(&mut caller)[base..base + scratch.saved.len()]
-                .copy_from_slice(&scratch.saved);
-            if let (Some(r), Some(bits)) = (&caller.data().dirty, &scratch.bits) {
-                r.restore_bits(bits);
-            }
+            scratch.put_back(memory, &mut caller);
         }
         return Ok(());
     }
