@@ -149,7 +149,8 @@ pub enum StopReason {
 /// The stop rule's knobs (part of `SourceConfig`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PrecopyPolicy {
-    /// Most pre-copy rounds (round 1 is the initial copy).
+    /// Most pre-copy rounds (round 1 is the initial copy); 0 = pure
+    /// stop-and-copy (everything moves while the job is paused).
     pub max_rounds: u32,
     /// Downtime the stop-and-copy should fit in.
     pub downtime_target_ms: u64,

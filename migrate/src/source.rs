@@ -60,8 +60,10 @@ impl Default for SourceConfig {
 
 impl SourceConfig {
     pub fn validate(&self) -> Result<(), MigrateError> {
-        if !(1..=MAX_ROUNDS).contains(&self.precopy.max_rounds) {
-            return Err(MigrateError::Config("max_rounds must be 1..=MAX_ROUNDS"));
+        if self.precopy.max_rounds > MAX_ROUNDS {
+            return Err(MigrateError::Config(
+                "max_rounds must be 0 (stop-and-copy) ..= MAX_ROUNDS",
+            ));
         }
         if self.precopy.min_shrink_permille == 0 || self.precopy.min_shrink_permille > 1000 {
             return Err(MigrateError::Config("min_shrink_permille must be 1..=1000"));
@@ -479,7 +481,15 @@ impl Source {
                             .collect();
                         let sent: u64 = missing.iter().map(|c| c.len as u64).sum();
                         self.report.present_bytes = self.report.offered_bytes - sent;
-                        self.start_round(now, 1, missing);
+                        if self.cfg.precopy.max_rounds == 0 {
+                            // Pure stop-and-copy: everything moves while paused.
+                            self.stop_timers();
+                            self.report.stop = Some(StopReason::RoundLimit);
+                            self.phase = SourcePhase::Pausing;
+                            self.actions.push_back(SourceAction::PauseJob);
+                        } else {
+                            self.start_round(now, 1, missing);
+                        }
                     }
                     SourcePhase::Aborted => self.reply_abort(),
                     // A duplicate: the first one moved us on.

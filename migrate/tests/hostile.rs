@@ -609,7 +609,6 @@ fn a_destination_running_a_newer_generation_is_fenced() {
 #[test]
 fn bad_source_configs_are_refused() {
     for f in [
-        |c: &mut SourceConfig| c.precopy.max_rounds = 0,
         |c: &mut SourceConfig| c.precopy.max_rounds = MAX_ROUNDS + 1,
         |c: &mut SourceConfig| c.precopy.min_shrink_permille = 0,
         |c: &mut SourceConfig| c.retransmit_ms = 0,

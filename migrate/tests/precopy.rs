@@ -228,3 +228,17 @@ fn compression_follows_the_link_estimate() {
     assert_eq!(s2.phase(), SourcePhase::PreCopy { round: 2 });
     assert_eq!(round_compression(&mut s2), Compression::None);
 }
+
+#[test]
+fn zero_rounds_is_pure_stop_and_copy() {
+    let mut p = big();
+    p.hot = 256;
+    p.dirty_rate = 500_000;
+    p.src.precopy.max_rounds = 0;
+    let (sim, r) = run(p);
+    assert!(r.rounds.is_empty(), "no pre-copy round: {r:?}");
+    assert_eq!(r.stop, Some(StopReason::RoundLimit));
+    // Everything the destination lacked moved while the job was paused.
+    assert_eq!(r.final_bytes, r.offered_bytes - r.present_bytes, "{r:?}");
+    assert!(downtime(&sim) > 0);
+}
