@@ -1,6 +1,7 @@
 //! roam's peer-to-peer mesh: a private libp2p network (TCP + pnet + noise + yamux) with
 //! discovery (mDNS, bootstrap addresses, peer exchange), gossip for control traffic,
-//! a verified multi-source chunk exchange and typed control requests.
+//! a verified multi-source chunk exchange (optionally zstd-compressed per fetch, see
+//! [`FetchOptions`]) and typed control requests.
 //!
 //! The mesh knows nothing of Wasm: it moves opaque chunks named by their blake3 hash and
 //! small opaque control messages. A node plugs in a [`ChunkProvider`] for the chunks it
@@ -25,7 +26,9 @@ pub use bytes::Bytes;
 pub use config::{Identity, MeshConfig, SwarmKey};
 pub use libp2p::{Multiaddr, PeerId};
 pub use link::LinkReport;
-pub use node::{start, ControlReply, Fetch, FetchItem, MeshEvent, MeshHandle, Sources};
+pub use node::{
+    start, ControlReply, Fetch, FetchItem, FetchOptions, MeshEvent, MeshHandle, Sources,
+};
 pub use provider::{ChunkProvider, MemoryChunks, NoChunks};
 pub use sched::SchedulerConfig;
 

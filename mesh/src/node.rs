@@ -4,8 +4,9 @@
 //!
 //! Policies live in the sans-IO parts ([`crate::sched`], [`crate::link`], [`crate::wire`]);
 //! this module moves messages between them and libp2p. Blocking work (reading chunks from
-//! the provider) runs on tokio's blocking pool, hashing of received chunks on connection
-//! tasks, so the swarm task stays responsive.
+//! the provider, and zstd-compressing them when a fetch asked for it, see [`FetchOptions`])
+//! runs on tokio's blocking pool, decompression and hashing of received chunks on
+//! connection tasks, so the swarm task stays responsive.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -35,9 +36,9 @@ use crate::provider::{ChunkProvider, UploadLimiter};
 use crate::sched::{Action, FetchScheduler, ItemOutcome, Outcome, Token};
 use crate::types::{ChunkId, MeshError, Topic};
 use crate::wire::{
-    ChunkCodec, ChunkRequest, ChunkResponse, CtlCodec, CtlRequest, CtlResponse, GetItem, ItemBody,
-    PeerRecord, WireLimits, CHUNK_PROTOCOL, CTL_PROTOCOL, MAX_ADDR_LEN, MAX_PEX_ADDRS,
-    MAX_PEX_PEERS,
+    clamp_zstd_level, compress_items, ChunkCodec, ChunkRequest, ChunkResponse, CtlCodec,
+    CtlRequest, CtlResponse, GetItem, ItemBody, PeerRecord, WireLimits, CHUNK_PROTOCOL,
+    CTL_PROTOCOL, MAX_ADDR_LEN, MAX_PEX_ADDRS, MAX_PEX_PEERS,
 };
 
 /// Concurrent chunk-serving jobs (provider reads) per node.
@@ -135,6 +136,16 @@ pub enum Sources {
     HoldingAll(Vec<PeerId>),
 }
 
+/// How a fetch asks its sources to send chunks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FetchOptions {
+    /// `Some(level)`: sources send each chunk as a zstd frame at `level` (clamped to
+    /// 1..=19, see [`crate::wire::clamp_zstd_level`]) when that is smaller than the chunk.
+    /// Costs the source CPU (much of it at high levels, on its blocking pool) to save
+    /// bandwidth: worth it on slow links, not on loopback. `None` (the default): raw chunks.
+    pub zstd_level: Option<i32>,
+}
+
 /// Output of a running fetch.
 #[derive(Debug)]
 pub enum FetchItem {
@@ -181,7 +192,7 @@ enum Command {
     TopicPeers(Topic, oneshot::Sender<Vec<PeerId>>),
     Publish(Topic, Vec<u8>, Reply<()>),
     Have(PeerId, Vec<ChunkId>, Reply<Vec<Option<u32>>>),
-    Fetch(Vec<ChunkId>, Sources, mpsc::Sender<FetchItem>),
+    Fetch(Vec<ChunkId>, Sources, FetchOptions, mpsc::Sender<FetchItem>),
     Control(PeerId, Vec<u8>, Reply<Vec<u8>>),
     LinkStats(oneshot::Sender<Vec<(PeerId, LinkReport)>>),
     Ban(PeerId),
@@ -254,11 +265,23 @@ impl MeshHandle {
         self.call(|r| Command::Have(peer, ids, r)).await?
     }
 
-    /// Starts fetching `ids` from `sources`; see [`Fetch`].
+    /// Starts fetching `ids` from `sources`, uncompressed; see [`Fetch`].
     pub async fn fetch(&self, ids: Vec<ChunkId>, sources: Sources) -> Result<Fetch, MeshError> {
+        self.fetch_with(ids, sources, FetchOptions::default()).await
+    }
+
+    /// Starts fetching `ids` from `sources` with `options` (compression); see [`Fetch`].
+    /// Chunks are delivered uncompressed and verified either way; the outcome's
+    /// `wire_bytes` tells what they cost on the wire.
+    pub async fn fetch_with(
+        &self,
+        ids: Vec<ChunkId>,
+        sources: Sources,
+        options: FetchOptions,
+    ) -> Result<Fetch, MeshError> {
         let (tx, rx) = mpsc::channel(4);
         self.tx
-            .send(Command::Fetch(ids, sources, tx))
+            .send(Command::Fetch(ids, sources, options, tx))
             .await
             .map_err(|_| MeshError::Stopped)?;
         Ok(Fetch { rx })
@@ -474,6 +497,7 @@ struct ChunkReq {
 
 struct FetchTask {
     sched: FetchScheduler<PeerId>,
+    options: FetchOptions,
     tx: mpsc::Sender<FetchItem>,
     outbox: VecDeque<FetchItem>,
     reserving: bool,
@@ -846,7 +870,9 @@ impl Node {
                     },
                 );
             }
-            Command::Fetch(ids, sources, tx) => self.start_fetch(ids, sources, tx),
+            Command::Fetch(ids, sources, options, tx) => {
+                self.start_fetch(ids, sources, options, tx)
+            }
             Command::Control(peer, data, r) => {
                 let id = self
                     .swarm
@@ -870,7 +896,13 @@ impl Node {
 
     // ---- fetches ------------------------------------------------------------------------
 
-    fn start_fetch(&mut self, ids: Vec<ChunkId>, sources: Sources, tx: mpsc::Sender<FetchItem>) {
+    fn start_fetch(
+        &mut self,
+        ids: Vec<ChunkId>,
+        sources: Sources,
+        options: FetchOptions,
+        tx: mpsc::Sender<FetchItem>,
+    ) {
         let mut sched = FetchScheduler::new(ids, self.cfg.fetch.clone());
         let open = matches!(sources, Sources::Connected);
         match sources {
@@ -893,11 +925,17 @@ impl Node {
         }
         let id = self.next_fetch;
         self.next_fetch += 1;
-        debug!(fetch = id, chunks = sched.total(), "fetch started");
+        debug!(
+            fetch = id,
+            chunks = sched.total(),
+            ?options,
+            "fetch started"
+        );
         self.fetches.insert(
             id,
             FetchTask {
                 sched,
+                options,
                 tx,
                 outbox: VecDeque::new(),
                 reserving: false,
@@ -930,9 +968,12 @@ impl Node {
             else {
                 break;
             };
+            let zstd_level = f.options.zstd_level.map(clamp_zstd_level);
             let (peer, token, req, get) = match action {
                 Action::Have { token, peer, ids } => (peer, token, ChunkRequest::Have(ids), false),
-                Action::Get { token, peer, ids } => (peer, token, ChunkRequest::Get(ids), true),
+                Action::Get { token, peer, ids } => {
+                    (peer, token, ChunkRequest::Get { ids, zstd_level }, true)
+                }
             };
             let id = self.swarm.behaviour_mut().chunks.send_request(&peer, req);
             *self.peer_outbound.entry(peer).or_default() += 1;
@@ -961,6 +1002,7 @@ impl Node {
                 fetch = fid,
                 fetched = outcome.fetched,
                 missing = outcome.missing.len(),
+                wire_bytes = outcome.wire_bytes,
                 "fetch done"
             );
             self.deliver(fid, FetchItem::Done(outcome));
@@ -1061,21 +1103,31 @@ impl Node {
                 }
             }
             (true, ChunkResponse::Get(items)) => {
+                // Link measurements count bytes as they travelled (compressed or not).
                 let mut bytes = 0u64;
                 let mut data: HashMap<ChunkId, Bytes> = HashMap::with_capacity(items.len());
                 let mut outcomes = Vec::with_capacity(items.len());
+                let mut undecodable = None;
                 for GetItem { id, body } in items {
+                    let wire_len = body.wire_len() as u64;
+                    bytes += wire_len;
                     let o = match body {
-                        ItemBody::Data { data: d, valid } => {
-                            bytes += d.len() as u64;
-                            if valid {
-                                let len = d.len() as u64;
-                                data.insert(id, d);
-                                ItemOutcome::Delivered { len }
-                            } else {
-                                ItemOutcome::Corrupt
-                            }
+                        ItemBody::Data {
+                            data: d,
+                            valid: true,
+                            ..
+                        } => {
+                            let len = d.len() as u64;
+                            data.insert(id, d);
+                            ItemOutcome::Delivered { len, wire_len }
                         }
+                        ItemBody::Data { valid: false, .. } => ItemOutcome::Corrupt { wire_len },
+                        ItemBody::Undecodable { error, .. } => {
+                            undecodable.get_or_insert(error);
+                            ItemOutcome::Corrupt { wire_len }
+                        }
+                        // The codec never yields a still-compressed item; be safe anyway.
+                        ItemBody::Zstd { .. } => ItemOutcome::Corrupt { wire_len },
                         ItemBody::Missing => ItemOutcome::Missing,
                         ItemBody::Deferred => ItemOutcome::Deferred,
                     };
@@ -1086,11 +1138,15 @@ impl Node {
                 }
                 let corrupt = outcomes
                     .iter()
-                    .filter(|(_, o)| *o == ItemOutcome::Corrupt)
+                    .filter(|(_, o)| matches!(o, ItemOutcome::Corrupt { .. }))
                     .count();
                 if corrupt > 0 {
                     // Penalised even when the fetch has already finished elsewhere.
-                    self.penalise(peer, &format!("{corrupt} corrupt chunk(s)"));
+                    let reason = match undecodable {
+                        Some(e) => format!("{corrupt} corrupt chunk(s), first undecodable: {e}"),
+                        None => format!("{corrupt} corrupt chunk(s)"),
+                    };
+                    self.penalise(peer, &reason);
                 }
                 let Some(f) = self.fetches.get_mut(&fid) else {
                     return;
@@ -1500,20 +1556,17 @@ fn gossip_seq_start() -> u64 {
         .unwrap_or(0)
 }
 
+/// Body bytes a response puts on the wire (what the upload limiter charges).
 fn response_bytes(r: &ChunkResponse) -> usize {
     match r {
-        ChunkResponse::Get(items) => items
-            .iter()
-            .map(|it| match &it.body {
-                ItemBody::Data { data, .. } => data.len(),
-                _ => 0,
-            })
-            .sum(),
+        ChunkResponse::Get(items) => items.iter().map(|it| it.body.wire_len()).sum(),
         _ => 0,
     }
 }
 
-/// Answers a chunk request from the provider, within the response byte budget.
+/// Answers a chunk request from the provider, within the response byte budget (counted
+/// on uncompressed bytes, so the receiver's bound on them holds), compressing the chunks
+/// if asked. Blocking: runs on the blocking pool.
 pub(crate) fn answer_chunk_request(
     provider: &dyn ChunkProvider,
     req: ChunkRequest,
@@ -1530,7 +1583,7 @@ pub(crate) fn answer_chunk_request(
                 })
                 .collect(),
         ),
-        ChunkRequest::Get(ids) => {
+        ChunkRequest::Get { ids, zstd_level } => {
             let mut total = 0usize;
             let mut items = Vec::with_capacity(ids.len());
             for id in ids {
@@ -1544,14 +1597,14 @@ pub(crate) fn answer_chunk_request(
                         Some(d) if total + d.len() > max_bytes => ItemBody::Deferred,
                         Some(d) => {
                             total += d.len();
-                            ItemBody::Data {
-                                data: d,
-                                valid: true,
-                            }
+                            ItemBody::raw(d)
                         }
                     },
                 };
                 items.push(GetItem { id, body });
+            }
+            if let Some(level) = zstd_level {
+                compress_items(&mut items, level);
             }
             ChunkResponse::Get(items)
         }
@@ -1577,8 +1630,11 @@ mod tests {
         let b = m.insert(Bytes::from(vec![2u8; 600]));
         let big = m.insert(Bytes::from(vec![3u8; 2000]));
         let none = ChunkId::of(b"absent");
-        let ChunkResponse::Get(items) =
-            answer_chunk_request(&m, ChunkRequest::Get(vec![a, none, b, big]), 1000)
+        let get = |ids| ChunkRequest::Get {
+            ids,
+            zstd_level: None,
+        };
+        let ChunkResponse::Get(items) = answer_chunk_request(&m, get(vec![a, none, b, big]), 1000)
         else {
             panic!()
         };
@@ -1595,5 +1651,38 @@ mod tests {
             panic!()
         };
         assert_eq!(sizes, vec![Some(600), None, None]);
+    }
+
+    #[test]
+    fn answers_compress_when_asked_and_budget_uncompressed_bytes() {
+        let m = MemoryChunks::new();
+        let a = m.insert(Bytes::from(vec![1u8; 600]));
+        let b = m.insert(Bytes::from(vec![2u8; 600]));
+        let get = |zstd_level| ChunkRequest::Get {
+            ids: vec![a, b],
+            zstd_level,
+        };
+        let ChunkResponse::Get(items) = answer_chunk_request(&m, get(Some(3)), 1000) else {
+            panic!()
+        };
+        match &items[0].body {
+            ItemBody::Zstd { frame, raw_len } => {
+                assert_eq!(*raw_len, 600);
+                assert!(frame.len() < 600);
+            }
+            other => panic!("{other:?}"),
+        }
+        // 600 + 600 uncompressed exceeds the budget even though the frames are tiny.
+        assert!(matches!(items[1].body, ItemBody::Deferred));
+        let resp = ChunkResponse::Get(items);
+        assert!(
+            response_bytes(&resp) < 600,
+            "limiter charges the frame size"
+        );
+        let ChunkResponse::Get(items) = answer_chunk_request(&m, get(None), 1000) else {
+            panic!()
+        };
+        assert!(matches!(items[0].body, ItemBody::Data { .. }));
+        assert_eq!(response_bytes(&ChunkResponse::Get(items)), 600);
     }
 }

@@ -13,7 +13,9 @@
 //! - a failed/timed-out request puts its chunks back for every other holder; a peer that
 //!   fails repeatedly, goes away or sends a corrupt chunk is dropped from this fetch;
 //! - endgame: when nothing is left to assign, an idle peer duplicates chunks still in flight
-//!   elsewhere, so one slow peer cannot hold up the end of the fetch.
+//!   elsewhere, so one slow peer cannot hold up the end of the fetch;
+//! - accounting: bytes are counted both uncompressed (per peer, first copies) and as they
+//!   travelled on the wire (first copies, and everything received), see [`Outcome`].
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
@@ -94,10 +96,11 @@ impl<P> Action<P> {
 /// What happened to one chunk of a GET response, as judged by the shell.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ItemOutcome {
-    /// Bytes arrived and hash to the id.
-    Delivered { len: u64 },
-    /// Bytes arrived and do not hash to the id.
-    Corrupt,
+    /// Bytes arrived and hash to the id: `len` chunk bytes, which took `wire_len` bytes on
+    /// the wire (fewer when they travelled compressed).
+    Delivered { len: u64, wire_len: u64 },
+    /// `wire_len` bytes arrived and do not hash to the id, or did not decompress.
+    Corrupt { wire_len: u64 },
     /// The peer says it does not hold the chunk.
     Missing,
     /// The peer holds it but left it out of this response.
@@ -127,8 +130,17 @@ impl GetReport {
 pub struct Outcome<P> {
     pub fetched: usize,
     pub missing: Vec<ChunkId>,
-    /// Bytes delivered (first copies only) per peer.
+    /// Chunk bytes delivered (first copies only, uncompressed) per peer.
     pub per_peer_bytes: Vec<(P, u64)>,
+    /// Chunk payload bytes the first copies took on the wire: the compressed size of
+    /// chunks that travelled compressed, their size otherwise. Counts exactly the chunks
+    /// counted in `per_peer_bytes`, so `wire_bytes / sum(per_peer_bytes)` is the
+    /// compression ratio achieved. Excludes CBOR headers and transport framing.
+    pub wire_bytes: u64,
+    /// Chunk payload bytes of every GET response handed to the scheduler, as on the wire:
+    /// first copies, late duplicates (endgame) and corrupt items. What the fetch cost in
+    /// chunk traffic; at least `wire_bytes`.
+    pub wire_bytes_received: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -177,6 +189,8 @@ pub struct FetchScheduler<P> {
     rr: usize,
     done: usize,
     pending: usize,
+    wire_bytes: u64,
+    wire_bytes_received: u64,
 }
 
 impl<P: Clone + Eq + Hash> FetchScheduler<P> {
@@ -209,6 +223,8 @@ impl<P: Clone + Eq + Hash> FetchScheduler<P> {
             rr: 0,
             pending: chunks_len,
             done: 0,
+            wire_bytes: 0,
+            wire_bytes_received: 0,
         }
     }
 
@@ -522,19 +538,25 @@ impl<P: Clone + Eq + Hash> FetchScheduler<P> {
         items: impl IntoIterator<Item = (ChunkId, ItemOutcome)>,
     ) -> GetReport {
         let mut report = GetReport::default();
-        let Some(req) = self.requests.remove(&token) else {
+        let Some(Request {
+            peer: pi,
+            kind: ReqKind::Get(cs),
+        }) = self.requests.remove(&token)
+        else {
+            // A request already written off (or not a GET): nothing to schedule, but the
+            // bytes were received all the same.
+            for (_, o) in items {
+                self.wire_bytes_received += wire_len(&o);
+            }
             return report;
         };
-        let ReqKind::Get(cs) = req.kind else {
-            return report;
-        };
-        let pi = req.peer;
         self.peers[pi as usize].inflight -= 1;
         let mut open: HashSet<u32> = cs.iter().copied().collect();
         let mut deferred = HashSet::new();
         let mut delivered = 0usize;
         let mut missing = 0usize;
         for (id, outcome) in items {
+            self.wire_bytes_received += wire_len(&outcome);
             let Some(&c) = self.index.get(&id) else {
                 report.unexpected += 1;
                 continue;
@@ -544,7 +566,7 @@ impl<P: Clone + Eq + Hash> FetchScheduler<P> {
                 continue;
             }
             match outcome {
-                ItemOutcome::Delivered { len } => {
+                ItemOutcome::Delivered { len, wire_len } => {
                     delivered += 1;
                     let ch = &mut self.chunks[c as usize];
                     if ch.state != State::Done {
@@ -555,9 +577,10 @@ impl<P: Clone + Eq + Hash> FetchScheduler<P> {
                         self.done += 1;
                         report.accepted.push(id);
                         self.peers[pi as usize].delivered_bytes += len;
+                        self.wire_bytes += wire_len;
                     }
                 }
-                ItemOutcome::Corrupt => {
+                ItemOutcome::Corrupt { .. } => {
                     report.corrupt += 1;
                     self.peers[pi as usize].usable = false;
                     self.chunks[c as usize].holders.retain(|&h| h != pi);
@@ -669,7 +692,16 @@ impl<P: Clone + Eq + Hash> FetchScheduler<P> {
                 .iter()
                 .map(|p| (p.id.clone(), p.delivered_bytes))
                 .collect(),
+            wire_bytes: self.wire_bytes,
+            wire_bytes_received: self.wire_bytes_received,
         }
+    }
+}
+
+fn wire_len(o: &ItemOutcome) -> u64 {
+    match *o {
+        ItemOutcome::Delivered { wire_len, .. } | ItemOutcome::Corrupt { wire_len } => wire_len,
+        ItemOutcome::Missing | ItemOutcome::Deferred => 0,
     }
 }
 
@@ -725,8 +757,15 @@ mod tests {
         };
         s.on_get_response(
             *token,
-            ids.iter()
-                .map(|id| (*id, ItemOutcome::Delivered { len: 100 })),
+            ids.iter().map(|id| {
+                (
+                    *id,
+                    ItemOutcome::Delivered {
+                        len: 100,
+                        wire_len: 100,
+                    },
+                )
+            }),
         )
     }
 
@@ -867,10 +906,14 @@ mod tests {
         let rep = s.on_get_response(
             token,
             ids.iter().enumerate().map(|(i, id)| {
+                // The liar compresses: 100-byte chunks in 40 bytes on the wire.
                 let o = if i == 0 {
-                    ItemOutcome::Corrupt
+                    ItemOutcome::Corrupt { wire_len: 70 }
                 } else {
-                    ItemOutcome::Delivered { len: 100 }
+                    ItemOutcome::Delivered {
+                        len: 100,
+                        wire_len: 40,
+                    }
                 };
                 (*id, o)
             }),
@@ -889,7 +932,12 @@ mod tests {
         assert_eq!(again, &vec![ids[0]]);
         deliver(&mut s, &acts[0]);
         assert!(s.is_finished());
-        assert!(s.outcome().missing.is_empty());
+        let out = s.outcome();
+        assert!(out.missing.is_empty());
+        // First copies: three compressed from the liar, one raw from the honest peer.
+        assert_eq!(out.wire_bytes, 3 * 40 + 100);
+        // Received: also the corrupt item.
+        assert_eq!(out.wire_bytes_received, 70 + 3 * 40 + 100);
     }
 
     #[test]
@@ -989,9 +1037,15 @@ mod tests {
         // First two delivered, the rest omitted (deferred).
         s.on_get_response(
             *token,
-            ids[..2]
-                .iter()
-                .map(|id| (*id, ItemOutcome::Delivered { len: 100 })),
+            ids[..2].iter().map(|id| {
+                (
+                    *id,
+                    ItemOutcome::Delivered {
+                        len: 100,
+                        wire_len: 100,
+                    },
+                )
+            }),
         );
         let again = drain(&mut s);
         let Action::Get {
@@ -1018,7 +1072,13 @@ mod tests {
         let gets = drain(&mut s);
         let rep = s.on_get_response(
             gets[0].token(),
-            [(ChunkId::of(b"not asked"), ItemOutcome::Delivered { len: 1 })],
+            [(
+                ChunkId::of(b"not asked"),
+                ItemOutcome::Delivered {
+                    len: 1,
+                    wire_len: 1,
+                },
+            )],
         );
         assert_eq!(rep.unexpected, 1);
         assert!(rep.offence());
@@ -1048,9 +1108,15 @@ mod tests {
         assert_eq!(d, sl);
         assert_eq!(deliver(&mut s, &dup[0]).accepted.len(), 4);
         assert!(s.is_pending(slow.token()));
-        // The late copy adds nothing.
+        // The late copy adds nothing...
         assert!(deliver(&mut s, &slow).accepted.is_empty());
         assert!(s.is_finished());
+        // ...to the delivered bytes, but it was received.
+        let out = s.outcome();
+        let delivered: u64 = out.per_peer_bytes.iter().map(|(_, b)| b).sum();
+        assert_eq!(delivered, 800);
+        assert_eq!(out.wire_bytes, 800);
+        assert_eq!(out.wire_bytes_received, 1200);
     }
 
     #[test]

@@ -92,18 +92,12 @@ async fn malformed_and_oversized_requests_are_refused_without_harm() {
     let behaviour = Raw {
         chunk: request_response::Behaviour::with_codec(
             RawCodec,
-            [(
-                StreamProtocol::new("/roam/chunk/1"),
-                ProtocolSupport::Outbound,
-            )],
+            [(mesh::wire::CHUNK_PROTOCOL, ProtocolSupport::Outbound)],
             rr_cfg.clone(),
         ),
         ctl: request_response::Behaviour::with_codec(
             RawCodec,
-            [(
-                StreamProtocol::new("/roam/ctl/1"),
-                ProtocolSupport::Outbound,
-            )],
+            [(mesh::wire::CTL_PROTOCOL, ProtocolSupport::Outbound)],
             rr_cfg,
         ),
     };

@@ -226,6 +226,11 @@ impl Destination {
         self.migration
     }
 
+    /// The job's generation at the source (it runs here at generation + 1).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     pub fn job(&self) -> &str {
         &self.job
     }

@@ -1,6 +1,7 @@
 //! Command-line interface: argument parsing and dispatch to the subcommands.
 
 mod exec;
+mod node;
 mod store;
 
 use clap::{Parser, Subcommand};
@@ -46,6 +47,58 @@ pub enum Command {
     ///   roam store gc --keep 2 ./ckpt
     #[command(verbatim_doc_comment)]
     Store(store::StoreArgs),
+    /// Run a roam node: join the swarm, run and move jobs, serve the control API.
+    ///
+    /// Examples:
+    ///   roam node --config configs/node.toml
+    ///   roam node --name n2 --api 127.0.0.1:7071 --bootstrap /ip4/10.0.0.1/tcp/4001
+    #[command(verbatim_doc_comment)]
+    Node(node::NodeArgs),
+    /// Start a job on the swarm (on the node behind --api, or on --node).
+    ///
+    /// Examples:
+    ///   roam run guests/out/autopilot.wasm
+    ///   roam run --node n2 --follow guests/out/tracker.wasm -- 20000
+    #[command(verbatim_doc_comment)]
+    Run(node::RunArgs),
+    /// List the swarm's jobs: where each runs, its generation and state.
+    ///
+    /// Example:
+    ///   roam ps --api 127.0.0.1:7071
+    #[command(verbatim_doc_comment)]
+    Ps(node::ListArgs),
+    /// List the peers the node knows, with RTT, throughput and load.
+    ///
+    /// Example:
+    ///   roam peers
+    #[command(verbatim_doc_comment)]
+    Peers(node::ListArgs),
+    /// Live-migrate a running job to another node; prints the move's downtime and bytes.
+    ///
+    /// Example:
+    ///   roam migrate autopilot-1a2b n3
+    #[command(verbatim_doc_comment)]
+    Migrate(node::MigrateArgs),
+    /// Move every job away from a node and stop it taking new ones.
+    ///
+    /// Example:
+    ///   roam drain n2
+    #[command(verbatim_doc_comment)]
+    Drain(node::DrainArgs),
+    /// Print a job's output (collected at its home node, across moves, each byte once).
+    ///
+    /// Examples:
+    ///   roam logs autopilot-1a2b
+    ///   roam logs --follow --stderr tracker-99f0
+    #[command(verbatim_doc_comment)]
+    Logs(node::LogsArgs),
+    /// Run the embedded demo: a 3-node swarm in this process moves autopilot and
+    /// tracker while they run, then checks their output against straight runs.
+    ///
+    /// Example:
+    ///   roam demo
+    #[command(verbatim_doc_comment)]
+    Demo(node::DemoArgs),
 }
 
 pub fn init_logging(verbose: u8) {
@@ -69,5 +122,13 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Exec(a) => exec::exec(a),
         Command::Resume(a) => exec::resume(a),
         Command::Store(a) => store::run(a),
+        Command::Node(a) => node::node(a),
+        Command::Run(a) => node::run(a),
+        Command::Ps(a) => node::ps(a),
+        Command::Peers(a) => node::peers(a),
+        Command::Migrate(a) => node::migrate(a),
+        Command::Drain(a) => node::drain(a),
+        Command::Logs(a) => node::logs(a),
+        Command::Demo(a) => node::demo(a),
     }
 }

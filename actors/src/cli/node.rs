@@ -1,0 +1,393 @@
+//! `roam node` (run a node), the commands that talk to a node's control API
+//! (`run`, `ps`, `peers`, `migrate`, `drain`, `logs`), and `roam demo`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use actors::http::{self, ClientResponse};
+use actors::node::api::{RunRequest, MAX_RUN_BODY, MOVE_TIMEOUT};
+use actors::node::{JobRow, MoveReport, NodeConfig, PeerRow};
+use anyhow::{bail, Context as _};
+use clap::Args;
+
+/// Where the control API of the node to talk to listens.
+#[derive(Debug, Args, Clone)]
+pub struct ApiArgs {
+    /// Control API of the node to talk to (or ROAM_API).
+    #[arg(long, env = "ROAM_API", default_value = "127.0.0.1:7070")]
+    pub api: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// Node config (TOML). Without it: defaults (see configs/README.md).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Override the config's node name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Override the config's control API address.
+    #[arg(long)]
+    pub api: Option<String>,
+    /// Add a mesh listen address (replaces the config's).
+    #[arg(long)]
+    pub listen: Vec<String>,
+    /// Add a bootstrap peer address.
+    #[arg(long)]
+    pub bootstrap: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// The wasm32-wasip1 module.
+    pub module: PathBuf,
+    /// Run it on this node (name or peer id) instead of the one the API belongs to.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Job name (argv[0]); default: the module's file stem.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Exact job id (default NAME-XXXX).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Environment variable KEY=VALUE (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// File whose bytes are the job's stdin.
+    #[arg(long)]
+    pub stdin: Option<PathBuf>,
+    /// Seed of the job's deterministic random stream.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print the job's output as it comes and exit with its exit code.
+    #[arg(long, short)]
+    pub follow: bool,
+    /// Arguments for the job.
+    #[arg(last = true)]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    pub job: String,
+    /// Destination node (name or peer id).
+    pub node: String,
+    /// Print the full report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// The node to drain (default: the one the API belongs to).
+    pub node: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    pub job: String,
+    /// Keep following until the job ends.
+    #[arg(long, short)]
+    pub follow: bool,
+    /// Read stderr instead of stdout.
+    #[arg(long)]
+    pub stderr: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Directory holding autopilot.wasm and tracker.wasm.
+    #[arg(long)]
+    pub guests: Option<PathBuf>,
+    /// Autopilot ticks (its length).
+    #[arg(long, default_value_t = 3_000_000)]
+    pub autopilot_ticks: u64,
+    /// Tracker frames (its length).
+    #[arg(long, default_value_t = 30_000)]
+    pub tracker_frames: u64,
+}
+
+fn system() -> actix::SystemRunner {
+    actix::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("building the tokio runtime")
+    })
+}
+
+pub fn node(a: NodeArgs) -> anyhow::Result<i32> {
+    let mut cfg = match &a.config {
+        Some(p) => NodeConfig::load(p)?,
+        None => NodeConfig::default(),
+    };
+    if let Some(n) = a.name {
+        cfg.name = n;
+    }
+    if let Some(api) = a.api {
+        cfg.api = api;
+    }
+    if !a.listen.is_empty() {
+        cfg.listen = a.listen;
+    }
+    cfg.bootstrap.extend(a.bootstrap);
+    let path = a
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("<defaults>"));
+    cfg.validate(&path)?;
+    let sys = system();
+    sys.block_on(async move {
+        let host = wasm_host::Host::new(wasm_host::HostConfig::default())?;
+        let node = actors::node::start(cfg, host).await?;
+        let addrs = node.shared.mesh.listen_addrs().await?;
+        eprintln!("roam node {} ({})", node.name(), node.peer_id());
+        for a in addrs {
+            eprintln!("  mesh   {a}/p2p/{}", node.peer_id());
+        }
+        if let Some(api) = node.api_addr {
+            eprintln!("  api    http://{api}");
+        }
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
+        eprintln!("stopping");
+        node.shutdown().await;
+        anyhow::Ok(())
+    })?;
+    Ok(0)
+}
+
+fn call(
+    api: SocketAddr,
+    method: &str,
+    path: &str,
+    ctype: Option<&str>,
+    body: &[u8],
+    timeout: Duration,
+) -> anyhow::Result<ClientResponse> {
+    let r = http::request(api, method, path, ctype, body, timeout, MAX_RUN_BODY).with_context(
+        || format!("talking to the node at {api} (is `roam node` running? --api / ROAM_API)"),
+    )?;
+    if r.status >= 300 {
+        let msg = r
+            .json::<serde_json::Value>()
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
+            .unwrap_or_else(|| String::from_utf8_lossy(&r.body).into_owned());
+        bail!("{msg}");
+    }
+    Ok(r)
+}
+
+const QUICK: Duration = Duration::from_secs(30);
+
+pub fn run(a: RunArgs) -> anyhow::Result<i32> {
+    let module =
+        std::fs::read(&a.module).with_context(|| format!("reading {}", a.module.display()))?;
+    let stdin = match &a.stdin {
+        Some(p) => std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+        None => Vec::new(),
+    };
+    let mut env = Vec::new();
+    for kv in &a.env {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--env {kv:?}: expected KEY=VALUE"))?;
+        env.push((k.to_string(), v.to_string()));
+    }
+    let name = a.name.clone().or_else(|| {
+        a.module
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+    });
+    let req = RunRequest {
+        module,
+        name,
+        id: a.id,
+        args: a.args,
+        env,
+        stdin,
+        seed: a.seed,
+        node: a.node,
+    };
+    let mut body = Vec::new();
+    ciborium::into_writer(&req, &mut body).context("encoding the request")?;
+    let r = call(
+        a.api.api,
+        "POST",
+        "/run",
+        Some("application/cbor"),
+        &body,
+        QUICK,
+    )?;
+    let v: serde_json::Value = r.json()?;
+    let job = v
+        .get("job")
+        .and_then(|j| j.as_str())
+        .context("the node answered without a job id")?
+        .to_string();
+    if !a.follow {
+        println!("{job}");
+        return Ok(0);
+    }
+    eprintln!("job {job}");
+    follow(a.api.api, &job, false, true)
+}
+
+/// Prints a job's stream from the start; with `until_end`, until it ended. Returns
+/// the job's exit code (0 when not waiting for the end).
+fn follow(api: SocketAddr, job: &str, stderr: bool, until_end: bool) -> anyhow::Result<i32> {
+    use std::io::Write;
+    let mut from = 0u64;
+    let stream = if stderr { "stderr" } else { "stdout" };
+    let mut out = std::io::stdout().lock();
+    loop {
+        let q = http::encode_query(&[
+            ("job", job),
+            ("stream", stream),
+            ("from", &from.to_string()),
+        ]);
+        let r = call(api, "GET", &format!("/logs?{q}"), None, &[], QUICK)?;
+        out.write_all(&r.body)?;
+        from = r
+            .header("x-roam-next")
+            .and_then(|n| n.parse().ok())
+            .context("log answer without x-roam-next")?;
+        let exit = r.header("x-roam-exit").and_then(|c| c.parse::<i32>().ok());
+        if r.body.is_empty() {
+            out.flush()?;
+            if let Some(code) = exit {
+                return Ok(code);
+            }
+            if !until_end {
+                return Ok(0);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+pub fn logs(a: LogsArgs) -> anyhow::Result<i32> {
+    follow(a.api.api, &a.job, a.stderr, a.follow)?;
+    Ok(0)
+}
+
+pub fn ps(a: ListArgs) -> anyhow::Result<i32> {
+    let r = call(a.api.api, "GET", "/ps", None, &[], QUICK)?;
+    if a.json {
+        println!("{}", String::from_utf8_lossy(&r.body));
+        return Ok(0);
+    }
+    let rows: Vec<JobRow> = r.json()?;
+    println!(
+        "{:<24} {:<12} {:>4} {:<12} {:>10}",
+        "JOB", "NODE", "GEN", "STATE", "MEMORY"
+    );
+    for j in rows {
+        println!(
+            "{:<24} {:<12} {:>4} {:<12} {:>10}",
+            j.job,
+            j.node,
+            j.generation,
+            j.state,
+            actors::demo::human_bytes(j.memory_bytes)
+        );
+    }
+    Ok(0)
+}
+
+pub fn peers(a: ListArgs) -> anyhow::Result<i32> {
+    let r = call(a.api.api, "GET", "/peers", None, &[], QUICK)?;
+    if a.json {
+        println!("{}", String::from_utf8_lossy(&r.body));
+        return Ok(0);
+    }
+    let rows: Vec<PeerRow> = r.json()?;
+    println!(
+        "{:<12} {:<10} {:>8} {:>12} {:>5} {:>5} PEER",
+        "NAME", "CONNECTED", "RTT", "THROUGHPUT", "LOAD", "JOBS"
+    );
+    for p in rows {
+        println!(
+            "{:<12} {:<10} {:>8} {:>12} {:>5} {:>5} {}",
+            if p.name.is_empty() { "?" } else { &p.name },
+            if p.connected { "yes" } else { "no" },
+            p.rtt_ms.map_or("-".into(), |r| format!("{r:.2}ms")),
+            p.throughput_mbit_s
+                .map_or("-".into(), |t| format!("{t:.1}Mbit/s")),
+            p.load.map_or("-".into(), |l| format!("{l:.2}")),
+            p.jobs,
+            p.peer
+        );
+    }
+    Ok(0)
+}
+
+pub fn migrate(a: MigrateArgs) -> anyhow::Result<i32> {
+    let q = http::encode_query(&[("job", &a.job), ("to", &a.node)]);
+    let started = Instant::now();
+    let r = call(
+        a.api.api,
+        "POST",
+        &format!("/migrate?{q}"),
+        None,
+        &[],
+        MOVE_TIMEOUT,
+    )?;
+    if a.json {
+        println!("{}", String::from_utf8_lossy(&r.body));
+        return Ok(0);
+    }
+    let rep: MoveReport = r.json()?;
+    println!("{}", actors::demo::line(&rep));
+    tracing::debug!(elapsed = ?started.elapsed(), "migrate answered");
+    Ok(0)
+}
+
+pub fn drain(a: DrainArgs) -> anyhow::Result<i32> {
+    let path = match &a.node {
+        Some(n) => format!("/drain?{}", http::encode_query(&[("node", n)])),
+        None => "/drain".into(),
+    };
+    call(a.api.api, "POST", &path, None, &[], QUICK)?;
+    println!("draining {}", a.node.as_deref().unwrap_or("the node"));
+    Ok(0)
+}
+
+pub fn demo(a: DemoArgs) -> anyhow::Result<i32> {
+    let opts = actors::demo::DemoOptions {
+        guests: a.guests.unwrap_or_else(actors::demo::default_guests),
+        autopilot_ticks: a.autopilot_ticks,
+        tracker_frames: a.tracker_frames,
+        verbose: true,
+    };
+    let sys = system();
+    let result = sys.block_on(actors::demo::run(opts))?;
+    if actors::demo::print_result(&result) {
+        println!("demo: OK");
+        Ok(0)
+    } else {
+        println!("demo: FAILED (outputs differ)");
+        Ok(1)
+    }
+}

@@ -1,0 +1,184 @@
+//! The Checkpoint actor: the store side of a node.
+//!
+//! It serves the node's chunks to the mesh ([`StoreChunks`]), stores chunks fetched
+//! by a move (already verified by the mesh; the store checks again), and restores a
+//! moved job from its final manifest. Store and restore work is blocking (hashing,
+//! copying memory, compiling a module) and runs on the blocking pool.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::Bytes;
+use mesh::{ChunkProvider, PeerId};
+use store::{ChunkId, Store};
+use wasm_host::Job;
+
+use super::runner::ForwardSink;
+use super::scheduler::{InstallRestored, Scheduler};
+use super::Shared;
+
+pub fn to_store_id(id: &mesh::ChunkId) -> ChunkId {
+    ChunkId(id.0)
+}
+
+pub fn to_mesh_id(id: &ChunkId) -> mesh::ChunkId {
+    mesh::ChunkId(id.0)
+}
+
+/// The node's store as the mesh's chunk provider.
+pub struct StoreChunks(pub Arc<Store>);
+
+impl ChunkProvider for StoreChunks {
+    fn chunk_len(&self, id: &mesh::ChunkId) -> Option<usize> {
+        self.0.get_chunk(&to_store_id(id)).ok().map(|c| c.len())
+    }
+
+    fn get(&self, id: &mesh::ChunkId) -> Option<Bytes> {
+        self.0.get_chunk(&to_store_id(id)).ok().map(Bytes::from)
+    }
+
+    fn has(&self, id: &mesh::ChunkId) -> bool {
+        self.0.contains(&to_store_id(id))
+    }
+}
+
+pub struct CheckpointActor {
+    shared: Arc<Shared>,
+    scheduler: Addr<Scheduler>,
+}
+
+impl CheckpointActor {
+    pub fn new(shared: Arc<Shared>, scheduler: Addr<Scheduler>) -> CheckpointActor {
+        CheckpointActor { shared, scheduler }
+    }
+}
+
+impl Actor for CheckpointActor {
+    type Context = Context<Self>;
+}
+
+/// Store chunks a fetch delivered.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct StoreChunksMsg(pub Vec<(mesh::ChunkId, Bytes)>);
+
+impl Handler<StoreChunksMsg> for CheckpointActor {
+    type Result = ResponseFuture<Result<(), String>>;
+
+    fn handle(&mut self, m: StoreChunksMsg, _: &mut Context<Self>) -> Self::Result {
+        let store = self.shared.store.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                for (id, data) in m.0 {
+                    let got = store.put_chunk(&data).map_err(|e| e.to_string())?;
+                    if got.0 != id.0 {
+                        return Err(format!("chunk {id:?} hashed to {got}"));
+                    }
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        })
+    }
+}
+
+/// Which of these chunks the store holds.
+#[derive(Message)]
+#[rtype(result = "Vec<bool>")]
+pub struct Has(pub Vec<ChunkId>);
+
+impl Handler<Has> for CheckpointActor {
+    type Result = MessageResult<Has>;
+
+    fn handle(&mut self, m: Has, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(
+            m.0.iter()
+                .map(|id| self.shared.store.contains(id))
+                .collect(),
+        )
+    }
+}
+
+/// Restore a moved job (paused) from its final manifest and hand it to the
+/// scheduler. Answers with the time the restore took.
+#[derive(Message)]
+#[rtype(result = "Result<Duration, String>")]
+pub struct Restore {
+    pub job: String,
+    pub generation: u64,
+    pub home: PeerId,
+    pub manifest: Vec<u8>,
+    pub manifest_id: ChunkId,
+}
+
+impl Handler<Restore> for CheckpointActor {
+    type Result = ResponseFuture<Result<Duration, String>>;
+
+    fn handle(&mut self, m: Restore, _: &mut Context<Self>) -> Self::Result {
+        let shared = self.shared.clone();
+        let scheduler = self.scheduler.clone();
+        Box::pin(async move {
+            let started = Instant::now();
+            let job_id = m.job.clone();
+            let sh = shared.clone();
+            let home = m.home;
+            let (job, cp) = tokio::task::spawn_blocking(move || {
+                restore(&sh, &m.job, home, &m.manifest, &m.manifest_id)
+            })
+            .await
+            .map_err(|e| e.to_string())??;
+            if cp.manifest.job != job_id {
+                return Err(format!(
+                    "the manifest is of job {:?}, not {job_id:?}",
+                    cp.manifest.job
+                ));
+            }
+            scheduler
+                .send(InstallRestored {
+                    job_id,
+                    generation: m.generation,
+                    home: m.home,
+                    job,
+                    checkpoint: cp,
+                })
+                .await
+                .map_err(|e| e.to_string())??;
+            Ok(started.elapsed())
+        })
+    }
+}
+
+fn restore(
+    shared: &Shared,
+    job: &str,
+    home: PeerId,
+    manifest: &[u8],
+    id: &ChunkId,
+) -> Result<(Job, store::Checkpoint), String> {
+    if ChunkId::of(manifest) != *id {
+        return Err("the manifest does not hash to its id".into());
+    }
+    let cp = shared
+        .store
+        .import_manifest(manifest)
+        .map_err(|e| format!("importing the manifest: {e}"))?;
+    if cp.id != *id {
+        return Err("the imported manifest has another id".into());
+    }
+    let sink = ForwardSink {
+        job: job.to_string(),
+        home,
+        tx: shared.output.clone(),
+    };
+    Job::restore_from_checkpoint(
+        &shared.host,
+        &shared.store,
+        id,
+        Vec::new(),
+        &Scheduler::limits(shared),
+        Box::new(sink),
+    )
+    .map_err(|e| format!("restoring {job}: {e}"))
+}

@@ -1,0 +1,318 @@
+//! A node's configuration: one TOML file per node (`roam node --config FILE`).
+//!
+//! Every key has a default, so an empty file is a valid config: a node named after
+//! the host, listening on a random TCP port of every interface, finding peers with
+//! mDNS, keeping checkpoints in memory, serving its control API on 127.0.0.1:7070.
+//! Unknown keys are refused (`deny_unknown_fields`), and errors name the file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Port of the control API when the config does not say.
+pub const DEFAULT_API_PORT: u16 = 7070;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Name shown to operators and accepted wherever a node is named (`roam run --node`).
+    pub name: String,
+    /// Mesh listen addresses (multiaddrs).
+    pub listen: Vec<String>,
+    /// Peers dialled at start and whenever the node has no connection left.
+    pub bootstrap: Vec<String>,
+    /// Find peers on the LAN with mDNS.
+    pub mdns: bool,
+    /// Pre-shared swarm key (64 hex digits) or a path to a libp2p key file. Nodes with
+    /// different keys cannot talk. Empty: the built-in development key (a warning says so).
+    pub swarm_key: String,
+    /// File holding this node's identity (created on first start). Empty: a fresh
+    /// identity on every start.
+    pub identity_file: String,
+    /// Control API address (127.0.0.1 only unless you mean it). Empty: no API.
+    pub api: String,
+    /// Checkpoint store directory. Empty: in memory.
+    pub store_dir: String,
+    /// Byte budget of the in-memory store (or the disk store's limit).
+    pub store_mib: u64,
+    /// Relative speed of this node (1.0 = the reference machine); placement divides a
+    /// job's remaining work by it.
+    pub speed: f64,
+    pub migration: MigrationConfig,
+    pub jobs: JobDefaults,
+}
+
+/// How this node moves jobs away.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MigrationConfig {
+    /// Most pre-copy rounds; 0 = pure stop-and-copy.
+    pub max_rounds: u32,
+    /// Downtime the final stop-and-copy should fit in.
+    pub downtime_target_ms: u64,
+    /// Compression of chunks on the wire: "auto" (chosen from the measured bandwidth
+    /// and spare CPU), "none", or "zstd:LEVEL".
+    pub compression: String,
+    /// Give up a migration whose peer is silent for this long (the job stays here).
+    pub reply_timeout_ms: u64,
+    /// Heartbeat period (gossip of this node's jobs and load).
+    pub heartbeat_ms: u64,
+}
+
+/// Limits every job on this node gets unless it asks for less.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobDefaults {
+    pub memory_limit_mib: u64,
+    /// Largest module accepted by `roam run`.
+    pub max_module_mib: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            name: default_name(),
+            listen: vec!["/ip4/0.0.0.0/tcp/0".into()],
+            bootstrap: Vec::new(),
+            mdns: true,
+            swarm_key: String::new(),
+            identity_file: String::new(),
+            api: format!("127.0.0.1:{DEFAULT_API_PORT}"),
+            store_dir: String::new(),
+            store_mib: 1024,
+            speed: 1.0,
+            migration: MigrationConfig::default(),
+            jobs: JobDefaults::default(),
+        }
+    }
+}
+
+impl Default for MigrationConfig {
+    fn default() -> Self {
+        MigrationConfig {
+            max_rounds: 8,
+            downtime_target_ms: 5,
+            compression: "auto".into(),
+            reply_timeout_ms: 3_000,
+            heartbeat_ms: 500,
+        }
+    }
+}
+
+impl Default for JobDefaults {
+    fn default() -> Self {
+        JobDefaults {
+            memory_limit_mib: 1024,
+            max_module_mib: 64,
+        }
+    }
+}
+
+fn default_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "roam".into())
+}
+
+/// A config that could not be read or is invalid. The message names the file, and
+/// for TOML errors the line and key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+/// How the wire compression is chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompressionChoice {
+    Auto,
+    None,
+    Zstd(i32),
+}
+
+impl NodeConfig {
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        NodeConfig::parse(&text, path)
+    }
+
+    /// Parses and validates `text` (read from `path`, used in messages).
+    pub fn parse(text: &str, path: &Path) -> Result<NodeConfig, ConfigError> {
+        let cfg: NodeConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |key, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            message,
+        };
+        if self.name.is_empty()
+            || self.name.len() > 64
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            return Err(bad(
+                "name",
+                format!(
+                    "{:?} must be 1-64 characters of a-z, A-Z, 0-9, '-', '_', '.'",
+                    self.name
+                ),
+            ));
+        }
+        for a in self.listen.iter().chain(&self.bootstrap) {
+            if a.parse::<mesh::Multiaddr>().is_err() {
+                return Err(bad("listen/bootstrap", format!("{a:?} is not a multiaddr")));
+            }
+        }
+        if !self.api.is_empty() && self.api.parse::<SocketAddr>().is_err() {
+            return Err(bad(
+                "api",
+                format!("{:?} is not an address like 127.0.0.1:7070", self.api),
+            ));
+        }
+        if !(self.speed.is_finite() && self.speed > 0.0) {
+            return Err(bad("speed", format!("{} must be > 0", self.speed)));
+        }
+        if self.store_mib == 0 {
+            return Err(bad("store_mib", "must be > 0".into()));
+        }
+        if self.migration.max_rounds > migrate::MAX_ROUNDS {
+            return Err(bad(
+                "migration.max_rounds",
+                format!(
+                    "{} exceeds {}",
+                    self.migration.max_rounds,
+                    migrate::MAX_ROUNDS
+                ),
+            ));
+        }
+        if self.migration.reply_timeout_ms < 500 {
+            return Err(bad(
+                "migration.reply_timeout_ms",
+                "must be at least 500".into(),
+            ));
+        }
+        if self.migration.heartbeat_ms < 50 {
+            return Err(bad("migration.heartbeat_ms", "must be at least 50".into()));
+        }
+        self.compression()
+            .map_err(|m| bad("migration.compression", m))?;
+        Ok(())
+    }
+
+    pub fn compression(&self) -> Result<CompressionChoice, String> {
+        let c = self.migration.compression.trim();
+        match c {
+            "auto" => Ok(CompressionChoice::Auto),
+            "none" => Ok(CompressionChoice::None),
+            _ => {
+                let level = c
+                    .strip_prefix("zstd:")
+                    .and_then(|l| l.parse::<i32>().ok())
+                    .filter(|l| (1..=19).contains(l))
+                    .ok_or_else(|| {
+                        format!("{c:?}: expected \"auto\", \"none\" or \"zstd:LEVEL\" (1-19)")
+                    })?;
+                Ok(CompressionChoice::Zstd(level))
+            }
+        }
+    }
+
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api.parse().ok()
+    }
+
+    /// A config for a node of an in-process swarm (tests, `roam demo`): loopback only,
+    /// no mDNS, API on a free port, checkpoints in memory.
+    pub fn local(name: &str) -> NodeConfig {
+        NodeConfig {
+            name: name.into(),
+            listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+            mdns: false,
+            api: "127.0.0.1:0".into(),
+            ..NodeConfig::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<NodeConfig, ConfigError> {
+        NodeConfig::parse(s, Path::new("n.toml"))
+    }
+
+    #[test]
+    fn empty_file_is_the_default() {
+        assert_eq!(parse("").unwrap(), NodeConfig::default());
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let e = parse("name = \"a\"\n[migration]\nmax_roundz = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("n.toml"), "{e}");
+        assert!(e.contains("max_roundz"), "{e}");
+        assert!(e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (text, key) in [
+            ("name = \"a b\"", "name"),
+            ("speed = 0.0", "speed"),
+            ("api = \"localhost\"", "api"),
+            (
+                "[migration]\ncompression = \"lz4\"",
+                "migration.compression",
+            ),
+            ("[migration]\nmax_rounds = 1000", "migration.max_rounds"),
+            ("listen = [\"tcp/1\"]", "listen"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        assert!(parse("speed = \"fast\"")
+            .unwrap_err()
+            .to_string()
+            .contains("speed"));
+    }
+
+    #[test]
+    fn compression_choices() {
+        let mut c = NodeConfig::default();
+        c.migration.compression = "zstd:7".into();
+        assert_eq!(c.compression(), Ok(CompressionChoice::Zstd(7)));
+        c.migration.compression = "none".into();
+        assert_eq!(c.compression(), Ok(CompressionChoice::None));
+        c.migration.compression = "zstd:0".into();
+        assert!(c.compression().is_err());
+    }
+}

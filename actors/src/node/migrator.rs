@@ -1,0 +1,812 @@
+//! The Migrator actor: the shell around the sans-IO migration cores.
+//!
+//! For each move it holds a [`migrate::Source`] (this node runs the job) or a
+//! [`migrate::Destination`] (the job comes here) and carries out their actions in
+//! order: protocol messages go out as mesh control requests, chunk fetches through
+//! the mesh's verified chunk exchange (the destination pulls from the source),
+//! checkpoints, pauses and resumes through the Scheduler, restores through the
+//! Checkpoint actor. A 20 ms tick drives the cores' timeouts (retransmissions,
+//! give-ups). Which node runs a job is decided only by the cores; see the `migrate`
+//! crate for why a job never runs twice and is never lost.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use mesh::{FetchItem, FetchOptions, PeerId, Sources};
+use migrate::{
+    Compression, DestAction, DestConfig, DestEvent, Destination, LevelProfile, Message,
+    MigrationId, Outcome, Source, SourceAction, SourceConfig, SourceEvent, StateMap, ZSTD_PROFILES,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use super::checkpoint::{to_mesh_id, CheckpointActor, Restore, StoreChunksMsg};
+use super::config::CompressionChoice;
+use super::link::{Estimate, LinkMonitor};
+use super::proto::{encode, NodeMsg};
+use super::scheduler::{Control, JobState, Lookup, Op, Scheduler};
+use super::Shared;
+
+const TICK: Duration = Duration::from_millis(20);
+/// Finished destination cores are kept this long to answer retransmissions.
+const LINGER: Duration = Duration::from_secs(30);
+/// Moves remembered for status and timelines.
+const MOVES_KEPT: usize = 1024;
+
+/// How one move goes, overriding the node's config.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct MovePolicy {
+    /// Pre-copy rounds (0 = stop-and-copy).
+    pub max_rounds: Option<u32>,
+    pub compression: Option<String>,
+}
+
+/// What a move did, as the source saw it (plus the destination's figures when the
+/// move ran in this process).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct MoveReport {
+    pub migration: String,
+    pub job: String,
+    pub from: String,
+    pub to: String,
+    /// "committed", "aborted: ..." or "escalated".
+    pub outcome: String,
+    pub generation: u64,
+    /// Milliseconds since the source node started, when the move began and ended.
+    pub started_ms: u64,
+    pub ended_ms: u64,
+    pub rounds: usize,
+    pub stop_reason: String,
+    /// Pause requested → the destination's commit ack (an upper bound of the
+    /// downtime: it includes the ack's trip back).
+    pub downtime_ms: f64,
+    /// Of which: stopping the job and writing its last checkpoint.
+    pub pause_ms: f64,
+    pub total_ms: f64,
+    pub offered_bytes: u64,
+    pub present_bytes: u64,
+    /// Uncompressed chunk bytes sent in rounds and the final copy.
+    pub sent_bytes: u64,
+    pub final_bytes: u64,
+    pub compression: String,
+    pub throughput_bytes_per_s: u64,
+}
+
+struct SourceRun {
+    core: Source,
+    job: String,
+    peer: PeerId,
+    to_name: String,
+    home: PeerId,
+    started: Instant,
+    started_ms: u64,
+    pause_at: Option<Instant>,
+    pause_ms: f64,
+    waiter: Option<oneshot::Sender<Result<MoveReport, String>>>,
+}
+
+struct DestRun {
+    core: Destination,
+    peer: PeerId,
+    home: PeerId,
+    finished_at: Option<Instant>,
+}
+
+pub struct Migrator {
+    shared: Arc<Shared>,
+    scheduler: Addr<Scheduler>,
+    checkpoint: Addr<CheckpointActor>,
+    links: Addr<LinkMonitor>,
+    sources: HashMap<MigrationId, SourceRun>,
+    dests: HashMap<MigrationId, DestRun>,
+    /// Newest generation of each job this node was handed (destination fencing).
+    owned: HashMap<String, u64>,
+    moves: Vec<MoveReport>,
+    /// The destination's wire bytes per migration (fetches it ran).
+    wire_bytes: HashMap<MigrationId, u64>,
+}
+
+impl Migrator {
+    pub fn new(
+        shared: Arc<Shared>,
+        scheduler: Addr<Scheduler>,
+        checkpoint: Addr<CheckpointActor>,
+        links: Addr<LinkMonitor>,
+    ) -> Migrator {
+        Migrator {
+            shared,
+            scheduler,
+            checkpoint,
+            links,
+            sources: HashMap::new(),
+            dests: HashMap::new(),
+            owned: HashMap::new(),
+            moves: Vec::new(),
+            wire_bytes: HashMap::new(),
+        }
+    }
+
+    fn send_msg(&self, peer: PeerId, msg: Message, home: Option<PeerId>) {
+        let data = encode(&NodeMsg::Migrate {
+            msg,
+            home: home.map(|h| h.to_bytes()).unwrap_or_default(),
+        });
+        let mesh = self.shared.mesh.clone();
+        actix::spawn(async move {
+            // A lost message is the core's business (it retransmits or gives up).
+            if let Err(e) = mesh.control_request(peer, data).await {
+                tracing::debug!(%peer, %e, "migration message not delivered");
+            }
+        });
+    }
+
+    fn source_config(&self, policy: &MovePolicy, bandwidth: u64) -> Result<SourceConfig, String> {
+        let m = &self.shared.config.migration;
+        let mut cfg = SourceConfig::default();
+        cfg.precopy.max_rounds = policy.max_rounds.unwrap_or(m.max_rounds);
+        cfg.precopy.downtime_target_ms = m.downtime_target_ms;
+        cfg.reply_timeout_ms = m.reply_timeout_ms;
+        cfg.handover_timeout_ms = m.reply_timeout_ms.max(2_000);
+        cfg.link_bandwidth_bytes_per_s = bandwidth.max(1);
+        let choice = match &policy.compression {
+            Some(c) => {
+                let mut tmp = self.shared.config.clone();
+                tmp.migration.compression = c.clone();
+                tmp.compression()?
+            }
+            None => self.shared.config.compression()?,
+        };
+        cfg.compression_profiles = match choice {
+            CompressionChoice::Auto => ZSTD_PROFILES.to_vec(),
+            CompressionChoice::None => Vec::new(),
+            CompressionChoice::Zstd(level) => vec![profile_of(level)],
+        };
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        cfg.compression_cores = (cpus - 1.0).max(0.25);
+        cfg.validate().map_err(|e| e.to_string())?;
+        Ok(cfg)
+    }
+
+    fn record(&mut self, r: MoveReport) {
+        tracing::info!(
+            job = %r.job, from = %r.from, to = %r.to, outcome = %r.outcome,
+            downtime_ms = r.downtime_ms, rounds = r.rounds, sent = r.sent_bytes,
+            "move finished"
+        );
+        self.moves.push(r);
+        if self.moves.len() > MOVES_KEPT {
+            self.moves.remove(0);
+        }
+    }
+
+    fn drive_source(&mut self, id: MigrationId, ctx: &mut Context<Self>) {
+        loop {
+            let Some(run) = self.sources.get_mut(&id) else {
+                return;
+            };
+            let Some(action) = run.core.poll_action() else {
+                return;
+            };
+            let (peer, job, home) = (run.peer, run.job.clone(), run.home);
+            match action {
+                SourceAction::Send(msg) => self.send_msg(peer, msg, Some(home)),
+                SourceAction::Checkpoint { round } => {
+                    let sched = self.scheduler.clone();
+                    let me = ctx.address();
+                    actix::spawn(async move {
+                        let ev = match sched
+                            .send(Control {
+                                job,
+                                op: Op::Checkpoint,
+                            })
+                            .await
+                        {
+                            Ok(Ok(Some(t))) => SourceEvent::Checkpointed {
+                                round,
+                                state: StateMap::from_manifest(&t.checkpoint.manifest),
+                            },
+                            other => {
+                                tracing::warn!(?other, "checkpoint during a move failed");
+                                SourceEvent::Cancel
+                            }
+                        };
+                        me.do_send(SourceFeed(id, ev));
+                    });
+                }
+                SourceAction::PauseJob => {
+                    run.pause_at = Some(Instant::now());
+                    let sched = self.scheduler.clone();
+                    let me = ctx.address();
+                    actix::spawn(async move {
+                        let ev = match sched.send(Control { job, op: Op::Pause }).await {
+                            Ok(Ok(Some(t))) => {
+                                me.do_send(PauseCost(id, t.stop + t.write));
+                                SourceEvent::Paused {
+                                    state: StateMap::from_manifest(&t.checkpoint.manifest),
+                                    manifest: t.manifest,
+                                    manifest_id: t.checkpoint.id,
+                                }
+                            }
+                            other => {
+                                tracing::info!(?other, "pause for a move failed");
+                                SourceEvent::PauseFailed
+                            }
+                        };
+                        me.do_send(SourceFeed(id, ev));
+                    });
+                }
+                SourceAction::ResumeJob => self.control(job, Op::Resume),
+                SourceAction::RecordHandover => {
+                    // The store is in memory or the node keeps no journal yet: a
+                    // restarted node forgets its jobs anyway, so it cannot resume this
+                    // one on its own. (Crash recovery adds the durable record.)
+                    tracing::debug!(%job, "handover recorded");
+                }
+                SourceAction::DropJob => self.control(job, Op::Drop),
+                SourceAction::Escalate => {
+                    tracing::warn!(%job, %peer, "handover unanswered: job stays paused here for recovery");
+                }
+                SourceAction::Finished(outcome) => {
+                    if let Some(run) = self.sources.remove(&id) {
+                        let report = self.source_report(id, &run, outcome);
+                        self.record(report.clone());
+                        if let Some(w) = run.waiter {
+                            let _ = w.send(match outcome {
+                                Outcome::Committed => Ok(report),
+                                _ => Err(format!("move of {} {}", report.job, report.outcome)),
+                            });
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn control(&self, job: String, op: Op) {
+        let sched = self.scheduler.clone();
+        actix::spawn(async move {
+            match sched
+                .send(Control {
+                    job: job.clone(),
+                    op,
+                })
+                .await
+            {
+                Ok(Ok(_)) => {}
+                other => tracing::warn!(%job, ?other, "job control failed"),
+            }
+        });
+    }
+
+    fn source_report(&self, id: MigrationId, run: &SourceRun, outcome: Outcome) -> MoveReport {
+        let r = run.core.report();
+        let downtime = run
+            .pause_at
+            .map(|p| p.elapsed().as_secs_f64() * 1e3)
+            .unwrap_or(0.0);
+        let compression = r
+            .rounds
+            .first()
+            .map(|x| x.compression)
+            .unwrap_or(Compression::None);
+        MoveReport {
+            migration: id.to_string(),
+            job: run.job.clone(),
+            from: self.shared.name.clone(),
+            to: run.to_name.clone(),
+            outcome: match outcome {
+                Outcome::Committed => "committed".into(),
+                Outcome::Aborted(reason) => format!("aborted: {reason:?}"),
+                Outcome::Escalated => "escalated".into(),
+            },
+            generation: run.core.generation() + u64::from(outcome == Outcome::Committed),
+            started_ms: run.started_ms,
+            ended_ms: self.shared.now_ms(),
+            rounds: r.rounds.len(),
+            stop_reason: r.stop.map(|s| format!("{s:?}")).unwrap_or_default(),
+            downtime_ms: if outcome == Outcome::Committed {
+                downtime
+            } else {
+                0.0
+            },
+            pause_ms: run.pause_ms,
+            total_ms: run.started.elapsed().as_secs_f64() * 1e3,
+            offered_bytes: r.offered_bytes,
+            present_bytes: r.present_bytes,
+            sent_bytes: r.rounds.iter().map(|x| x.bytes).sum::<u64>() + r.final_bytes,
+            final_bytes: r.final_bytes,
+            compression: match compression {
+                Compression::None => "none".into(),
+                Compression::Zstd(l) => format!("zstd:{l}"),
+            },
+            throughput_bytes_per_s: r.throughput,
+        }
+    }
+
+    fn drive_dest(&mut self, id: MigrationId, ctx: &mut Context<Self>) {
+        loop {
+            let Some(run) = self.dests.get_mut(&id) else {
+                return;
+            };
+            let Some(action) = run.core.poll_action() else {
+                return;
+            };
+            let (peer, home, job, generation) = (
+                run.peer,
+                run.home,
+                run.core.job().to_string(),
+                run.core.generation(),
+            );
+            match action {
+                DestAction::Send(msg) => self.send_msg(peer, msg, None),
+                DestAction::Fetch {
+                    round,
+                    chunks,
+                    compression,
+                } => {
+                    let mesh = self.shared.mesh.clone();
+                    let cp = self.checkpoint.clone();
+                    let me = ctx.address();
+                    actix::spawn(async move {
+                        let ids = chunks.iter().map(|c| to_mesh_id(&c.id)).collect();
+                        let (ok, wire) = fetch_round(mesh, cp, peer, ids, compression).await;
+                        me.do_send(WireBytes(id, wire));
+                        let ev = if ok {
+                            DestEvent::Fetched { round }
+                        } else {
+                            DestEvent::FetchFailed { round }
+                        };
+                        me.do_send(DestFeed(id, ev));
+                    });
+                }
+                DestAction::VerifyAndRestore {
+                    manifest,
+                    manifest_id,
+                } => {
+                    let cp = self.checkpoint.clone();
+                    let me = ctx.address();
+                    actix::spawn(async move {
+                        let r = cp
+                            .send(Restore {
+                                job: job.clone(),
+                                generation: generation + 1,
+                                home,
+                                manifest,
+                                manifest_id,
+                            })
+                            .await;
+                        let ev = match r {
+                            Ok(Ok(took)) => {
+                                tracing::debug!(%job, ?took, "restored for a move");
+                                DestEvent::Restored
+                            }
+                            other => {
+                                tracing::warn!(%job, ?other, "restore for a move failed");
+                                DestEvent::RestoreFailed
+                            }
+                        };
+                        me.do_send(DestFeed(id, ev));
+                    });
+                }
+                DestAction::ResumeJob {
+                    job, generation, ..
+                } => {
+                    self.owned.insert(job.clone(), generation);
+                    self.control(job, Op::Go { generation });
+                }
+                DestAction::DiscardRestored => self.control(job, Op::DiscardRestored),
+                DestAction::Finished(outcome) => {
+                    tracing::info!(%job, ?outcome, node = %self.shared.name, "incoming move finished");
+                    run.finished_at = Some(Instant::now());
+                }
+            }
+        }
+    }
+
+    fn incoming(&mut self, from: PeerId, msg: Message, home: Vec<u8>, ctx: &mut Context<Self>) {
+        let id = msg.migration;
+        let now = self.shared.now_ms();
+        if let Some(run) = self.sources.get_mut(&id) {
+            if run.peer != from {
+                tracing::warn!(%from, "migration message from a peer that is not the destination");
+                return;
+            }
+            if let Err(e) = run.core.handle_message(now, msg) {
+                tracing::debug!(%e, "source refused a message");
+            }
+            self.drive_source(id, ctx);
+            return;
+        }
+        if let Some(run) = self.dests.get_mut(&id) {
+            if run.peer != from {
+                tracing::warn!(%from, "migration message from a peer that is not the source");
+                return;
+            }
+            if let Err(e) = run.core.handle_message(now, msg) {
+                tracing::debug!(%e, "destination refused a message");
+            }
+            self.drive_dest(id, ctx);
+            return;
+        }
+        if !matches!(msg.body, migrate::Body::Offer(_)) {
+            tracing::debug!(%id, "message of an unknown migration dropped");
+            return;
+        }
+        let Ok(home) = PeerId::from_bytes(&home) else {
+            tracing::warn!(%from, "offer without a valid home");
+            return;
+        };
+        let job = match &msg.body {
+            migrate::Body::Offer(o) => o.job.clone(),
+            _ => return,
+        };
+        let store = self.shared.store.clone();
+        let local = self.owned.get(&job).copied();
+        match Destination::accept(
+            DestConfig {
+                idle_timeout_ms: self.shared.config.migration.reply_timeout_ms * 4,
+            },
+            now,
+            &msg,
+            local,
+            |c| store.contains(c),
+        ) {
+            Ok(core) => {
+                tracing::info!(%job, %from, node = %self.shared.name, "accepting a move");
+                self.dests.insert(
+                    id,
+                    DestRun {
+                        core,
+                        peer: from,
+                        home,
+                        finished_at: None,
+                    },
+                );
+                self.drive_dest(id, ctx);
+            }
+            Err(migrate::MigrateError::Fenced { .. }) => {
+                tracing::warn!(%job, "offer of an older generation dropped");
+            }
+            Err(e) => {
+                tracing::warn!(%job, %e, "offer refused");
+                self.send_msg(from, Destination::refusal(&msg), None);
+            }
+        }
+    }
+}
+
+/// A zstd level's profile: the table's, or the nearest one below it.
+fn profile_of(level: i32) -> LevelProfile {
+    let mut best = ZSTD_PROFILES[0];
+    for p in ZSTD_PROFILES {
+        if p.level <= level {
+            best = *p;
+        }
+    }
+    LevelProfile { level, ..best }
+}
+
+/// Fetches one round's chunks from `peer` into the store. Returns success and the
+/// bytes that crossed the wire.
+async fn fetch_round(
+    mesh: mesh::MeshHandle,
+    cp: Addr<CheckpointActor>,
+    peer: PeerId,
+    ids: Vec<mesh::ChunkId>,
+    compression: Compression,
+) -> (bool, u64) {
+    if ids.is_empty() {
+        return (true, 0);
+    }
+    let options = FetchOptions {
+        zstd_level: match compression {
+            Compression::None => None,
+            Compression::Zstd(l) => Some(l),
+        },
+    };
+    let mut fetch = match mesh
+        .fetch_with(ids, Sources::HoldingAll(vec![peer]), options)
+        .await
+    {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(%e, "fetch could not start");
+            return (false, 0);
+        }
+    };
+    while let Some(item) = fetch.next().await {
+        match item {
+            FetchItem::Chunks { chunks, .. } => match cp.send(StoreChunksMsg(chunks)).await {
+                Ok(Ok(())) => {}
+                other => {
+                    tracing::warn!(?other, "storing fetched chunks failed");
+                    return (false, 0);
+                }
+            },
+            FetchItem::Done(outcome) => {
+                return (outcome.missing.is_empty(), outcome.wire_bytes);
+            }
+        }
+    }
+    (false, 0)
+}
+
+impl Actor for Migrator {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(TICK, |act, ctx| {
+            let now = act.shared.now_ms();
+            let ids: Vec<MigrationId> = act.sources.keys().copied().collect();
+            for id in ids {
+                if let Some(run) = act.sources.get_mut(&id) {
+                    run.core.handle_timeout(now);
+                }
+                act.drive_source(id, ctx);
+            }
+            let ids: Vec<MigrationId> = act.dests.keys().copied().collect();
+            for id in ids {
+                if let Some(run) = act.dests.get_mut(&id) {
+                    run.core.handle_timeout(now);
+                }
+                act.drive_dest(id, ctx);
+            }
+            act.dests
+                .retain(|_, d| d.finished_at.is_none_or(|t| t.elapsed() < LINGER));
+        });
+    }
+}
+
+/// Move `job` (running here) to `to`.
+#[derive(Message)]
+#[rtype(result = "Result<MoveReport, String>")]
+pub struct StartMove {
+    pub job: String,
+    pub to: PeerId,
+    pub to_name: String,
+    pub policy: MovePolicy,
+}
+
+impl Handler<StartMove> for Migrator {
+    type Result = ResponseFuture<Result<MoveReport, String>>;
+
+    fn handle(&mut self, m: StartMove, ctx: &mut Context<Self>) -> Self::Result {
+        if m.to == self.shared.peer_id {
+            return Box::pin(async { Err("the job already runs on that node".to_string()) });
+        }
+        if self.sources.values().any(|s| s.job == m.job) {
+            let job = m.job;
+            return Box::pin(async move { Err(format!("{job} is already moving")) });
+        }
+        let (tx, rx) = oneshot::channel();
+        let me = ctx.address();
+        let sched = self.scheduler.clone();
+        let links = self.links.clone();
+        actix::spawn(async move {
+            let r = async {
+                let (generation, home, state) = sched
+                    .send(Lookup(m.job.clone()))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| format!("no job {} here", m.job))?;
+                if state != JobState::Running {
+                    return Err(format!("job {} is {state:?}, not running", m.job));
+                }
+                let (bw, rtt) = links
+                    .send(Estimate(m.to))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let t = sched
+                    .send(Control {
+                        job: m.job.clone(),
+                        op: Op::Checkpoint,
+                    })
+                    .await
+                    .map_err(|e| e.to_string())??
+                    .ok_or("no checkpoint")?;
+                Ok((generation, home, bw, rtt, t))
+            }
+            .await;
+            match r {
+                Ok((generation, home, bw, rtt, t)) => me.do_send(BeginSource {
+                    m,
+                    generation,
+                    home,
+                    bandwidth: bw,
+                    rtt,
+                    state: StateMap::from_manifest(&t.checkpoint.manifest),
+                    waiter: tx,
+                }),
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        });
+        Box::pin(async move { rx.await.map_err(|_| "the migrator stopped".to_string())? })
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct BeginSource {
+    m: StartMove,
+    generation: u64,
+    home: PeerId,
+    bandwidth: Option<u64>,
+    rtt: Option<Duration>,
+    state: StateMap,
+    waiter: oneshot::Sender<Result<MoveReport, String>>,
+}
+
+impl Handler<BeginSource> for Migrator {
+    type Result = ();
+
+    fn handle(&mut self, b: BeginSource, ctx: &mut Context<Self>) {
+        // Without a measurement, a sub-millisecond RTT means a LAN or loopback.
+        let bandwidth = b.bandwidth.unwrap_or(match b.rtt {
+            Some(r) if r < Duration::from_millis(1) => 1_000_000_000,
+            _ => 12_500_000,
+        });
+        let cfg = match self.source_config(&b.m.policy, bandwidth) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = b.waiter.send(Err(e));
+                return;
+            }
+        };
+        let id = MigrationId(rand::random());
+        let now = self.shared.now_ms();
+        match Source::new(cfg, id, b.m.job.clone(), b.generation, b.state, now) {
+            Ok(core) => {
+                tracing::info!(job = %b.m.job, to = %b.m.to_name, %id, "move started");
+                self.sources.insert(
+                    id,
+                    SourceRun {
+                        core,
+                        job: b.m.job,
+                        peer: b.m.to,
+                        to_name: b.m.to_name,
+                        home: b.home,
+                        started: Instant::now(),
+                        started_ms: now,
+                        pause_at: None,
+                        pause_ms: 0.0,
+                        waiter: Some(b.waiter),
+                    },
+                );
+                self.drive_source(id, ctx);
+            }
+            Err(e) => {
+                let _ = b.waiter.send(Err(e.to_string()));
+            }
+        }
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct SourceFeed(MigrationId, SourceEvent);
+
+impl Handler<SourceFeed> for Migrator {
+    type Result = ();
+    fn handle(&mut self, m: SourceFeed, ctx: &mut Context<Self>) {
+        let now = self.shared.now_ms();
+        if let Some(run) = self.sources.get_mut(&m.0) {
+            if let Err(e) = run.core.handle_event(now, m.1) {
+                tracing::warn!(%e, "source core refused an event");
+            }
+        }
+        self.drive_source(m.0, ctx);
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct PauseCost(MigrationId, Duration);
+
+impl Handler<PauseCost> for Migrator {
+    type Result = ();
+    fn handle(&mut self, m: PauseCost, _: &mut Context<Self>) {
+        if let Some(run) = self.sources.get_mut(&m.0) {
+            run.pause_ms = m.1.as_secs_f64() * 1e3;
+        }
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct DestFeed(MigrationId, DestEvent);
+
+impl Handler<DestFeed> for Migrator {
+    type Result = ();
+    fn handle(&mut self, m: DestFeed, ctx: &mut Context<Self>) {
+        let now = self.shared.now_ms();
+        if let Some(run) = self.dests.get_mut(&m.0) {
+            if let Err(e) = run.core.handle_event(now, m.1) {
+                tracing::warn!(%e, "destination core refused an event");
+            }
+        }
+        self.drive_dest(m.0, ctx);
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct WireBytes(MigrationId, u64);
+
+impl Handler<WireBytes> for Migrator {
+    type Result = ();
+    fn handle(&mut self, m: WireBytes, _: &mut Context<Self>) {
+        *self.wire_bytes.entry(m.0).or_default() += m.1;
+    }
+}
+
+/// A migration message from a peer.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Incoming {
+    pub from: PeerId,
+    pub msg: Message,
+    pub home: Vec<u8>,
+}
+
+impl Handler<Incoming> for Migrator {
+    type Result = ();
+    fn handle(&mut self, m: Incoming, ctx: &mut Context<Self>) {
+        self.incoming(m.from, m.msg, m.home, ctx);
+    }
+}
+
+/// Moves this node took part in as the source, oldest first.
+#[derive(Message)]
+#[rtype(result = "Vec<MoveReport>")]
+pub struct Moves;
+
+impl Handler<Moves> for Migrator {
+    type Result = MessageResult<Moves>;
+    fn handle(&mut self, _: Moves, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.moves.clone())
+    }
+}
+
+/// Bytes that crossed the wire for an incoming migration (destination side).
+#[derive(Message)]
+#[rtype(result = "Option<u64>")]
+pub struct IncomingWireBytes(pub String);
+
+impl Handler<IncomingWireBytes> for Migrator {
+    type Result = Option<u64>;
+    fn handle(&mut self, m: IncomingWireBytes, _: &mut Context<Self>) -> Self::Result {
+        self.wire_bytes
+            .iter()
+            .find(|(id, _)| id.to_string() == m.0)
+            .map(|(_, b)| *b)
+    }
+}
+
+/// Cancel the moves of `job` that have not handed over yet.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CancelMoves(pub String);
+
+impl Handler<CancelMoves> for Migrator {
+    type Result = ();
+    fn handle(&mut self, m: CancelMoves, ctx: &mut Context<Self>) {
+        let now = self.shared.now_ms();
+        let ids: Vec<MigrationId> = self
+            .sources
+            .iter()
+            .filter(|(_, r)| r.job == m.0)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(run) = self.sources.get_mut(&id) {
+                let _ = run.core.handle_event(now, SourceEvent::Cancel);
+            }
+            self.drive_source(id, ctx);
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! What roam nodes say to each other on top of the mesh: control requests (one CBOR
+//! [`NodeMsg`] per request, answered with a [`NodeReply`]) and the heartbeat gossip.
+//!
+//! Every decoder here takes bytes from the network: sizes are bounded by the mesh
+//! (control frames) and checked again here, and a malformed message is a typed error.
+
+use serde::{Deserialize, Serialize};
+use store::BlobRef;
+
+/// Largest control message a node decodes (the mesh refuses larger frames anyway).
+pub const MAX_NODE_MSG: usize = 1 << 20;
+/// Largest heartbeat.
+pub const MAX_HEARTBEAT: usize = 64 << 10;
+/// Most jobs one heartbeat lists.
+pub const MAX_HEARTBEAT_JOBS: usize = 256;
+/// Largest output piece forwarded in one message.
+pub const MAX_OUTPUT_PIECE: usize = 512 << 10;
+/// Longest job id.
+pub const MAX_JOB_ID: usize = 64;
+
+/// An output stream of a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum StreamKind {
+    Stdout,
+    Stderr,
+}
+
+/// How a job is started (what `roam run` sends).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobLaunch {
+    pub job: String,
+    /// argv including argv[0].
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    #[serde(with = "serde_bytes")]
+    pub stdin: Vec<u8>,
+    pub seed: u64,
+    /// The node whose log book receives the job's output (peer id bytes).
+    #[serde(with = "serde_bytes")]
+    pub home: Vec<u8>,
+}
+
+/// A control request from one node to another.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum NodeMsg {
+    /// One message of a migration (either direction). The source adds the job's
+    /// home (peer id bytes), so the destination knows where output goes.
+    Migrate {
+        msg: migrate::Message,
+        #[serde(with = "serde_bytes")]
+        home: Vec<u8>,
+    },
+    /// Output of a job, for its home node's log book.
+    Output {
+        job: String,
+        stream: StreamKind,
+        offset: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// The job ended; its streams are complete at these lengths.
+    Exited {
+        job: String,
+        code: i32,
+        stdout_len: u64,
+        stderr_len: u64,
+    },
+    /// Start a job here; its (original) module is the blob `module`, fetch it from the
+    /// sender.
+    Start { launch: JobLaunch, module: BlobRef },
+    /// Move `job` (running at the receiver) to the node named `to`.
+    MoveJob { job: String, to: String },
+    /// Move every job away and accept no new ones.
+    Drain,
+    /// Read a job's log from its home.
+    ReadLog {
+        job: String,
+        stream: StreamKind,
+        from: u64,
+        max: u32,
+    },
+}
+
+/// The answer to a [`NodeMsg`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeReply {
+    Ok,
+    /// For `MoveJob`: the move's summary line.
+    Moved(String),
+    Log(LogSlice),
+    Error(String),
+}
+
+/// A piece of a job's log as read from its home.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogSlice {
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+    /// Offset after `data`.
+    pub next: u64,
+    /// The exit code once the job ended and every byte arrived.
+    pub exit_code: Option<i32>,
+    /// The home knows this job.
+    pub known: bool,
+}
+
+/// A job as a heartbeat lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSummary {
+    pub job: String,
+    pub generation: u64,
+    /// Running, paused (moving), ...
+    pub state: String,
+    #[serde(with = "serde_bytes")]
+    pub home: Vec<u8>,
+    pub memory_bytes: u64,
+}
+
+/// Gossiped by every node every `heartbeat_ms`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub name: String,
+    pub draining: bool,
+    /// Load in [0, 1] (running jobs and any load injected by the operator).
+    pub load: f64,
+    pub speed: f64,
+    pub jobs: Vec<JobSummary>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProtoError {
+    #[error("message of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("invalid message: {0}")]
+    Invalid(String),
+}
+
+pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    // Writing CBOR into a Vec cannot fail for these types.
+    if let Err(e) = ciborium::into_writer(v, &mut out) {
+        tracing::error!(%e, "CBOR encoding failed");
+    }
+    out
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, ProtoError> {
+    if bytes.len() > max {
+        return Err(ProtoError::TooLarge(bytes.len()));
+    }
+    ciborium::from_reader(bytes).map_err(|e| ProtoError::Malformed(e.to_string()))
+}
+
+pub fn valid_job_id(job: &str) -> bool {
+    !job.is_empty()
+        && job.len() <= MAX_JOB_ID
+        && job
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+fn check_job(job: &str) -> Result<(), ProtoError> {
+    if valid_job_id(job) {
+        Ok(())
+    } else {
+        Err(ProtoError::Invalid(format!("job id {job:?}")))
+    }
+}
+
+impl NodeMsg {
+    pub fn decode(bytes: &[u8]) -> Result<NodeMsg, ProtoError> {
+        let m: NodeMsg = decode(bytes, MAX_NODE_MSG)?;
+        match &m {
+            NodeMsg::Migrate { msg, home } => {
+                msg.validate()
+                    .map_err(|e| ProtoError::Invalid(e.to_string()))?;
+                if home.len() > 128 {
+                    return Err(ProtoError::Invalid("home peer id too long".into()));
+                }
+            }
+            NodeMsg::Output { job, data, .. } => {
+                check_job(job)?;
+                if data.len() > MAX_OUTPUT_PIECE {
+                    return Err(ProtoError::TooLarge(data.len()));
+                }
+            }
+            NodeMsg::Exited { job, .. } | NodeMsg::ReadLog { job, .. } => check_job(job)?,
+            NodeMsg::MoveJob { job, to } => {
+                check_job(job)?;
+                if to.len() > 128 {
+                    return Err(ProtoError::Invalid("node name too long".into()));
+                }
+            }
+            NodeMsg::Start { launch, module } => {
+                check_job(&launch.job)?;
+                module
+                    .map
+                    .validate("module")
+                    .map_err(|e| ProtoError::Invalid(e.to_string()))?;
+            }
+            NodeMsg::Drain => {}
+        }
+        Ok(m)
+    }
+}
+
+impl NodeReply {
+    pub fn decode(bytes: &[u8]) -> Result<NodeReply, ProtoError> {
+        decode(bytes, MAX_NODE_MSG + 1024)
+    }
+}
+
+impl Heartbeat {
+    pub fn decode(bytes: &[u8]) -> Result<Heartbeat, ProtoError> {
+        let h: Heartbeat = decode(bytes, MAX_HEARTBEAT)?;
+        if h.jobs.len() > MAX_HEARTBEAT_JOBS {
+            return Err(ProtoError::Invalid("too many jobs".into()));
+        }
+        if h.name.len() > 64 || !h.load.is_finite() || !h.speed.is_finite() {
+            return Err(ProtoError::Invalid("bad name, load or speed".into()));
+        }
+        for j in &h.jobs {
+            check_job(&j.job)?;
+        }
+        Ok(h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_and_garbage_is_an_error() {
+        let m = NodeMsg::Output {
+            job: "a-1".into(),
+            stream: StreamKind::Stderr,
+            offset: 7,
+            data: b"hello".to_vec(),
+        };
+        assert_eq!(NodeMsg::decode(&encode(&m)).unwrap(), m);
+        let bytes = encode(&m);
+        for cut in 0..bytes.len() {
+            assert!(NodeMsg::decode(&bytes[..cut]).is_err());
+        }
+        let bad = NodeMsg::Output {
+            job: "../x".into(),
+            stream: StreamKind::Stdout,
+            offset: 0,
+            data: vec![],
+        };
+        assert!(matches!(
+            NodeMsg::decode(&encode(&bad)),
+            Err(ProtoError::Invalid(_))
+        ));
+        assert!(NodeMsg::decode(&vec![0u8; MAX_NODE_MSG + 1]).is_err());
+        let hb = Heartbeat {
+            name: "n".into(),
+            draining: false,
+            load: f64::NAN,
+            speed: 1.0,
+            jobs: vec![],
+        };
+        assert!(Heartbeat::decode(&encode(&hb)).is_err());
+    }
+}
