@@ -24,7 +24,7 @@ pub mod wire;
 
 pub use bytes::Bytes;
 pub use config::{Identity, MeshConfig, SwarmKey};
-pub use libp2p::{Multiaddr, PeerId};
+pub use libp2p::{multiaddr, Multiaddr, PeerId};
 pub use link::LinkReport;
 pub use node::{
     start, ControlReply, Fetch, FetchItem, FetchOptions, MeshEvent, MeshHandle, Sources,

@@ -22,7 +22,7 @@ use mesh::{MeshEvent, Topic};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::link::{HeartbeatSeen, LinkUpdate, PeerGone};
+use super::link::{HeartbeatSeen, LinkUpdate, PeerAddr, PeerGone};
 use super::logbook::Accepted;
 use super::migrator::{Incoming, Moves};
 use super::output::accept_local;
@@ -165,6 +165,7 @@ pub async fn route_mesh_events(node: NodeHandle, mut events: mpsc::Receiver<Mesh
             },
             MeshEvent::Link { peer, report } => node.links.do_send(LinkUpdate(peer, report)),
             MeshEvent::PeerDisconnected { peer } => node.links.do_send(PeerGone(peer)),
+            MeshEvent::PeerConnected { peer, addr } => node.links.do_send(PeerAddr(peer, addr)),
             MeshEvent::PeerPenalised {
                 peer,
                 reason,

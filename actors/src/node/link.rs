@@ -25,6 +25,8 @@ pub struct PeerView {
     pub link: Option<LinkReport>,
     pub heartbeat: Option<Heartbeat>,
     pub seen: Option<Instant>,
+    /// Connected over a loopback address (same host: bandwidth is memory speed).
+    pub loopback: bool,
 }
 
 pub struct LinkMonitor {
@@ -47,6 +49,7 @@ impl LinkMonitor {
             link: None,
             heartbeat: None,
             seen: None,
+            loopback: false,
         })
     }
 
@@ -98,6 +101,24 @@ impl Handler<PeerGone> for LinkMonitor {
     }
 }
 
+/// A connection to a peer was established at this address.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PeerAddr(pub PeerId, pub mesh::Multiaddr);
+
+impl Handler<PeerAddr> for LinkMonitor {
+    type Result = ();
+    fn handle(&mut self, m: PeerAddr, _: &mut Context<Self>) {
+        use mesh::multiaddr::Protocol;
+        let loopback = m.1.iter().any(|p| match p {
+            Protocol::Ip4(a) => a.is_loopback(),
+            Protocol::Ip6(a) => a.is_loopback(),
+            _ => false,
+        });
+        self.view(m.0).loopback = loopback;
+    }
+}
+
 /// Every peer ever seen; those with a fresh heartbeat carry it.
 #[derive(Message)]
 #[rtype(result = "Vec<PeerView>")]
@@ -141,18 +162,39 @@ impl Handler<Resolve> for LinkMonitor {
     }
 }
 
-/// Link estimates towards a peer: (bandwidth bytes/s, RTT).
+/// Bandwidth assumed for a peer on the same host (loopback runs at memory speed;
+/// measured chunk throughput there says more about request latency than the link).
+pub const LOOPBACK_BYTES_PER_S: u64 = 4_000_000_000;
+
+/// What is known of the link towards a peer.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LinkEstimate {
+    /// Bytes/s: measured, or the loopback figure.
+    pub bandwidth: Option<u64>,
+    pub rtt: Option<Duration>,
+    pub loopback: bool,
+}
+
 #[derive(Message)]
-#[rtype(result = "(Option<u64>, Option<Duration>)")]
+#[rtype(result = "LinkEstimate")]
 pub struct Estimate(pub PeerId);
 
 impl Handler<Estimate> for LinkMonitor {
     type Result = MessageResult<Estimate>;
     fn handle(&mut self, m: Estimate, _: &mut Context<Self>) -> Self::Result {
-        let link = self.peers.get(&m.0).and_then(|p| p.link.as_ref());
-        MessageResult((
-            link.and_then(|l| l.throughput_bps).map(|b| b as u64),
-            link.and_then(|l| l.rtt),
-        ))
+        let Some(p) = self.peers.get(&m.0) else {
+            return MessageResult(LinkEstimate::default());
+        };
+        let link = p.link.as_ref();
+        let measured = link.and_then(|l| l.throughput_bps).map(|b| b as u64);
+        MessageResult(LinkEstimate {
+            bandwidth: if p.loopback {
+                Some(LOOPBACK_BYTES_PER_S)
+            } else {
+                measured
+            },
+            rtt: link.and_then(|l| l.rtt),
+            loopback: p.loopback,
+        })
     }
 }

@@ -595,7 +595,7 @@ impl Handler<StartMove> for Migrator {
                 if state != JobState::Running {
                     return Err(format!("job {} is {state:?}, not running", m.job));
                 }
-                let (bw, rtt) = links
+                let est = links
                     .send(Estimate(m.to))
                     .await
                     .map_err(|e| e.to_string())?;
@@ -607,16 +607,16 @@ impl Handler<StartMove> for Migrator {
                     .await
                     .map_err(|e| e.to_string())??
                     .ok_or("no checkpoint")?;
-                Ok((generation, home, bw, rtt, t))
+                Ok((generation, home, est, t))
             }
             .await;
             match r {
-                Ok((generation, home, bw, rtt, t)) => me.do_send(BeginSource {
+                Ok((generation, home, est, t)) => me.do_send(BeginSource {
                     m,
                     generation,
                     home,
-                    bandwidth: bw,
-                    rtt,
+                    bandwidth: est.bandwidth,
+                    rtt: est.rtt,
                     state: StateMap::from_manifest(&t.checkpoint.manifest),
                     waiter: tx,
                 }),

@@ -331,6 +331,42 @@ impl NodeHandle {
             .map_err(anyhow::Error::msg)
     }
 
+    /// Moves `job`, which runs on this node, to the node named `to` with `policy`
+    /// (e.g. `max_rounds: Some(0)` for pure stop-and-copy).
+    pub async fn migrate_with(
+        &self,
+        job: &str,
+        to: &str,
+        policy: migrator::MovePolicy,
+    ) -> anyhow::Result<MoveReport> {
+        let peer = self
+            .links
+            .send(link::Resolve(to.to_string()))
+            .await?
+            .with_context(|| format!("no node called {to:?} is known here"))?;
+        self.migrator
+            .send(migrator::StartMove {
+                job: job.to_string(),
+                to: peer,
+                to_name: to.to_string(),
+                policy,
+            })
+            .await?
+            .map_err(anyhow::Error::msg)
+    }
+
+    /// Kills a job running on this node (its output so far stays in its log).
+    pub async fn kill(&self, job: &str) -> anyhow::Result<()> {
+        self.scheduler
+            .send(scheduler::Control {
+                job: job.to_string(),
+                op: scheduler::Op::Drop,
+            })
+            .await?
+            .map(|_| ())
+            .map_err(anyhow::Error::msg)
+    }
+
     /// Drains the node named `node` (this one if it is ours).
     pub async fn drain(&self, node: &str) -> anyhow::Result<()> {
         self.solver
