@@ -61,10 +61,34 @@ struct Spec {
     seed: u64,
 }
 
-/// The straight run: the same module, arguments and seed, never paused.
-fn straight_run(host: &Host, wasm: &[u8], spec: &Spec) -> anyhow::Result<(Vec<u8>, Vec<u8>, i32)> {
+/// The straight run of a job as a node would start it (argv[0] = `name`, the same
+/// arguments and seed), never paused: (stdout, stderr, exit code).
+pub fn straight_run_of(
+    host: &Arc<Host>,
+    wasm: &[u8],
+    name: &str,
+    args: &[String],
+    seed: u64,
+) -> anyhow::Result<(Vec<u8>, Vec<u8>, i32)> {
+    let (h, w, n, a) = (host.clone(), wasm.to_vec(), name.to_string(), args.to_vec());
+    on_big_stack(move || {
+        let spec = Spec {
+            name: "",
+            args: a,
+            seed,
+        };
+        straight_run(&h, &w, &n, &spec)
+    })
+}
+
+fn straight_run(
+    host: &Host,
+    wasm: &[u8],
+    name: &str,
+    spec: &Spec,
+) -> anyhow::Result<(Vec<u8>, Vec<u8>, i32)> {
     let module = host.load(wasm)?;
-    let mut args = vec![spec.name.to_string()];
+    let mut args = vec![name.to_string()];
     args.extend(spec.args.iter().cloned());
     let mut js = JobSpec::new(args);
     js.seed = *blake3::hash(&spec.seed.to_le_bytes()).as_bytes();
@@ -335,9 +359,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoResult> {
             args: spec.args.clone(),
             seed: spec.seed,
         };
-        let (out, err, _code) =
-            tokio::task::spawn_blocking(move || on_big_stack(move || straight_run(&h, &w, &s)))
-                .await??;
+        let (out, err, _code) = tokio::task::spawn_blocking(move || {
+            on_big_stack(move || straight_run(&h, &w, s.name, &s))
+        })
+        .await??;
         let got_out = home
             .local_log(spec.name, StreamKind::Stdout)
             .unwrap_or_default();

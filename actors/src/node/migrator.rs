@@ -74,6 +74,46 @@ pub struct MoveReport {
     pub throughput_bytes_per_s: u64,
 }
 
+/// A fault a test or a chaos run injects into this node's migrations, at the first
+/// migration message of a given kind (`Offer`, `Have`, `Round`, `RoundAck`, `Final`,
+/// `Ready`, `Go`, `GoAck`) this node *receives*.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Drop that message and every later one of its migration, both ways; the link
+    /// comes back after `heal_after` (never, if `None`).
+    CutAt {
+        at: String,
+        heal_after: Option<Duration>,
+    },
+    /// The node dies on receipt (before handling it): its mesh stops, its jobs are
+    /// killed.
+    DieAt(String),
+}
+
+#[derive(Default)]
+struct FaultState {
+    fault: Option<Fault>,
+    cut: HashMap<MigrationId, Option<Instant>>,
+    dead: bool,
+}
+
+impl FaultState {
+    /// Whether a message of migration `id` is lost now.
+    fn lost(&mut self, id: MigrationId) -> bool {
+        if self.dead {
+            return true;
+        }
+        match self.cut.get(&id) {
+            Some(Some(until)) if Instant::now() >= *until => {
+                self.cut.remove(&id);
+                false
+            }
+            Some(_) => true,
+            None => false,
+        }
+    }
+}
+
 struct SourceRun {
     core: Source,
     job: String,
@@ -106,6 +146,7 @@ pub struct Migrator {
     moves: Vec<MoveReport>,
     /// The destination's wire bytes per migration (fetches it ran).
     wire_bytes: HashMap<MigrationId, u64>,
+    faults: FaultState,
 }
 
 impl Migrator {
@@ -125,10 +166,18 @@ impl Migrator {
             owned: HashMap::new(),
             moves: Vec::new(),
             wire_bytes: HashMap::new(),
+            faults: FaultState::default(),
         }
     }
 
-    fn send_msg(&self, peer: PeerId, msg: Message, home: Option<PeerId>) {
+    fn send_msg(&mut self, peer: PeerId, msg: Message, home: Option<PeerId>) {
+        if self.faults.lost(msg.migration) {
+            tracing::debug!(
+                body = msg.body.name(),
+                "fault: outgoing migration message lost"
+            );
+            return;
+        }
         let data = encode(&NodeMsg::Migrate {
             msg,
             home: home.map(|h| h.to_bytes()).unwrap_or_default(),
@@ -249,17 +298,31 @@ impl Migrator {
                     tracing::warn!(%job, %peer, "handover unanswered: job stays paused here for recovery");
                 }
                 SourceAction::Finished(outcome) => {
-                    if let Some(run) = self.sources.remove(&id) {
-                        let report = self.source_report(id, &run, outcome);
-                        self.record(report.clone());
-                        if let Some(w) = run.waiter {
-                            let _ = w.send(match outcome {
-                                Outcome::Committed => Ok(report),
-                                _ => Err(format!("move of {} {}", report.job, report.outcome)),
-                            });
-                        }
+                    // An escalated move stays: a late GoAck or Abort still resolves it.
+                    let run = if outcome == Outcome::Escalated {
+                        self.sources.get_mut(&id).map(|r| (r.waiter.take(), None))
+                    } else {
+                        self.sources
+                            .remove(&id)
+                            .map(|mut r| (r.waiter.take(), Some(r)))
+                    };
+                    let Some((waiter, removed)) = run else {
+                        return;
+                    };
+                    let report = match (&removed, self.sources.get(&id)) {
+                        (Some(r), _) | (None, Some(r)) => self.source_report(id, r, outcome),
+                        (None, None) => return,
+                    };
+                    self.record(report.clone());
+                    if let Some(w) = waiter {
+                        let _ = w.send(match outcome {
+                            Outcome::Committed => Ok(report),
+                            _ => Err(format!("move of {} {}", report.job, report.outcome)),
+                        });
                     }
-                    return;
+                    if removed.is_some() {
+                        return;
+                    }
                 }
             }
         }
@@ -406,9 +469,39 @@ impl Migrator {
         }
     }
 
+    /// Applies an injected fault to a received message; true = the message is lost.
+    fn fault_on_receive(&mut self, msg: &Message) -> bool {
+        let name = msg.body.name();
+        match self.faults.fault.clone() {
+            Some(Fault::CutAt { at, heal_after }) if at == name => {
+                tracing::info!(node = %self.shared.name, at = name, "fault: link cut");
+                self.faults.fault = None;
+                self.faults
+                    .cut
+                    .insert(msg.migration, heal_after.map(|d| Instant::now() + d));
+            }
+            Some(Fault::DieAt(at)) if at == name => {
+                tracing::info!(node = %self.shared.name, at = name, "fault: node dies");
+                self.faults.fault = None;
+                self.faults.dead = true;
+                let sched = self.scheduler.clone();
+                let mesh = self.shared.mesh.clone();
+                actix::spawn(async move {
+                    let _ = sched.send(super::scheduler::KillAll).await;
+                    let _ = mesh.shutdown().await;
+                });
+            }
+            _ => {}
+        }
+        self.faults.lost(msg.migration)
+    }
+
     fn incoming(&mut self, from: PeerId, msg: Message, home: Vec<u8>, ctx: &mut Context<Self>) {
         let id = msg.migration;
         let now = self.shared.now_ms();
+        if self.fault_on_receive(&msg) {
+            return;
+        }
         if let Some(run) = self.sources.get_mut(&id) {
             if run.peer != from {
                 tracing::warn!(%from, "migration message from a peer that is not the destination");
@@ -784,6 +877,18 @@ impl Handler<IncomingWireBytes> for Migrator {
             .iter()
             .find(|(id, _)| id.to_string() == m.0)
             .map(|(_, b)| *b)
+    }
+}
+
+/// Installs (or clears) a fault; see [`Fault`].
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Inject(pub Option<Fault>);
+
+impl Handler<Inject> for Migrator {
+    type Result = ();
+    fn handle(&mut self, m: Inject, _: &mut Context<Self>) {
+        self.faults.fault = m.0;
     }
 }
 

@@ -160,6 +160,30 @@ impl Handler<Observed> for Solver {
                 .unwrap_or(std::cmp::Ordering::Equal)
                 .then(a.2.to_bytes().cmp(&b.2.to_bytes()))
         });
+        // Fencing: a copy paused here (a move that escalated) whose job runs at a
+        // newer generation elsewhere is stale; it must never run again.
+        for j in m.jobs.iter().filter(|j| j.state == "paused") {
+            let newer = m.peers.iter().any(|p| {
+                p.heartbeat.as_ref().is_some_and(|h| {
+                    h.jobs.iter().any(|o| {
+                        o.job == j.job && o.generation > j.generation && o.state == "running"
+                    })
+                })
+            });
+            if newer {
+                tracing::info!(job = %j.job, generation = j.generation, "fenced: a newer generation runs elsewhere; dropping the paused copy");
+                let sched = self.scheduler.clone();
+                let job = j.job.clone();
+                actix::spawn(async move {
+                    let _ = sched
+                        .send(super::scheduler::Control {
+                            job,
+                            op: super::scheduler::Op::Drop,
+                        })
+                        .await;
+                });
+            }
+        }
         let running: Vec<String> = m
             .jobs
             .iter()
