@@ -31,7 +31,8 @@ use crate::drive::{PausePlan, PauseTimer};
 use crate::error::{HostError, SnapshotError};
 use crate::host::{hex, Host, LoadedModule};
 use crate::job::{Job, Limits, Outcome};
-use crate::snapshot::{JobGlobals, JobState, JOB_STATE_FORMAT, MAX_MEMORY};
+use crate::snapshot::{GlobalValue, JobGlobals, JobState, JOB_STATE_FORMAT, MAX_MEMORY};
+use crate::staged::StagedRestore;
 use crate::wasi::{FileImage, OutputSink, Preopen};
 
 /// Prefix of the extra blobs that hold the files a job touched.
@@ -50,6 +51,9 @@ pub enum CheckpointError {
     Store(#[from] StoreError),
     #[error("checkpoint {id} cannot be restored: {reason}")]
     Invalid { id: ChunkId, reason: String },
+    /// A staged restore was given something it cannot apply (see [`StagedRestore`]).
+    #[error("staged restore: {0}")]
+    Staged(String),
 }
 
 impl From<SnapshotError> for CheckpointError {
@@ -152,6 +156,9 @@ impl Job {
     /// Rebuilds a paused job from checkpoint `id` of `store`, with this node's host
     /// directories as `preopens` (their guest names must match). Returns the job and the
     /// checkpoint, which is the parent for the job's next incremental checkpoint.
+    ///
+    /// This is a [`StagedRestore`] staged from the checkpoint's own memory and finished at
+    /// once; a migration stages ahead of the final checkpoint instead.
     pub fn restore_from_checkpoint(
         host: &Host,
         store: &Store,
@@ -161,8 +168,36 @@ impl Job {
         sink: Box<dyn OutputSink>,
     ) -> Result<(Job, Checkpoint), CheckpointError> {
         let cp = store.load_checkpoint(id)?;
+        // Everything but memory is read and checked before the costly part.
+        let last = FinalState::read(store, &cp, files_limit(limits))?;
         let m = &cp.manifest;
-        let invalid = |reason: String| CheckpointError::Invalid { id: *id, reason };
+        let staged =
+            StagedRestore::stage(host, store, &m.module, &m.memory, preopens, limits, sink)?;
+        staged.finish_with(store, cp, last)
+    }
+}
+
+/// Largest total size of the files a restore puts back.
+pub(crate) fn files_limit(limits: &Limits) -> u64 {
+    limits.snapshot_files_bytes.unwrap_or(1 << 30)
+}
+
+/// What a checkpoint holds besides memory, read and checked: what a restore applies
+/// last.
+pub(crate) struct FinalState {
+    pub(crate) state: JobState,
+    pub(crate) globals: Vec<(String, GlobalValue)>,
+    pub(crate) files: Vec<FileImage>,
+}
+
+impl FinalState {
+    pub(crate) fn read(
+        store: &Store,
+        cp: &Checkpoint,
+        files_limit: u64,
+    ) -> Result<FinalState, CheckpointError> {
+        let m = &cp.manifest;
+        let invalid = |reason: String| CheckpointError::Invalid { id: cp.id, reason };
         let state = JobState::decode(&m.host_state)?;
         let globals = JobGlobals::decode(&m.globals)?.globals;
         if m.module.hash.0 != state.module_hash {
@@ -175,17 +210,6 @@ impl Job {
         if m.memory.len > MAX_MEMORY {
             return Err(invalid(format!("memory of {} bytes", m.memory.len)));
         }
-        let module = match host.loaded(&state.module_hash) {
-            Some(module) => module,
-            None => {
-                let bytes = store.get_blob(&m.module, MAX_MODULE_BYTES)?;
-                host.load_instrumented(&bytes)?
-            }
-        };
-        if module.hash != state.module_hash {
-            return Err(invalid("the module does not match its hash".into()));
-        }
-        let files_limit = limits.snapshot_files_bytes.unwrap_or(1 << 30);
         let mut files = Vec::new();
         let mut total = 0u64;
         for (name, blob) in &m.extra {
@@ -205,17 +229,35 @@ impl Job {
                 data: ByteBuf::from(store.get_blob(blob, files_limit)?),
             });
         }
-        let mut job = Job::restore_begin(host, module, state.wasi, &files, preopens, limits, sink)?;
-        let memory = job.resize_memory(m.memory.len)?;
-        store.restore_memory_into(m, memory)?;
-        job.set_globals(&globals)?;
-        job.set_paused(state.stack.into_vec());
-        // Memory now equals the checkpoint's: start tracking from it.
-        if job.take_dirty_raw(m.memory.chunk_size).is_some() {
-            job.tracking_base = Some(cp.id);
-        }
-        Ok((job, cp))
+        Ok(FinalState {
+            state,
+            globals,
+            files,
+        })
     }
+}
+
+/// The module a checkpoint names: the host's copy if it has loaded it, else the
+/// instrumented bytes from `store` (verified against `blob.hash`).
+pub(crate) fn module_from_store(
+    host: &Host,
+    store: &Store,
+    blob: &BlobRef,
+) -> Result<Arc<LoadedModule>, CheckpointError> {
+    let module = match host.loaded(&blob.hash.0) {
+        Some(module) => module,
+        None => {
+            let bytes = store.get_blob(blob, MAX_MODULE_BYTES)?;
+            host.load_instrumented(&bytes)?
+        }
+    };
+    if module.hash != blob.hash.0 {
+        return Err(CheckpointError::Staged(format!(
+            "module {} does not match its hash",
+            blob.hash
+        )));
+    }
+    Ok(module)
 }
 
 /// The module's blob: the parent's when it is the same module and still stored.

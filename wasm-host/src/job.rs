@@ -276,8 +276,8 @@ impl Job {
         Ok(job)
     }
 
-    /// First half of a restore: checks the preopens, puts the files back and makes a
-    /// fresh instance whose WASI state is `wasi`. Memory, globals and stack follow.
+    /// First half of a restore: a fresh instance whose WASI state is `wasi`, with the
+    /// files put back. Memory, globals and stack follow.
     pub(crate) fn restore_begin(
         host: &Host,
         module: Arc<LoadedModule>,
@@ -287,16 +287,44 @@ impl Job {
         limits: &Limits,
         sink: Box<dyn OutputSink>,
     ) -> Result<Job, HostError> {
-        let names: Vec<&str> = preopens.iter().map(|p| p.guest.as_str()).collect();
+        let mut job = Job::instantiate_for_restore(host, module, preopens, limits, sink)?;
+        job.install_wasi(wasi, files)?;
+        Ok(job)
+    }
+
+    /// A fresh instance to restore a job into, with a placeholder WASI state until
+    /// [`Job::install_wasi`]: the instance can be built (and its memory filled) before
+    /// the state it resumes with is known. Must not run before that.
+    pub(crate) fn instantiate_for_restore(
+        host: &Host,
+        module: Arc<LoadedModule>,
+        preopens: Vec<Preopen>,
+        limits: &Limits,
+        sink: Box<dyn OutputSink>,
+    ) -> Result<Job, HostError> {
+        let placeholder = WasiCtx::new(Vec::new(), Vec::new(), preopens, Vec::new(), [0; 32], sink);
+        Job::instantiate(host, module, placeholder, limits, true)
+    }
+
+    /// Gives a job made by [`Job::instantiate_for_restore`] its captured WASI state and
+    /// puts the files it touched back into this node's preopens, whose guest names must
+    /// match the captured ones.
+    pub(crate) fn install_wasi(
+        &mut self,
+        wasi: WasiState,
+        files: &[FileImage],
+    ) -> Result<(), HostError> {
+        let ctx = &mut self.store.data_mut().wasi;
+        let names: Vec<&str> = ctx.preopens.iter().map(|p| p.guest.as_str()).collect();
         let wanted: Vec<&str> = wasi.preopen_names.iter().map(String::as_str).collect();
         if names != wanted {
             return Err(HostError::Config(format!(
                 "snapshot was taken with preopens {wanted:?}, but {names:?} were given"
             )));
         }
-        let wasi = WasiCtx::from_state(wasi, preopens, sink);
-        wasi.restore_files(files)?;
-        Job::instantiate(host, module, wasi, limits, true)
+        ctx.restore_files(files)?;
+        ctx.set_state(wasi);
+        Ok(())
     }
 
     /// Last step of a restore: the job is paused with `stack` as its unwound frames.
@@ -683,6 +711,14 @@ impl Job {
     /// Grows a fresh instance's memory to `want` bytes (never shrinks) and returns it
     /// for writing (un-protected).
     pub(crate) fn resize_memory(&mut self, want: u64) -> Result<&mut [u8], HostError> {
+        self.grow_memory(want)?;
+        let len = self.memory_len();
+        self.memory_for_write(0, len)
+    }
+
+    /// Grows a job's memory to `want` bytes, which must be whole Wasm pages and no
+    /// fewer than it has. New bytes are zero.
+    pub(crate) fn grow_memory(&mut self, want: u64) -> Result<(), HostError> {
         let memory = self.memory()?;
         let have = memory.data_size(&self.store) as u64;
         if want < have || !want.is_multiple_of(crate::snapshot::CHUNK as u64) {
@@ -700,10 +736,24 @@ impl Job {
                 .grow(&mut self.store, pages)
                 .map_err(|e| HostError::MemoryLimit(want).with_context(e))?;
         }
+        Ok(())
+    }
+
+    /// Bytes `start..end` of memory for host code outside any wasm call to write:
+    /// their pages are marked dirty and un-protected first (see [`crate::memory`]).
+    pub(crate) fn memory_for_write(
+        &mut self,
+        start: usize,
+        end: usize,
+    ) -> Result<&mut [u8], HostError> {
+        let memory = self.memory()?;
         if let Some(r) = &self.store.data().dirty {
-            r.prepare_write(0, want as usize);
+            r.prepare_write(start, end);
         }
-        Ok(memory.data_mut(&mut self.store))
+        memory
+            .data_mut(&mut self.store)
+            .get_mut(start..end)
+            .ok_or(HostError::State("write outside linear memory"))
     }
 
     /// Sets every captured mutable global; the set must match the module's exactly.

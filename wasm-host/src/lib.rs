@@ -9,6 +9,8 @@
 //! A paused job can also be checkpointed into a content-addressed [`store::Store`] and
 //! restored from it ([`checkpoint`]); host-owned, write-protected linear memory
 //! ([`memory`]) makes each incremental checkpoint cost what the job wrote since the last.
+//! A restore can be staged ahead of the checkpoint it finishes with ([`staged`]), so a
+//! migration's downtime pays only for the chunks that changed since.
 //!
 //! This crate knows nothing of the network.
 
@@ -20,6 +22,7 @@ pub mod instrument;
 pub mod job;
 pub mod memory;
 pub mod snapshot;
+pub mod staged;
 pub mod wasi;
 
 pub use checkpoint::CheckpointError;
@@ -27,4 +30,5 @@ pub use error::{HostError, SnapshotError};
 pub use host::{Host, HostConfig, LoadedModule};
 pub use job::{Job, JobSpec, Limits, Outcome, PauseHandle};
 pub use snapshot::Snapshot;
+pub use staged::StagedRestore;
 pub use wasi::{BufferSink, OutputSink, Preopen, StdioSink, Stream};

@@ -297,6 +297,15 @@ impl WasiCtx {
         }
     }
 
+    /// Replaces the state (a restore into an instance made before the state was known):
+    /// clocks continue from the state's, files are reopened from its fd table.
+    pub(crate) fn set_state(&mut self, state: WasiState) {
+        self.mono_base_ns = state.monotonic_ns;
+        self.started = Instant::now();
+        self.open_files.clear();
+        self.state = state;
+    }
+
     /// The monotonic clock as the guest sees it.
     pub fn monotonic_now(&self) -> u64 {
         self.mono_base_ns
