@@ -5,14 +5,16 @@
 //! moved job from its final manifest. Store and restore work is blocking (hashing,
 //! copying memory, compiling a module) and runs on the blocking pool.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
 use mesh::{ChunkProvider, PeerId};
-use store::{ChunkId, Store};
-use wasm_host::Job;
+use migrate::MigrationId;
+use store::{BlobRef, ChunkId, ChunkMap, Store};
+use wasm_host::{Job, StagedRestore};
 
 use super::runner::ForwardSink;
 use super::scheduler::{InstallRestored, Scheduler};
@@ -43,14 +45,87 @@ impl ChunkProvider for StoreChunks {
     }
 }
 
+/// A restore being built for an incoming move (filled while pre-copy goes on). The
+/// lock is held while it is staged, so the final restore waits for it.
+type Staging = Arc<tokio::sync::Mutex<Option<StagedRestore>>>;
+
 pub struct CheckpointActor {
     shared: Arc<Shared>,
     scheduler: Addr<Scheduler>,
+    staged: HashMap<MigrationId, Staging>,
 }
 
 impl CheckpointActor {
     pub fn new(shared: Arc<Shared>, scheduler: Addr<Scheduler>) -> CheckpointActor {
-        CheckpointActor { shared, scheduler }
+        CheckpointActor {
+            shared,
+            scheduler,
+            staged: HashMap::new(),
+        }
+    }
+}
+
+/// Build the job of an incoming move from its offered state while pre-copy goes on,
+/// so the final restore only applies what changed since.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stage {
+    pub migration: MigrationId,
+    pub job: String,
+    pub home: PeerId,
+    pub module: BlobRef,
+    pub memory: ChunkMap,
+}
+
+impl Handler<Stage> for CheckpointActor {
+    type Result = ();
+
+    fn handle(&mut self, m: Stage, _: &mut Context<Self>) {
+        let slot: Staging = Arc::new(tokio::sync::Mutex::new(None));
+        self.staged.insert(m.migration, slot.clone());
+        let shared = self.shared.clone();
+        actix::spawn(async move {
+            let mut guard = slot.lock().await;
+            let started = Instant::now();
+            let r = tokio::task::spawn_blocking(move || {
+                let sink = ForwardSink {
+                    job: m.job.clone(),
+                    home: m.home,
+                    tx: shared.output.clone(),
+                };
+                StagedRestore::stage(
+                    &shared.host,
+                    &shared.store,
+                    &m.module,
+                    &m.memory,
+                    Vec::new(),
+                    &Scheduler::limits(&shared),
+                    Box::new(sink),
+                )
+            })
+            .await;
+            match r {
+                Ok(Ok(staged)) => {
+                    tracing::debug!(took = ?started.elapsed(), "incoming job staged");
+                    *guard = Some(staged);
+                }
+                // The final restore falls back to a full one.
+                Ok(Err(e)) => tracing::warn!(%e, "staging an incoming job failed"),
+                Err(e) => tracing::warn!(%e, "staging task failed"),
+            }
+        });
+    }
+}
+
+/// Forget a staged restore (the move ended without using it).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unstage(pub MigrationId);
+
+impl Handler<Unstage> for CheckpointActor {
+    type Result = ();
+    fn handle(&mut self, m: Unstage, _: &mut Context<Self>) {
+        self.staged.remove(&m.0);
     }
 }
 
@@ -106,6 +181,7 @@ impl Handler<Has> for CheckpointActor {
 #[derive(Message)]
 #[rtype(result = "Result<Duration, String>")]
 pub struct Restore {
+    pub migration: MigrationId,
     pub job: String,
     pub generation: u64,
     pub home: PeerId,
@@ -119,13 +195,18 @@ impl Handler<Restore> for CheckpointActor {
     fn handle(&mut self, m: Restore, _: &mut Context<Self>) -> Self::Result {
         let shared = self.shared.clone();
         let scheduler = self.scheduler.clone();
+        let staging = self.staged.remove(&m.migration);
         Box::pin(async move {
             let started = Instant::now();
             let job_id = m.job.clone();
             let sh = shared.clone();
             let home = m.home;
+            let staged = match staging {
+                Some(s) => s.lock().await.take(),
+                None => None,
+            };
             let (job, cp) = tokio::task::spawn_blocking(move || {
-                restore(&sh, &m.job, home, &m.manifest, &m.manifest_id)
+                restore(&sh, &m.job, home, &m.manifest, &m.manifest_id, staged)
             })
             .await
             .map_err(|e| e.to_string())??;
@@ -156,6 +237,7 @@ fn restore(
     home: PeerId,
     manifest: &[u8],
     id: &ChunkId,
+    staged: Option<StagedRestore>,
 ) -> Result<(Job, store::Checkpoint), String> {
     if ChunkId::of(manifest) != *id {
         return Err("the manifest does not hash to its id".into());
@@ -166,6 +248,14 @@ fn restore(
         .map_err(|e| format!("importing the manifest: {e}"))?;
     if cp.id != *id {
         return Err("the imported manifest has another id".into());
+    }
+    if let Some(staged) = staged {
+        match staged.finish(&shared.store, id) {
+            Ok(r) => return Ok(r),
+            // E.g. the job grew past what was staged in a way finish refuses: restore
+            // from scratch (slower, same result).
+            Err(e) => tracing::warn!(%e, "staged restore refused; restoring in full"),
+        }
     }
     let sink = ForwardSink {
         job: job.to_string(),

@@ -22,7 +22,7 @@ use migrate::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use super::checkpoint::{to_mesh_id, CheckpointActor, Restore, StoreChunksMsg};
+use super::checkpoint::{to_mesh_id, CheckpointActor, Restore, Stage, StoreChunksMsg, Unstage};
 use super::config::CompressionChoice;
 use super::link::{Estimate, LinkMonitor};
 use super::proto::{encode, NodeMsg};
@@ -132,6 +132,8 @@ struct DestRun {
     peer: PeerId,
     home: PeerId,
     finished_at: Option<Instant>,
+    /// The offered state: staged into a restore once round 1 is here.
+    offered: Option<StateMap>,
 }
 
 pub struct Migrator {
@@ -434,6 +436,7 @@ impl Migrator {
                     actix::spawn(async move {
                         let r = cp
                             .send(Restore {
+                                migration: id,
                                 job: job.clone(),
                                 generation: generation + 1,
                                 home,
@@ -464,6 +467,7 @@ impl Migrator {
                 DestAction::Finished(outcome) => {
                     tracing::info!(%job, ?outcome, node = %self.shared.name, "incoming move finished");
                     run.finished_at = Some(Instant::now());
+                    self.checkpoint.do_send(Unstage(id));
                 }
             }
         }
@@ -549,6 +553,10 @@ impl Migrator {
         ) {
             Ok(core) => {
                 tracing::info!(%job, %from, node = %self.shared.name, "accepting a move");
+                let offered = match &msg.body {
+                    migrate::Body::Offer(o) => Some(o.state.clone()),
+                    _ => None,
+                };
                 self.dests.insert(
                     id,
                     DestRun {
@@ -556,6 +564,7 @@ impl Migrator {
                         peer: from,
                         home,
                         finished_at: None,
+                        offered,
                     },
                 );
                 self.drive_dest(id, ctx);
@@ -818,6 +827,19 @@ impl Handler<DestFeed> for Migrator {
     fn handle(&mut self, m: DestFeed, ctx: &mut Context<Self>) {
         let now = self.shared.now_ms();
         if let Some(run) = self.dests.get_mut(&m.0) {
+            // Round 1 brought the offered state: build the job from it now, so the
+            // stop-and-copy only applies what changed since.
+            if m.1 == (DestEvent::Fetched { round: 1 }) {
+                if let Some(state) = run.offered.take() {
+                    self.checkpoint.do_send(Stage {
+                        migration: m.0,
+                        job: run.core.job().to_string(),
+                        home: run.home,
+                        module: state.module,
+                        memory: state.memory,
+                    });
+                }
+            }
             if let Err(e) = run.core.handle_event(now, m.1) {
                 tracing::warn!(%e, "destination core refused an event");
             }
