@@ -47,7 +47,7 @@ pub struct RunArgs {
     /// Run it on this node (name or peer id) instead of the one the API belongs to.
     #[arg(long)]
     pub node: Option<String>,
-    /// Job name (argv[0]); default: the module's file stem.
+    /// Job name (argv[0], and the job id's prefix); default: the module's file name.
     #[arg(long)]
     pub name: Option<String>,
     /// Exact job id (default NAME-XXXX).
@@ -215,9 +215,10 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
             .with_context(|| format!("--env {kv:?}: expected KEY=VALUE"))?;
         env.push((k.to_string(), v.to_string()));
     }
+    // argv[0] is the module's file name, as with `roam exec`.
     let name = a.name.clone().or_else(|| {
         a.module
-            .file_stem()
+            .file_name()
             .map(|s| s.to_string_lossy().into_owned())
     });
     let req = RunRequest {

@@ -316,3 +316,26 @@ mod tests {
         assert!(c.compression().is_err());
     }
 }
+
+#[cfg(test)]
+mod example_config {
+    use super::*;
+
+    /// `configs/node.toml` documents every key; it must parse and name every field.
+    #[test]
+    fn shipped_example_parses_and_covers_every_key() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/node.toml");
+        let cfg = NodeConfig::load(&path).expect("configs/node.toml parses");
+        assert_eq!(cfg.name, "node1");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let default = toml::to_string(&NodeConfig::default()).expect("serialise");
+        for line in default.lines() {
+            if let Some((key, _)) = line.split_once(" = ") {
+                assert!(
+                    text.contains(&format!("{key} = ")),
+                    "configs/node.toml does not document `{key}`"
+                );
+            }
+        }
+    }
+}

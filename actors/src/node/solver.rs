@@ -257,6 +257,7 @@ impl Handler<Launch> for Solver {
                     "{}-{:04x}",
                     req.name
                         .as_deref()
+                        .map(|n| n.trim_end_matches(".wasm"))
                         .filter(|n| valid_job_id(n) && n.len() < 48)
                         .unwrap_or("job"),
                     rand::random::<u16>()
