@@ -2,6 +2,7 @@
 
 mod exec;
 mod node;
+mod relay;
 mod store;
 
 use clap::{Parser, Subcommand};
@@ -99,6 +100,10 @@ pub enum Command {
     ///   roam demo
     #[command(verbatim_doc_comment)]
     Demo(node::DemoArgs),
+    /// Forward TCP connections, holding every chunk for a fixed delay each way (an RTT
+    /// for shaped links on kernels without netem; see scripts/shaped-move).
+    #[command(hide = true)]
+    Relay(relay::RelayArgs),
 }
 
 pub fn init_logging(verbose: u8) {
@@ -130,5 +135,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Drain(a) => node::drain(a),
         Command::Logs(a) => node::logs(a),
         Command::Demo(a) => node::demo(a),
+        Command::Relay(a) => relay::relay(a),
     }
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use mesh::{FetchItem, FetchOptions, PeerId, Sources};
 use migrate::{
-    Compression, DestAction, DestConfig, DestEvent, Destination, LevelProfile, Message,
+    Compression, DestAction, DestConfig, DestEvent, DestPhase, Destination, LevelProfile, Message,
     MigrationId, Outcome, Source, SourceAction, SourceConfig, SourceEvent, StateMap, ZSTD_PROFILES,
 };
 use serde::{Deserialize, Serialize};
@@ -506,6 +506,7 @@ impl Migrator {
         if self.fault_on_receive(&msg) {
             return;
         }
+        tracing::debug!(node = %self.shared.name, %id, body = msg.body.name(), "migration message in");
         if let Some(run) = self.sources.get_mut(&id) {
             if run.peer != from {
                 tracing::warn!(%from, "migration message from a peer that is not the destination");
@@ -829,7 +830,8 @@ impl Handler<DestFeed> for Migrator {
         if let Some(run) = self.dests.get_mut(&m.0) {
             // Round 1 brought the offered state: build the job from it now, so the
             // stop-and-copy only applies what changed since.
-            if m.1 == (DestEvent::Fetched { round: 1 }) {
+            let precopy_round_1 = run.core.phase() == DestPhase::Fetching { round: 1 };
+            if precopy_round_1 && m.1 == (DestEvent::Fetched { round: 1 }) {
                 if let Some(state) = run.offered.take() {
                     self.checkpoint.do_send(Stage {
                         migration: m.0,
