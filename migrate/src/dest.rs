@@ -39,6 +39,9 @@ pub enum DestEvent {
     RestoreFailed,
     /// Call the migration off (refused once the job runs here).
     Cancel,
+    /// The fetch of `round` goes on; `bytes` have arrived. Tells the source the
+    /// link is slow, not dead (send one every few hundred ms of a long fetch).
+    Progress { round: u32, bytes: u64 },
 }
 
 /// What the destination core asks its shell to do, in order.
@@ -353,12 +356,14 @@ impl Destination {
             return Ok(());
         }
         match msg.body {
-            Body::Have { .. } | Body::RoundAck { .. } | Body::Ready | Body::GoAck => {
-                Err(MigrateError::WrongDirection {
-                    message: msg.body.name(),
-                    role: "destination",
-                })
-            }
+            Body::Have { .. }
+            | Body::RoundAck { .. }
+            | Body::Progress { .. }
+            | Body::Ready
+            | Body::GoAck => Err(MigrateError::WrongDirection {
+                message: msg.body.name(),
+                role: "destination",
+            }),
             Body::Offer(_) => {
                 // A retransmission (the shell routes by migration id).
                 if phase == DestPhase::Offered {
@@ -501,6 +506,20 @@ impl Destination {
                 self.abort(AbortReason::VerificationFailed, true);
                 Ok(())
             }
+            (DestEvent::Progress { round, bytes }, DestPhase::Fetching { round: r })
+                if r == round =>
+            {
+                self.send(Body::Progress { round, bytes });
+                Ok(())
+            }
+            (DestEvent::Progress { round, bytes }, DestPhase::FetchingFinal)
+                if round == self.acked + 1 =>
+            {
+                self.send(Body::Progress { round, bytes });
+                Ok(())
+            }
+            // A late report of a fetch that is over says nothing.
+            (DestEvent::Progress { .. }, _) => Ok(()),
             (DestEvent::Cancel, DestPhase::Running) => Err(MigrateError::TooLateToCancel),
             (DestEvent::Cancel, DestPhase::Aborted) => Ok(()),
             (DestEvent::Cancel, _) => {

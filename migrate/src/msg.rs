@@ -250,6 +250,10 @@ pub enum Body {
     },
     /// D→S: I hold every chunk of round `round`.
     RoundAck { round: u32 },
+    /// D→S: still fetching the chunks of `round` (the final copy is round
+    /// `after_round + 1`); `bytes` of them are here. Sent while a fetch takes
+    /// long, so a slow link is told from a dead peer without a guessed deadline.
+    Progress { round: u32, bytes: u64 },
     /// S→D: the job is paused; the last dirty chunks and the final manifest.
     /// `after_round` is the number of pre-copy rounds acknowledged.
     Final {
@@ -280,6 +284,7 @@ impl Body {
             Body::Have { .. } => "Have",
             Body::Round { .. } => "Round",
             Body::RoundAck { .. } => "RoundAck",
+            Body::Progress { .. } => "Progress",
             Body::Final { .. } => "Final",
             Body::Ready => "Ready",
             Body::Go => "Go",
@@ -387,6 +392,7 @@ impl Message {
                 check_chunks("round chunk list", chunks)
             }
             Body::RoundAck { round } => check_round("round ack", *round, 1),
+            Body::Progress { round, .. } => check_round("progress", *round, 1),
             Body::Final {
                 after_round,
                 chunks,

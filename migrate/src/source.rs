@@ -497,6 +497,30 @@ impl Source {
                 }
                 Ok(())
             }
+            Body::Progress { round, .. } => {
+                if round > self.rounds_sent.saturating_add(1) {
+                    return Err(MigrateError::WrongRound {
+                        expected: self.rounds_sent,
+                        found: round,
+                    });
+                }
+                // The destination is fetching what we asked for: a slow link, not a
+                // dead peer. Wait another reply timeout; no need to resend.
+                let fetching = match phase {
+                    SourcePhase::PreCopy { round: r } => r == round,
+                    SourcePhase::AwaitReady => round == self.rounds_sent + 1,
+                    _ => false,
+                };
+                if fetching {
+                    let later = now.saturating_add(self.cfg.reply_timeout_ms);
+                    self.deadline = self.deadline.map(|d| d.max(later));
+                    let quiet = now.saturating_add(self.cfg.max_retransmit_ms);
+                    self.next_retransmit = self.next_retransmit.map(|t| t.max(quiet));
+                } else if phase == SourcePhase::Aborted {
+                    self.reply_abort();
+                }
+                Ok(())
+            }
             Body::RoundAck { round } => {
                 if round > self.rounds_sent {
                     return Err(MigrateError::WrongRound {

@@ -242,3 +242,29 @@ fn zero_rounds_is_pure_stop_and_copy() {
     assert_eq!(r.final_bytes, r.offered_bytes - r.present_bytes, "{r:?}");
     assert!(downtime(&sim) > 0);
 }
+
+/// A link ten times slower than the source believes: without progress reports the
+/// first round outlives its deadline and the move aborts (the job stays); with them
+/// the source waits as long as chunks keep arriving, and the move commits.
+#[test]
+fn progress_reports_keep_a_slow_first_round_alive() {
+    let slow = || {
+        let mut p = big();
+        p.hot = 64;
+        p.dirty_rate = 100_000;
+        p.bandwidth = 1_250_000; // the source assumes 12.5 MB/s
+        p
+    };
+    let mut sim = Sim::new(slow());
+    sim.run(LIMIT_MS);
+    sim.assert_sound("no progress");
+    assert_eq!(
+        sim.final_src_outcome(),
+        Some(Outcome::Aborted(migrate::AbortReason::Timeout))
+    );
+
+    let mut p = slow();
+    p.progress_every_ms = Some(500);
+    let (_, r) = run(p);
+    assert!(r.rounds[0].duration_ms > 40_000, "{r:?}");
+}

@@ -30,6 +30,9 @@ use super::scheduler::{Control, JobState, Lookup, Op, Scheduler};
 use super::Shared;
 
 const TICK: Duration = Duration::from_millis(20);
+/// A destination reports fetch progress this often (the source's reply timeout must
+/// be longer).
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 /// Finished destination cores are kept this long to answer retransmissions.
 const LINGER: Duration = Duration::from_secs(30);
 /// Moves remembered for status and timelines.
@@ -417,7 +420,14 @@ impl Migrator {
                     let me = ctx.address();
                     actix::spawn(async move {
                         let ids = chunks.iter().map(|c| to_mesh_id(&c.id)).collect();
-                        let (ok, wire) = fetch_round(mesh, cp, peer, ids, compression).await;
+                        let progress = {
+                            let me = me.clone();
+                            move |bytes| {
+                                me.do_send(DestFeed(id, DestEvent::Progress { round, bytes }))
+                            }
+                        };
+                        let (ok, wire) =
+                            fetch_round(mesh, cp, peer, ids, compression, progress).await;
                         me.do_send(WireBytes(id, wire));
                         let ev = if ok {
                             DestEvent::Fetched { round }
@@ -600,6 +610,7 @@ async fn fetch_round(
     peer: PeerId,
     ids: Vec<mesh::ChunkId>,
     compression: Compression,
+    progress: impl Fn(u64),
 ) -> (bool, u64) {
     if ids.is_empty() {
         return (true, 0);
@@ -620,15 +631,29 @@ async fn fetch_round(
             return (false, 0);
         }
     };
-    while let Some(item) = fetch.next().await {
+    let mut tick = tokio::time::interval(PROGRESS_EVERY);
+    tick.tick().await;
+    let mut bytes = 0u64;
+    loop {
+        let item = tokio::select! {
+            item = fetch.next() => item,
+            _ = tick.tick() => {
+                progress(bytes);
+                continue;
+            }
+        };
+        let Some(item) = item else { break };
         match item {
-            FetchItem::Chunks { chunks, .. } => match cp.send(StoreChunksMsg(chunks)).await {
-                Ok(Ok(())) => {}
-                other => {
-                    tracing::warn!(?other, "storing fetched chunks failed");
-                    return (false, 0);
+            FetchItem::Chunks { chunks, .. } => {
+                bytes += chunks.iter().map(|(_, d)| d.len() as u64).sum::<u64>();
+                match cp.send(StoreChunksMsg(chunks)).await {
+                    Ok(Ok(())) => {}
+                    other => {
+                        tracing::warn!(?other, "storing fetched chunks failed");
+                        return (false, 0);
+                    }
                 }
-            },
+            }
             FetchItem::Done(outcome) => {
                 return (outcome.missing.is_empty(), outcome.wire_bytes);
             }

@@ -108,6 +108,8 @@ pub struct Params {
     pub seed: u64,
     /// Estimates the source's shell reports at the start.
     pub shell_dirty_estimate: Option<u64>,
+    /// The destination's shell reports fetch progress this often.
+    pub progress_every_ms: Option<u64>,
 }
 
 impl Params {
@@ -133,6 +135,7 @@ impl Params {
             chaos: Chaos::default(),
             seed: 1,
             shell_dirty_estimate: None,
+            progress_every_ms: None,
         }
     }
 }
@@ -529,6 +532,20 @@ impl Sim {
                     self.fetched.push(c.id);
                 }
                 let t = now + self.p.latency_ms * 2 + bytes * 1000 / self.p.bandwidth.max(1);
+                if let Some(every) = self.p.progress_every_ms.filter(|e| *e > 0) {
+                    let mut at = now + every;
+                    while at < t {
+                        let done = (at - now) * self.p.bandwidth / 1000;
+                        self.push_shell(
+                            at,
+                            Shell::Dst(DestEvent::Progress {
+                                round,
+                                bytes: done.min(bytes),
+                            }),
+                        );
+                        at += every;
+                    }
+                }
                 if self.p.fault == Fault::FetchFails(round) {
                     self.push_shell(t, Shell::Dst(DestEvent::FetchFailed { round }));
                 } else {
