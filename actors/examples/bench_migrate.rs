@@ -304,6 +304,9 @@ async fn start_nodes(host: &Arc<Host>, names: &[&str]) -> anyhow::Result<Vec<Nod
         let mut cfg = NodeConfig::local(name);
         cfg.api = String::new();
         cfg.migration.heartbeat_ms = 200;
+        if let Ok(k) = std::env::var("ROAM_CHUNK_KIB") {
+            cfg.chunk_kib = k.parse()?;
+        }
         nodes.push(node::start(cfg, host.clone()).await?);
     }
     for i in 0..nodes.len() {
@@ -331,8 +334,17 @@ async fn bench(o: Opts) -> anyhow::Result<bool> {
             wasm_path.display()
         )
     })?;
-    let host = Host::new(HostConfig::default())?;
-    let nodes = start_nodes(&host, &["a", "b", "c"]).await?;
+    let mut hc = HostConfig::default();
+    if let Ok(k) = std::env::var("ROAM_CHUNK_KIB") {
+        hc.dirty_granule = hc.dirty_granule.min(k.parse::<usize>()? << 10);
+    }
+    let host = Host::new(hc)?;
+    // a, b, c, plus one fresh node per cold move (a cold destination holds nothing
+    // of the job: the classic setting, where stop-and-copy moves all of it paused).
+    let cold_names: Vec<String> = (1..=2 * o.moves).map(|i| format!("d{i}")).collect();
+    let mut names: Vec<&str> = vec!["a", "b", "c"];
+    names.extend(cold_names.iter().map(String::as_str));
+    let nodes = start_nodes(&host, &names).await?;
     let (a, c) = (nodes[0].clone(), nodes[2].clone());
     println!(
         "migrate: 3 nodes on 127.0.0.1 up in {:.1} s; bigstate --mib {} --fill {}, {} moves each way",
@@ -371,20 +383,28 @@ async fn bench(o: Opts) -> anyhow::Result<bool> {
     // The state each node had of the job when the job last left it.
     let mut left: Vec<Option<Manifest>> = vec![None; nodes.len()];
     let mut at = 0usize;
-    let mut plan: Vec<(usize, Policy, bool)> = vec![(1, Policy::PreCopy, true)];
-    for i in 0..2 * o.moves {
-        let p = if i % 4 == 0 || i % 4 == 3 {
+    let mut prev = 0usize;
+    // Cold moves a→d1→d2→… (pre-copy and stop-and-copy interleaved ABBA), then warm
+    // moves back and forth between the last cold node and the one before it.
+    let abba = |i: usize| {
+        if i.is_multiple_of(4) || i % 4 == 3 {
             Policy::PreCopy
         } else {
             Policy::StopCopy
-        };
-        plan.push((usize::MAX, p, false));
+        }
+    };
+    let mut plan: Vec<(usize, Policy, bool)> = Vec::new();
+    for i in 0..2 * o.moves {
+        plan.push((3 + i, abba(i), true));
     }
-    plan.push((2, Policy::StopCopy, true));
+    for i in 0..2 * o.moves {
+        plan.push((usize::MAX, abba(i), false));
+    }
     let mut first_state: Option<(u64, u64)> = None;
     let mut skipped = 0usize;
     for (k, (dest, policy, cold)) in plan.into_iter().enumerate() {
-        let to = if dest == usize::MAX { 1 - at } else { dest };
+        // A warm move goes back to where the job was before.
+        let to = if dest == usize::MAX { prev } else { dest };
         if k > 0 {
             tokio::time::sleep(o.gap).await;
         }
@@ -410,6 +430,7 @@ async fn bench(o: Opts) -> anyhow::Result<bool> {
             _ => None,
         };
         left[at] = Some(m);
+        prev = at;
         at = to;
         recs.push(Rec {
             policy,
@@ -523,11 +544,16 @@ async fn bench(o: Opts) -> anyhow::Result<bool> {
     }
 
     let warm = |pol: Policy| recs.iter().filter(move |r| !r.cold && r.policy == pol);
-    let cold = |pol: Policy| recs.iter().find(|r| r.cold && r.policy == pol);
+    let colds = |pol: Policy| recs.iter().filter(move |r| r.cold && r.policy == pol);
+    // Headline figures: cold moves. Warm ones are reported beside them.
     let p50 =
+        |pol: Policy, f: fn(&MoveReport) -> f64| median(colds(pol).map(|r| f(&r.report)).collect());
+    let p50_warm =
         |pol: Policy, f: fn(&MoveReport) -> f64| median(warm(pol).map(|r| f(&r.report)).collect());
     let down_pre = p50(Policy::PreCopy, |r| r.downtime_ms);
     let down_stop = p50(Policy::StopCopy, |r| r.downtime_ms);
+    let upper_pre = p50(Policy::PreCopy, |r| r.downtime_upper_ms);
+    let upper_stop = p50(Policy::StopCopy, |r| r.downtime_upper_ms);
     let pause_pre = p50(Policy::PreCopy, |r| r.pause_ms);
     let pause_stop = p50(Policy::StopCopy, |r| r.pause_ms);
     let rounds_pre = p50(Policy::PreCopy, |r| r.rounds as f64);
@@ -549,13 +575,13 @@ async fn bench(o: Opts) -> anyhow::Result<bool> {
         .and_then(|r| r.wire)
         .map(|w| w as f64 / state_enc.max(1) as f64)
         .unwrap_or(f64::NAN);
-    let cold_pre = cold(Policy::PreCopy).map(|r| r.report.downtime_ms);
-    let cold_stop = cold(Policy::StopCopy).map(|r| r.report.downtime_ms);
+    let warm_pre = p50_warm(Policy::PreCopy, |r| r.downtime_ms);
+    let warm_stop = p50_warm(Policy::StopCopy, |r| r.downtime_ms);
     let outputs_identical = checks.iter().all(|c| c.1);
 
     println!();
     println!(
-        "warm moves (destination holds the older state), p50: pre-copy downtime {down_pre:.1} ms \
+        "cold moves (destination holds nothing), p50: pre-copy downtime {down_pre:.1} ms \
          (pause {pause_pre:.1} ms, final copy {}, {rounds_pre} rounds, total {total_pre:.0} ms); \
          stop-copy downtime {down_stop:.1} ms (pause {pause_stop:.1} ms, final copy {}, total \
          {total_stop:.0} ms); ratio {:.3}",
@@ -564,9 +590,8 @@ async fn bench(o: Opts) -> anyhow::Result<bool> {
         down_pre / down_stop
     );
     println!(
-        "cold moves (destination holds nothing): pre-copy downtime {} ms, stop-copy downtime {} ms",
-        cold_pre.map_or("-".into(), |d| format!("{d:.1}")),
-        cold_stop.map_or("-".into(), |d| format!("{d:.1}")),
+        "warm moves (destination holds the state the job had when it left), p50: pre-copy \
+         downtime {warm_pre:.1} ms, stop-copy downtime {warm_stop:.1} ms",
     );
     println!(
         "first move: {} on the wire for {} of unique non-zero state ({} as sent, {}): ratio {bytes_ratio:.4}",
@@ -614,6 +639,8 @@ async fn bench(o: Opts) -> anyhow::Result<bool> {
         "downtime_ms_p50_precopy": r3(down_pre),
         "downtime_ms_p50_stopcopy": r3(down_stop),
         "downtime_ratio": r3(down_pre / down_stop),
+        "downtime_upper_ms_p50_precopy": r3(upper_pre),
+        "downtime_upper_ms_p50_stopcopy": r3(upper_stop),
         "bytes_moved_ratio": r3(bytes_ratio),
         "repeat_move_bytes_ratio": r3(repeat(None)),
         "completion_ratio_restart": r3(restart_s / live_s),
@@ -625,8 +652,9 @@ async fn bench(o: Opts) -> anyhow::Result<bool> {
         "pause_ms_p50_stopcopy": r3(pause_stop),
         "final_bytes_p50_precopy": final_pre,
         "final_bytes_p50_stopcopy": final_stop,
-        "cold_downtime_ms_precopy": cold_pre.map(r3),
-        "cold_downtime_ms_stopcopy": cold_stop.map(r3),
+        "warm_downtime_ms_p50_precopy": r3(warm_pre),
+        "warm_downtime_ms_p50_stopcopy": r3(warm_stop),
+        "warm_downtime_ratio": r3(warm_pre / warm_stop),
         "repeat_move_bytes_ratio_precopy": r3(repeat(Some(Policy::PreCopy))),
         "repeat_move_bytes_ratio_stopcopy": r3(repeat(Some(Policy::StopCopy))),
         "first_move_wire_bytes": first.and_then(|r| r.wire),

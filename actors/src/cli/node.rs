@@ -157,7 +157,10 @@ pub fn node(a: NodeArgs) -> anyhow::Result<i32> {
     cfg.validate(&path)?;
     let sys = system();
     sys.block_on(async move {
-        let host = wasm_host::Host::new(wasm_host::HostConfig::default())?;
+        // Dirty tracking must not be coarser than the chunks it reports.
+        let mut hc = wasm_host::HostConfig::default();
+        hc.dirty_granule = hc.dirty_granule.min((cfg.chunk_kib as usize) << 10);
+        let host = wasm_host::Host::new(hc)?;
         let node = actors::node::start(cfg, host).await?;
         let addrs = node.shared.mesh.listen_addrs().await?;
         eprintln!("roam node {} ({})", node.name(), node.peer_id());

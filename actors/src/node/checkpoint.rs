@@ -78,13 +78,15 @@ pub struct Stage {
 }
 
 impl Handler<Stage> for CheckpointActor {
-    type Result = ();
+    type Result = ResponseFuture<()>;
 
-    fn handle(&mut self, m: Stage, _: &mut Context<Self>) {
+    /// Resolves once the job is staged (or staging failed: the final restore then
+    /// restores in full).
+    fn handle(&mut self, m: Stage, _: &mut Context<Self>) -> Self::Result {
         let slot: Staging = Arc::new(tokio::sync::Mutex::new(None));
         self.staged.insert(m.migration, slot.clone());
         let shared = self.shared.clone();
-        actix::spawn(async move {
+        Box::pin(async move {
             let mut guard = slot.lock().await;
             let started = Instant::now();
             let r = tokio::task::spawn_blocking(move || {
@@ -113,7 +115,7 @@ impl Handler<Stage> for CheckpointActor {
                 Ok(Err(e)) => tracing::warn!(%e, "staging an incoming job failed"),
                 Err(e) => tracing::warn!(%e, "staging task failed"),
             }
-        });
+        })
     }
 }
 

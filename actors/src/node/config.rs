@@ -36,6 +36,11 @@ pub struct NodeConfig {
     pub store_dir: String,
     /// Byte budget of the in-memory store (or the disk store's limit).
     pub store_mib: u64,
+    /// Chunk size of job state in KiB (power of two, 4..=16384): the unit of
+    /// deduplication, dirty tracking and transfer. Smaller chunks make the last copy
+    /// of a move smaller for jobs that write a little everywhere; larger ones make
+    /// manifests smaller. The Wasm host's dirty-tracking granule must divide it.
+    pub chunk_kib: u32,
     /// Relative speed of this node (1.0 = the reference machine); placement divides a
     /// job's remaining work by it.
     pub speed: f64,
@@ -81,6 +86,7 @@ impl Default for NodeConfig {
             api: format!("127.0.0.1:{DEFAULT_API_PORT}"),
             store_dir: String::new(),
             store_mib: 1024,
+            chunk_kib: 64,
             speed: 1.0,
             migration: MigrationConfig::default(),
             jobs: JobDefaults::default(),
@@ -197,6 +203,12 @@ impl NodeConfig {
         }
         if !(self.speed.is_finite() && self.speed > 0.0) {
             return Err(bad("speed", format!("{} must be > 0", self.speed)));
+        }
+        if !(4..=16384).contains(&self.chunk_kib) || !self.chunk_kib.is_power_of_two() {
+            return Err(bad(
+                "chunk_kib",
+                format!("{} must be a power of two in 4..=16384", self.chunk_kib),
+            ));
         }
         if self.store_mib == 0 {
             return Err(bad("store_mib", "must be > 0".into()));

@@ -62,9 +62,12 @@ pub struct MoveReport {
     pub ended_ms: u64,
     pub rounds: usize,
     pub stop_reason: String,
-    /// Pause requested → the destination's commit ack (an upper bound of the
-    /// downtime: it includes the ack's trip back).
+    /// The job's downtime: pause requested → the destination resumed it. The source
+    /// cannot see the resume; it happens when Go arrives there, so it is estimated as
+    /// the time Go was first sent plus half the Go → GoAck round trip.
     pub downtime_ms: f64,
+    /// Pause requested → the commit ack back at the source (an upper bound).
+    pub downtime_upper_ms: f64,
     /// Of which: stopping the job and writing its last checkpoint.
     pub pause_ms: f64,
     pub total_ms: f64,
@@ -126,6 +129,8 @@ struct SourceRun {
     started: Instant,
     started_ms: u64,
     pause_at: Option<Instant>,
+    /// When Go was first sent.
+    go_at: Option<Instant>,
     pause_ms: f64,
     waiter: Option<oneshot::Sender<Result<MoveReport, String>>>,
 }
@@ -245,7 +250,12 @@ impl Migrator {
             };
             let (peer, job, home) = (run.peer, run.job.clone(), run.home);
             match action {
-                SourceAction::Send(msg) => self.send_msg(peer, msg, Some(home)),
+                SourceAction::Send(msg) => {
+                    if msg.body == migrate::Body::Go && run.go_at.is_none() {
+                        run.go_at = Some(Instant::now());
+                    }
+                    self.send_msg(peer, msg, Some(home))
+                }
                 SourceAction::Checkpoint { round } => {
                     let sched = self.scheduler.clone();
                     let me = ctx.address();
@@ -351,10 +361,12 @@ impl Migrator {
 
     fn source_report(&self, id: MigrationId, run: &SourceRun, outcome: Outcome) -> MoveReport {
         let r = run.core.report();
-        let downtime = run
-            .pause_at
-            .map(|p| p.elapsed().as_secs_f64() * 1e3)
-            .unwrap_or(0.0);
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let upper = run.pause_at.map(|p| ms(p.elapsed())).unwrap_or(0.0);
+        let downtime = match (run.pause_at, run.go_at) {
+            (Some(p), Some(g)) => ms(g.saturating_duration_since(p)) + ms(g.elapsed()) / 2.0,
+            _ => upper,
+        };
         let compression = r
             .rounds
             .first()
@@ -375,6 +387,11 @@ impl Migrator {
             ended_ms: self.shared.now_ms(),
             rounds: r.rounds.len(),
             stop_reason: r.stop.map(|s| format!("{s:?}")).unwrap_or_default(),
+            downtime_upper_ms: if outcome == Outcome::Committed {
+                upper
+            } else {
+                0.0
+            },
             downtime_ms: if outcome == Outcome::Committed {
                 downtime
             } else {
@@ -801,6 +818,7 @@ impl Handler<BeginSource> for Migrator {
                         started: Instant::now(),
                         started_ms: now,
                         pause_at: None,
+                        go_at: None,
                         pause_ms: 0.0,
                         waiter: Some(b.waiter),
                     },
@@ -853,18 +871,26 @@ impl Handler<DestFeed> for Migrator {
     fn handle(&mut self, m: DestFeed, ctx: &mut Context<Self>) {
         let now = self.shared.now_ms();
         if let Some(run) = self.dests.get_mut(&m.0) {
-            // Round 1 brought the offered state: build the job from it now, so the
+            // Round 1 brought the offered state: build the job from it before
+            // acknowledging the round (the job still runs at the source), so the
             // stop-and-copy only applies what changed since.
             let precopy_round_1 = run.core.phase() == DestPhase::Fetching { round: 1 };
             if precopy_round_1 && m.1 == (DestEvent::Fetched { round: 1 }) {
                 if let Some(state) = run.offered.take() {
-                    self.checkpoint.do_send(Stage {
+                    let staged = self.checkpoint.send(Stage {
                         migration: m.0,
                         job: run.core.job().to_string(),
                         home: run.home,
                         module: state.module,
                         memory: state.memory,
                     });
+                    let me = ctx.address();
+                    let id = m.0;
+                    actix::spawn(async move {
+                        let _ = staged.await;
+                        me.do_send(DestFeed(id, DestEvent::Fetched { round: 1 }));
+                    });
+                    return;
                 }
             }
             if let Err(e) = run.core.handle_event(now, m.1) {

@@ -186,11 +186,13 @@ pub async fn start(config: NodeConfig, host: Arc<Host>) -> anyhow::Result<NodeHa
     let store_cfg = if config.store_dir.is_empty() {
         StoreConfig {
             cache_bytes: config.store_mib << 20,
+            chunk_size: config.chunk_kib << 10,
             ..StoreConfig::default()
         }
     } else {
         StoreConfig {
             disk_limit_bytes: config.store_mib << 20,
+            chunk_size: config.chunk_kib << 10,
             ..StoreConfig::default()
         }
     };
