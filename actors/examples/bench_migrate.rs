@@ -31,6 +31,8 @@ struct Opts {
     mib: u64,
     moves: usize,
     fill: String,
+    /// The big job's hot region (bigstate's --hot-kib; its default is 1024).
+    hot_kib: Option<u64>,
     /// Steps of the drain job (bigstate's default is 4000, ~4 s).
     drain_steps: u64,
     /// Pause between two moves, for the job to dirty its hot region again.
@@ -43,6 +45,7 @@ fn parse_args() -> anyhow::Result<Opts> {
     let mut moves = None;
     let mut quick = false;
     let mut fill = "text".to_string();
+    let mut hot_kib = None;
     let mut guests = PathBuf::from("guests/out");
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -51,12 +54,13 @@ fn parse_args() -> anyhow::Result<Opts> {
             "--mib" => mib = Some(val("--mib")?.parse::<u64>().context("--mib")?),
             "--moves" => moves = Some(val("--moves")?.parse::<usize>().context("--moves")?),
             "--fill" => fill = val("--fill")?,
+            "--hot-kib" => hot_kib = Some(val("--hot-kib")?.parse::<u64>().context("--hot-kib")?),
             "--guests" => guests = PathBuf::from(val("--guests")?),
             "--quick" => quick = true,
             "-h" | "--help" => {
                 println!(
                     "usage: bench_migrate [--mib N] [--moves N] [--quick] [--fill text|random] \
-                     [--guests DIR]\n  --quick = --mib 16 --moves 3 and a shorter drain job"
+                     [--hot-kib K] [--guests DIR]\n  --quick = --mib 16 --moves 3 and a shorter drain job"
                 );
                 std::process::exit(0);
             }
@@ -75,6 +79,7 @@ fn parse_args() -> anyhow::Result<Opts> {
         mib,
         moves,
         fill,
+        hot_kib,
         drain_steps: if quick { 2000 } else { 4000 },
         gap: Duration::from_millis(250),
         guests,
@@ -366,6 +371,10 @@ async fn bench(o: Opts) -> anyhow::Result<bool> {
         steps.to_string(),
     ]
     .into();
+    let mut big_args = big_args;
+    if let Some(h) = o.hot_kib {
+        big_args.extend(["--hot-kib".to_string(), h.to_string()]);
+    }
     a.run(RunRequest {
         module: wasm.clone(),
         name: Some("bigstate".into()),

@@ -194,11 +194,12 @@ fn control(node: &NodeHandle, peer: mesh::PeerId, msg: NodeMsg, reply: mesh::Con
         Err(e) => encode(&NodeReply::Error(e)),
     };
     match msg {
-        NodeMsg::Migrate { msg, home } => {
+        NodeMsg::Migrate { msg, home, inline } => {
             node.migrator.do_send(Incoming {
                 from: peer,
                 msg,
                 home,
+                inline,
             });
             reply.send(encode(&NodeReply::Ok));
         }

@@ -226,7 +226,7 @@ impl NodeConfig {
         if self.migration.reply_timeout_ms < 1000 {
             return Err(bad(
                 "migration.reply_timeout_ms",
-                "must be at least 1000 (fetch progress comes every 500 ms)".into(),
+                "must be at least 1000 (fetch progress comes every 150 ms)".into(),
             ));
         }
         if self.migration.heartbeat_ms < 50 {

@@ -25,14 +25,14 @@ use tokio::sync::oneshot;
 use super::checkpoint::{to_mesh_id, CheckpointActor, Restore, Stage, StoreChunksMsg, Unstage};
 use super::config::CompressionChoice;
 use super::link::{Estimate, LinkMonitor};
-use super::proto::{encode, NodeMsg};
+use super::proto::{encode, InlineChunk, NodeMsg, MAX_INLINE_BYTES};
 use super::scheduler::{Control, JobState, Lookup, Op, Scheduler};
 use super::Shared;
 
 const TICK: Duration = Duration::from_millis(20);
 /// A destination reports fetch progress this often (the source's reply timeout must
 /// be longer).
-const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+const PROGRESS_EVERY: Duration = Duration::from_millis(150);
 /// Finished destination cores are kept this long to answer retransmissions.
 const LINGER: Duration = Duration::from_secs(30);
 /// Moves remembered for status and timelines.
@@ -188,12 +188,34 @@ impl Migrator {
             );
             return;
         }
-        let data = encode(&NodeMsg::Migrate {
-            msg,
-            home: home.map(|h| h.to_bytes()).unwrap_or_default(),
-        });
+        // The last dirty chunks travel with the Final when they are few.
+        let inline_ids: Vec<store::ChunkId> = match &msg.body {
+            migrate::Body::Final { chunks, .. }
+                if chunks.iter().map(|c| c.len as usize).sum::<usize>() <= MAX_INLINE_BYTES =>
+            {
+                chunks.iter().map(|c| c.id).collect()
+            }
+            _ => Vec::new(),
+        };
+        let home = home.map(|h| h.to_bytes()).unwrap_or_default();
         let mesh = self.shared.mesh.clone();
+        let store = self.shared.store.clone();
         actix::spawn(async move {
+            let inline = if inline_ids.is_empty() {
+                Vec::new()
+            } else {
+                tokio::task::spawn_blocking(move || {
+                    inline_ids
+                        .into_iter()
+                        .map(|id| store.get_chunk(&id).map(|data| InlineChunk { id, data }))
+                        .collect::<Result<Vec<_>, _>>()
+                        // Without them the destination fetches them as usual.
+                        .unwrap_or_default()
+                })
+                .await
+                .unwrap_or_default()
+            };
+            let data = encode(&NodeMsg::Migrate { msg, home, inline });
             // A lost message is the core's business (it retransmits or gives up).
             if let Err(e) = mesh.control_request(peer, data).await {
                 tracing::debug!(%peer, %e, "migration message not delivered");
@@ -433,6 +455,7 @@ impl Migrator {
                     compression,
                 } => {
                     let mesh = self.shared.mesh.clone();
+                    let store = self.shared.store.clone();
                     let cp = self.checkpoint.clone();
                     let me = ctx.address();
                     actix::spawn(async move {
@@ -444,7 +467,7 @@ impl Migrator {
                             }
                         };
                         let (ok, wire) =
-                            fetch_round(mesh, cp, peer, ids, compression, progress).await;
+                            fetch_round(mesh, store, cp, peer, ids, compression, progress).await;
                         me.do_send(WireBytes(id, wire));
                         let ev = if ok {
                             DestEvent::Fetched { round }
@@ -621,14 +644,22 @@ fn profile_of(level: i32) -> LevelProfile {
 
 /// Fetches one round's chunks from `peer` into the store. Returns success and the
 /// bytes that crossed the wire.
+#[allow(clippy::too_many_arguments)]
 async fn fetch_round(
     mesh: mesh::MeshHandle,
+    shared_store: Arc<store::Store>,
     cp: Addr<CheckpointActor>,
     peer: PeerId,
     ids: Vec<mesh::ChunkId>,
     compression: Compression,
     progress: impl Fn(u64),
 ) -> (bool, u64) {
+    let ids: Vec<mesh::ChunkId> = {
+        let store = &shared_store;
+        ids.into_iter()
+            .filter(|id| !store.contains(&super::checkpoint::to_store_id(id)))
+            .collect()
+    };
     if ids.is_empty() {
         return (true, 0);
     }
@@ -919,12 +950,37 @@ pub struct Incoming {
     pub from: PeerId,
     pub msg: Message,
     pub home: Vec<u8>,
+    /// Chunks sent along (hashes already checked by the decoder).
+    pub inline: Vec<InlineChunk>,
 }
 
 impl Handler<Incoming> for Migrator {
     type Result = ();
     fn handle(&mut self, m: Incoming, ctx: &mut Context<Self>) {
-        self.incoming(m.from, m.msg, m.home, ctx);
+        if m.inline.is_empty() {
+            self.incoming(m.from, m.msg, m.home, ctx);
+            return;
+        }
+        // Store the chunks first, so the fetch the message causes finds them here.
+        let chunks = m
+            .inline
+            .into_iter()
+            .map(|c| (to_mesh_id(&c.id), bytes::Bytes::from(c.data)))
+            .collect();
+        let stored = self.checkpoint.send(StoreChunksMsg(chunks));
+        let me = ctx.address();
+        let (from, msg, home) = (m.from, m.msg, m.home);
+        actix::spawn(async move {
+            if !matches!(stored.await, Ok(Ok(()))) {
+                tracing::warn!("storing inline chunks failed; they will be fetched");
+            }
+            me.do_send(Incoming {
+                from,
+                msg,
+                home,
+                inline: Vec::new(),
+            });
+        });
     }
 }
 
