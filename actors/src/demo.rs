@@ -1,10 +1,12 @@
 //! `roam demo`: an embedded three-node swarm in one process that runs `autopilot`
 //! and `tracker`, moves each several times while they run (operator moves, a drained
-//! node, an overloaded node), prints a timeline with each move's downtime and bytes,
-//! and checks that every job's output, as collected at its home node, is
+//! node, an overloaded node), prints a timeline with each move's downtime and bytes
+//! (and keeps it as a [`Timeline`] to draw as SVG), and checks that every job's output, as collected at its home node, is
 //! bit-identical to a straight run of the same module.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +16,7 @@ use wasm_host::{BufferSink, Host, HostConfig, Job, JobSpec, Outcome};
 use crate::node::api::RunRequest;
 use crate::node::proto::StreamKind;
 use crate::node::{self, MoveReport, NodeConfig, NodeHandle};
+use crate::timeline::{Timeline, What};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -45,6 +48,8 @@ pub struct DemoResult {
     /// (job, identical to the straight run, bytes of stdout)
     pub jobs: Vec<(String, bool, usize)>,
     pub elapsed: Duration,
+    /// Starts, moves, drains, load changes and exits on the demo's clock.
+    pub timeline: Timeline,
 }
 
 /// A move with its start and end on the demo's clock.
@@ -206,6 +211,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoResult> {
         ),
     ];
     let home = nodes[0].clone();
+    let ms = |at: Duration| at.as_secs_f64() * 1e3;
+    let mut timeline = Timeline::new("roam demo: jobs on nodes over time", &["n1", "n2", "n3"]);
+    // When each job's exit reached its home (polled, so within a few tens of ms).
+    let exits: Rc<RefCell<Vec<(String, Duration)>>> = Rc::default();
     let mut ids = Vec::new();
     for (spec, wasm, on) in &specs {
         let id = home
@@ -219,11 +228,25 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoResult> {
                 ..RunRequest::default()
             })
             .await?;
+        timeline.push(
+            ms(t0.elapsed()),
+            What::Start {
+                job: id.clone(),
+                node: (*on).into(),
+            },
+        );
         say(
             &opts,
             t0,
             format!("started {id} on {on} (home n1: its output is collected there)"),
         );
+        let (home, job, exits) = (home.clone(), id.clone(), exits.clone());
+        actix::spawn(async move {
+            while !finished(&home, &job).await {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            exits.borrow_mut().push((job, t0.elapsed()));
+        });
         ids.push(id);
     }
 
@@ -253,6 +276,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoResult> {
     // 2. A node is drained: everything on it moves away.
     tokio::time::sleep(Duration::from_millis(300)).await;
     say(&opts, t0, "operator: roam drain n3");
+    timeline.push(ms(t0.elapsed()), What::Drain { node: "n3".into() });
     home.drain("n3").await?;
     let n3 = step(2);
     let drained = wait_until(Duration::from_secs(30), || {
@@ -278,6 +302,13 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoResult> {
     };
     if let Some(b) = busy {
         say(&opts, t0, format!("{} gets loaded (load 1.0)", names[b]));
+        timeline.push(
+            ms(t0.elapsed()),
+            What::Load {
+                node: names[b].into(),
+                load: 1.0,
+            },
+        );
         nodes[b].set_load(1.0).await?;
         let nb = nodes[b].clone();
         let before = nb.scheduler.send(node::scheduler::List).await?.len();
@@ -293,6 +324,13 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoResult> {
         })
         .await;
         nodes[b].set_load(0.0).await?;
+        timeline.push(
+            ms(t0.elapsed()),
+            What::Load {
+                node: names[b].into(),
+                load: 0.0,
+            },
+        );
         say(&opts, t0, format!("{} shed a job: {moved}", names[b]));
     }
     // 4. Back and forth until the jobs end.
@@ -331,6 +369,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoResult> {
     }
     for id in &ids {
         home.wait_job(id, Duration::from_secs(120)).await?;
+        let seen = exits.borrow().iter().find(|(j, _)| j == id).map(|e| e.1);
+        let at = seen.unwrap_or_else(|| t0.elapsed());
+        timeline.push(ms(at), What::Exit { job: id.clone() });
     }
     say(
         &opts,
@@ -351,6 +392,22 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoResult> {
         }
     }
     result.moves.sort_by_key(|m| m.at);
+    for m in &result.moves {
+        let r = &m.report;
+        timeline.push(
+            ms(m.at),
+            What::Move {
+                job: r.job.clone(),
+                from: r.from.clone(),
+                to: r.to.clone(),
+                end_ms: ms(m.end),
+                outcome: r.outcome.clone(),
+                downtime_ms: r.downtime_ms,
+                sent_bytes: r.sent_bytes,
+            },
+        );
+    }
+    result.timeline = timeline;
     for (spec, wasm, _) in &specs {
         let h = host.clone();
         let w = wasm.clone();

@@ -10,3 +10,4 @@
 pub mod demo;
 pub mod http;
 pub mod node;
+pub mod timeline;

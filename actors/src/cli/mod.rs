@@ -1,9 +1,11 @@
 //! Command-line interface: argument parsing and dispatch to the subcommands.
 
+mod config;
 mod exec;
 mod node;
 mod relay;
 mod store;
+mod top;
 
 use clap::{Parser, Subcommand};
 
@@ -93,16 +95,37 @@ pub enum Command {
     ///   roam logs --follow --stderr tracker-99f0
     #[command(verbatim_doc_comment)]
     Logs(node::LogsArgs),
-    /// Run the embedded demo: a 3-node swarm in this process moves autopilot and
-    /// tracker while they run, then checks their output against straight runs.
+    /// A live view of a node: its jobs, its peers and its recent moves, redrawn every
+    /// second (Ctrl-C quits). Prints one frame when stdout is not a terminal.
     ///
-    /// Example:
+    /// Examples:
+    ///   roam top
+    ///   roam top --api 127.0.0.1:7072 --interval 500
+    ///   roam top --once > snapshot.txt
+    #[command(verbatim_doc_comment)]
+    Top(top::TopArgs),
+    /// Print the default node config (every key, commented) or check a config file.
+    ///
+    /// Examples:
+    ///   roam config --default > node.toml
+    ///   roam config --check node.toml        # exit 1 naming file, line and key if bad
+    #[command(verbatim_doc_comment)]
+    Config(config::ConfigArgs),
+    /// Run the embedded demo: a 3-node swarm in this process moves autopilot and
+    /// tracker while they run, then checks their output against straight runs. Writes
+    /// an SVG timeline of the jobs on the nodes and every move (with its downtime).
+    ///
+    /// Examples:
     ///   roam demo
+    ///   roam demo --timeline /tmp/moves.svg --tracker-frames 60000
     #[command(verbatim_doc_comment)]
     Demo(node::DemoArgs),
     /// Forward TCP connections, holding every chunk for a fixed delay each way (an RTT
     /// for shaped links on kernels without netem; see scripts/shaped-move).
-    #[command(hide = true)]
+    ///
+    /// Example:
+    ///   roam relay --listen 10.0.0.2:4002 --to 10.0.0.1:4001 --delay-ms 10
+    #[command(hide = true, verbatim_doc_comment)]
     Relay(relay::RelayArgs),
 }
 
@@ -134,6 +157,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Migrate(a) => node::migrate(a),
         Command::Drain(a) => node::drain(a),
         Command::Logs(a) => node::logs(a),
+        Command::Top(a) => top::top(a),
+        Command::Config(a) => config::run(a),
         Command::Demo(a) => node::demo(a),
         Command::Relay(a) => relay::relay(a),
     }

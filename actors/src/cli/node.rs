@@ -1,5 +1,6 @@
 //! `roam node` (run a node), the commands that talk to a node's control API
-//! (`run`, `ps`, `peers`, `migrate`, `drain`, `logs`), and `roam demo`.
+//! (`run`, `ps`, `peers`, `migrate`, `drain`, `logs`; `top` is in [`super::top`]),
+//! and `roam demo`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -74,6 +75,7 @@ pub struct RunArgs {
 pub struct MigrateArgs {
     #[command(flatten)]
     pub api: ApiArgs,
+    /// The job id (as `roam ps` lists it).
     pub job: String,
     /// Destination node (name or peer id).
     pub node: String,
@@ -94,6 +96,7 @@ pub struct DrainArgs {
 pub struct LogsArgs {
     #[command(flatten)]
     pub api: ApiArgs,
+    /// The job id (as `roam run` printed it).
     pub job: String,
     /// Keep following until the job ends.
     #[arg(long, short)]
@@ -123,6 +126,13 @@ pub struct DemoArgs {
     /// Tracker frames (its length).
     #[arg(long, default_value_t = 30_000)]
     pub tracker_frames: u64,
+    /// Where to write the SVG timeline (jobs on nodes over time, every move).
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "target/roam-demo-timeline.svg"
+    )]
+    pub timeline: PathBuf,
 }
 
 fn system() -> actix::SystemRunner {
@@ -137,7 +147,7 @@ fn system() -> actix::SystemRunner {
 
 pub fn node(a: NodeArgs) -> anyhow::Result<i32> {
     let mut cfg = match &a.config {
-        Some(p) => NodeConfig::load(p)?,
+        Some(p) => super::config::load(p)?,
         None => NodeConfig::default(),
     };
     if let Some(n) = a.name {
@@ -180,7 +190,7 @@ pub fn node(a: NodeArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn call(
+pub(super) fn call(
     api: SocketAddr,
     method: &str,
     path: &str,
@@ -387,7 +397,14 @@ pub fn demo(a: DemoArgs) -> anyhow::Result<i32> {
     };
     let sys = system();
     let result = sys.block_on(actors::demo::run(opts))?;
-    if actors::demo::print_result(&result) {
+    let ok = actors::demo::print_result(&result);
+    if let Some(dir) = a.timeline.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(&a.timeline, actors::timeline::render_svg(&result.timeline))
+        .with_context(|| format!("writing the timeline {}", a.timeline.display()))?;
+    println!("timeline: {}", a.timeline.display());
+    if ok {
         println!("demo: OK");
         Ok(0)
     } else {

@@ -5,7 +5,8 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | `GET /status` | this node: jobs, moves, peers count, store size |
+//! | `GET /status` | this node: jobs, moves, peers count, store size, uptime |
+//! | `GET /metrics` | Prometheus text exposition (see [`metrics`]) |
 //! | `GET /ps` | every job of the swarm (from heartbeats) |
 //! | `GET /peers` | peers with RTT, throughput, load |
 //! | `GET /moves` | moves this node made as the source |
@@ -15,6 +16,7 @@
 //! | `POST /load?value=F` | `{}` (inject load, for experiments) |
 //! | `GET /logs?job=J&stream=stdout&from=N&max=M` | raw bytes; headers `x-roam-next` (offset after them) and `x-roam-exit` once the job ended and every byte arrived |
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -57,9 +59,23 @@ pub async fn serve(node: NodeHandle, listener: tokio::net::TcpListener) {
         max_body_bytes: MAX_RUN_BODY,
         ..ServerLimits::default()
     };
+    // The metrics' running totals live with the server: one per node.
+    let tally = Rc::new(RefCell::new(metrics::MoveTally::default()));
     let handler: http::Handler = Rc::new(move |req: Request| {
-        let node = node.clone();
-        Box::pin(async move { handle(node, req).await })
+        let (node, tally) = (node.clone(), tally.clone());
+        Box::pin(async move {
+            if (req.method.as_str(), req.path.as_str()) == ("GET", "/metrics") {
+                return match node.status().await {
+                    Ok(st) => Response::bytes(
+                        200,
+                        metrics::CONTENT_TYPE,
+                        metrics::render(&st, &mut tally.borrow_mut()).into_bytes(),
+                    ),
+                    Err(e) => err(500, format!("{e:#}")),
+                };
+            }
+            handle(node, req).await
+        })
     });
     http::serve(listener, limits, handler).await;
 }
@@ -289,3 +305,384 @@ fn control(node: &NodeHandle, peer: mesh::PeerId, msg: NodeMsg, reply: mesh::Con
 
 /// How long the CLI waits for an answer that involves a move.
 pub const MOVE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// `GET /metrics`: the node's figures in the Prometheus text format (0.0.4).
+///
+/// | metric | type | what |
+/// |---|---|---|
+/// | `roam_node_info{name,peer}` | gauge | always 1; the node's name and peer id |
+/// | `roam_moves_total{outcome}` | counter | moves this node made as the source, by outcome (`committed`, `aborted`, `escalated`) |
+/// | `roam_move_downtime_seconds` | histogram | committed moves: pause → the job runs at the destination |
+/// | `roam_move_pause_seconds` | histogram | committed moves: stopping the job and writing its last checkpoint |
+/// | `roam_move_duration_seconds` | histogram | every move: offer → handover (or abort) |
+/// | `roam_move_sent_bytes_total` | counter | chunk bytes sent for moves (uncompressed, rounds and final copy) |
+/// | `roam_move_state_bytes_total` | counter | job state the moves carried (offered chunk maps) |
+/// | `roam_jobs{state}` | gauge | jobs on this node: `running`, `paused`, `restored` |
+/// | `roam_peers_connected` | gauge | peers with an open mesh connection |
+/// | `roam_store_bytes` | gauge | bytes in the checkpoint store |
+/// | `roam_load` / `roam_draining` | gauge | the load this node reports; 1 while draining |
+/// | `roam_uptime_seconds` | gauge | since the node started |
+///
+/// The move figures are totals folded from the migrator's move list ([`super::migrator::Moves`])
+/// at each scrape, so they only grow. That list keeps the newest 1024 moves: moves
+/// made and forgotten between two scrapes are not counted.
+///
+/// A new figure is one call on [`Exposition`] in [`render`] (and, for move figures, a
+/// field of [`MoveTally`] folded in [`MoveTally::fold`]).
+pub mod metrics {
+    use std::collections::BTreeMap;
+    use std::fmt::Write as _;
+
+    use crate::node::{MoveReport, NodeStatus};
+
+    pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+    /// Upper bounds (seconds) of the downtime and pause buckets: 0.5 ms to 5 s.
+    pub const DOWNTIME_BUCKETS: [f64; 13] = [
+        0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+    ];
+    /// Upper bounds (seconds) of the move duration buckets: 10 ms to 10 min.
+    pub const DURATION_BUCKETS: [f64; 11] = [
+        0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0, 600.0,
+    ];
+
+    /// A Prometheus histogram: counts per upper bound (not cumulative), sum, count.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Histogram {
+        bounds: Vec<f64>,
+        counts: Vec<u64>,
+        sum: f64,
+        count: u64,
+    }
+
+    impl Histogram {
+        pub fn new(bounds: &[f64]) -> Histogram {
+            Histogram {
+                bounds: bounds.to_vec(),
+                counts: vec![0; bounds.len()],
+                sum: 0.0,
+                count: 0,
+            }
+        }
+
+        pub fn observe(&mut self, v: f64) {
+            if !v.is_finite() {
+                return;
+            }
+            if let Some(i) = self.bounds.iter().position(|&b| v <= b) {
+                self.counts[i] += 1;
+            }
+            self.sum += v;
+            self.count += 1;
+        }
+
+        pub fn count(&self) -> u64 {
+            self.count
+        }
+    }
+
+    /// Running totals of the moves this node made (see the module's note on the
+    /// migrator's window).
+    #[derive(Clone, Debug)]
+    pub struct MoveTally {
+        /// The newest move folded in (its migration id).
+        last: Option<String>,
+        pub by_outcome: BTreeMap<String, u64>,
+        pub downtime: Histogram,
+        pub pause: Histogram,
+        pub duration: Histogram,
+        pub sent_bytes: u64,
+        pub state_bytes: u64,
+    }
+
+    impl Default for MoveTally {
+        fn default() -> Self {
+            MoveTally {
+                last: None,
+                by_outcome: ["committed", "aborted", "escalated"]
+                    .into_iter()
+                    .map(|o| (o.to_string(), 0))
+                    .collect(),
+                downtime: Histogram::new(&DOWNTIME_BUCKETS),
+                pause: Histogram::new(&DOWNTIME_BUCKETS),
+                duration: Histogram::new(&DURATION_BUCKETS),
+                sent_bytes: 0,
+                state_bytes: 0,
+            }
+        }
+    }
+
+    impl MoveTally {
+        /// Folds in the moves of `moves` (oldest first, as the migrator keeps them)
+        /// that come after the last one folded before.
+        pub fn fold(&mut self, moves: &[MoveReport]) {
+            let new = match &self.last {
+                Some(id) => match moves.iter().rposition(|m| &m.migration == id) {
+                    Some(i) => &moves[i + 1..],
+                    None => moves,
+                },
+                None => moves,
+            };
+            for m in new {
+                let outcome = m.outcome.split(':').next().unwrap_or("").trim();
+                *self.by_outcome.entry(outcome.to_string()).or_default() += 1;
+                if outcome == "committed" {
+                    self.downtime.observe(m.downtime_ms / 1e3);
+                    self.pause.observe(m.pause_ms / 1e3);
+                }
+                self.duration.observe(m.total_ms / 1e3);
+                self.sent_bytes += m.sent_bytes;
+                self.state_bytes += m.offered_bytes;
+            }
+            if let Some(m) = moves.last() {
+                self.last = Some(m.migration.clone());
+            }
+        }
+    }
+
+    /// Writes metric families in the text format.
+    #[derive(Default)]
+    pub struct Exposition {
+        out: String,
+    }
+
+    /// Escapes a label value (backslash, double quote, newline).
+    fn label_value(v: &str) -> String {
+        v.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    }
+
+    fn labels(ls: &[(&str, &str)]) -> String {
+        if ls.is_empty() {
+            return String::new();
+        }
+        let inner: Vec<String> = ls
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", label_value(v)))
+            .collect();
+        format!("{{{}}}", inner.join(","))
+    }
+
+    fn num(v: f64) -> String {
+        if v.is_nan() {
+            "NaN".into()
+        } else if v.is_infinite() {
+            if v > 0.0 { "+Inf" } else { "-Inf" }.into()
+        } else {
+            format!("{v}")
+        }
+    }
+
+    impl Exposition {
+        fn head(&mut self, name: &str, kind: &str, help: &str) {
+            let help = help.replace('\\', "\\\\").replace('\n', "\\n");
+            let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        }
+
+        fn samples(&mut self, name: &str, samples: &[(&[(&str, &str)], f64)]) {
+            for (ls, v) in samples {
+                let _ = writeln!(self.out, "{name}{} {}", labels(ls), num(*v));
+            }
+        }
+
+        pub fn gauge(&mut self, name: &str, help: &str, samples: &[(&[(&str, &str)], f64)]) {
+            self.head(name, "gauge", help);
+            self.samples(name, samples);
+        }
+
+        /// `name` must end in `_total`.
+        pub fn counter(&mut self, name: &str, help: &str, samples: &[(&[(&str, &str)], f64)]) {
+            self.head(name, "counter", help);
+            self.samples(name, samples);
+        }
+
+        pub fn histogram(&mut self, name: &str, help: &str, h: &Histogram) {
+            self.head(name, "histogram", help);
+            let mut cum = 0;
+            for (b, c) in h.bounds.iter().zip(&h.counts) {
+                cum += c;
+                let _ = writeln!(self.out, "{name}_bucket{{le=\"{}\"}} {cum}", num(*b));
+            }
+            let _ = writeln!(self.out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
+            let _ = writeln!(self.out, "{name}_sum {}", num(h.sum));
+            let _ = writeln!(self.out, "{name}_count {}", h.count);
+        }
+
+        pub fn finish(self) -> String {
+            self.out
+        }
+    }
+
+    /// Folds `st`'s moves into `tally` and renders every metric.
+    pub fn render(st: &NodeStatus, tally: &mut MoveTally) -> String {
+        tally.fold(&st.moves);
+        let mut e = Exposition::default();
+        e.gauge(
+            "roam_node_info",
+            "This node's name and peer id (always 1).",
+            &[(&[("name", &st.name), ("peer", &st.peer)], 1.0)],
+        );
+        let outcomes: Vec<(String, f64)> = tally
+            .by_outcome
+            .iter()
+            .map(|(o, n)| (o.clone(), *n as f64))
+            .collect();
+        let samples: Vec<([(&str, &str); 1], f64)> = outcomes
+            .iter()
+            .map(|(o, n)| ([("outcome", o.as_str())], *n))
+            .collect();
+        let samples: Vec<(&[(&str, &str)], f64)> =
+            samples.iter().map(|(l, n)| (&l[..], *n)).collect();
+        e.counter(
+            "roam_moves_total",
+            "Moves this node made as the source, by outcome.",
+            &samples,
+        );
+        e.histogram(
+            "roam_move_downtime_seconds",
+            "Downtime of committed moves: pause until the job runs at the destination.",
+            &tally.downtime,
+        );
+        e.histogram(
+            "roam_move_pause_seconds",
+            "Committed moves: stopping the job and writing its last checkpoint.",
+            &tally.pause,
+        );
+        e.histogram(
+            "roam_move_duration_seconds",
+            "Moves from offer to handover or abort.",
+            &tally.duration,
+        );
+        e.counter(
+            "roam_move_sent_bytes_total",
+            "Chunk bytes sent for moves (uncompressed; pre-copy rounds and final copy).",
+            &[(&[], tally.sent_bytes as f64)],
+        );
+        e.counter(
+            "roam_move_state_bytes_total",
+            "Job state the moves carried (the offered chunk maps).",
+            &[(&[], tally.state_bytes as f64)],
+        );
+        let count = |s: &str| st.jobs.iter().filter(|j| j.state == s).count() as f64;
+        e.gauge(
+            "roam_jobs",
+            "Jobs on this node by state.",
+            &[
+                (&[("state", "running")], count("running")),
+                (&[("state", "paused")], count("paused")),
+                (&[("state", "restored")], count("restored")),
+            ],
+        );
+        e.gauge(
+            "roam_peers_connected",
+            "Peers with an open mesh connection.",
+            &[(&[], st.peers_connected as f64)],
+        );
+        e.gauge(
+            "roam_store_bytes",
+            "Bytes in the checkpoint store.",
+            &[(&[], st.store_bytes as f64)],
+        );
+        e.gauge(
+            "roam_load",
+            "The load this node reports.",
+            &[(&[], st.load)],
+        );
+        e.gauge(
+            "roam_draining",
+            "1 while this node drains.",
+            &[(&[], if st.draining { 1.0 } else { 0.0 })],
+        );
+        e.gauge(
+            "roam_uptime_seconds",
+            "Seconds since the node started.",
+            &[(&[], st.uptime_ms as f64 / 1e3)],
+        );
+        e.finish()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn report(id: &str, outcome: &str, downtime_ms: f64) -> MoveReport {
+            MoveReport {
+                migration: id.into(),
+                job: "j".into(),
+                from: "a".into(),
+                to: "b".into(),
+                outcome: outcome.into(),
+                generation: 1,
+                started_ms: 0,
+                ended_ms: 10,
+                rounds: 1,
+                stop_reason: String::new(),
+                downtime_ms,
+                downtime_upper_ms: downtime_ms,
+                pause_ms: 1.0,
+                total_ms: 30.0,
+                offered_bytes: 1000,
+                present_bytes: 0,
+                sent_bytes: 700,
+                final_bytes: 100,
+                compression: "none".into(),
+                throughput_bytes_per_s: 0,
+            }
+        }
+
+        fn status(moves: Vec<MoveReport>) -> NodeStatus {
+            NodeStatus {
+                name: "n\"1".into(),
+                peer: "12D3".into(),
+                listen: vec![],
+                api: None,
+                draining: false,
+                load: 0.5,
+                jobs: vec![],
+                moves,
+                store_bytes: 42,
+                peers_connected: 2,
+                uptime_ms: 1500,
+            }
+        }
+
+        #[test]
+        fn totals_only_grow_across_the_migrators_window() {
+            let mut t = MoveTally::default();
+            let a = report("a", "committed", 3.0);
+            let b = report("b", "aborted: gone", 0.0);
+            let c = report("c", "committed", 30.0);
+            render(&status(vec![a.clone(), b.clone()]), &mut t);
+            // The same list again adds nothing; a list whose head fell off the window
+            // adds only what is new.
+            render(&status(vec![a.clone(), b.clone()]), &mut t);
+            let text = render(&status(vec![b, c]), &mut t);
+            assert_eq!(t.by_outcome["committed"], 2);
+            assert_eq!(t.by_outcome["aborted"], 1);
+            assert!(
+                text.contains("roam_moves_total{outcome=\"committed\"} 2\n"),
+                "{text}"
+            );
+            assert!(text.contains("roam_moves_total{outcome=\"aborted\"} 1\n"));
+            assert!(text.contains("roam_moves_total{outcome=\"escalated\"} 0\n"));
+            // 3 ms lies in le=0.005, 30 ms in le=0.05; buckets are cumulative.
+            assert!(text.contains("roam_move_downtime_seconds_bucket{le=\"0.002\"} 0\n"));
+            assert!(text.contains("roam_move_downtime_seconds_bucket{le=\"0.005\"} 1\n"));
+            assert!(text.contains("roam_move_downtime_seconds_bucket{le=\"0.05\"} 2\n"));
+            assert!(text.contains("roam_move_downtime_seconds_bucket{le=\"+Inf\"} 2\n"));
+            let sum: f64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix("roam_move_downtime_seconds_sum "))
+                .and_then(|v| v.parse().ok())
+                .expect("a downtime sum");
+            assert!((sum - 0.033).abs() < 1e-9, "{sum}");
+            assert!(text.contains("roam_move_duration_seconds_count 3\n"));
+            assert!(text.contains("roam_move_sent_bytes_total 2100\n"));
+            assert!(text.contains("roam_node_info{name=\"n\\\"1\",peer=\"12D3\"} 1\n"));
+            assert!(text.contains("roam_peers_connected 2\n"));
+            assert!(text.contains("roam_store_bytes 42\n"));
+            assert!(text.contains("# TYPE roam_move_downtime_seconds histogram\n"));
+        }
+    }
+}

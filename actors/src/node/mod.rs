@@ -162,6 +162,12 @@ pub struct NodeStatus {
     pub jobs: Vec<JobSummaryRow>,
     pub moves: Vec<MoveReport>,
     pub store_bytes: u64,
+    /// Peers with an open mesh connection.
+    #[serde(default)]
+    pub peers_connected: usize,
+    /// Milliseconds since the node started (the clock of its moves' `started_ms`).
+    #[serde(default)]
+    pub uptime_ms: u64,
 }
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -436,6 +442,7 @@ impl NodeHandle {
         let jobs = self.scheduler.send(scheduler::List).await?;
         let (draining, load) = self.solver.send(solver::State).await?;
         let moves = self.migrator.send(migrator::Moves).await?;
+        let peers_connected = self.shared.mesh.connected_peers().await?.len();
         let listen = self
             .shared
             .mesh
@@ -462,6 +469,8 @@ impl NodeHandle {
                 .collect(),
             moves,
             store_bytes: self.shared.store.stats().stored_bytes,
+            peers_connected,
+            uptime_ms: self.shared.now_ms(),
         })
     }
 
