@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use actors::node::api::RunRequest;
 use actors::node::migrator::{IncomingWireBytes, MovePolicy};
 use actors::node::proto::StreamKind;
-use actors::node::{self, MoveReport, NodeConfig, NodeHandle};
+use actors::node::{self, MoveReport, NodeHandle};
 use anyhow::{bail, Context as _};
 use store::{ChunkMap, Compression, Manifest, Store};
 use wasm_host::{BufferSink, Host, HostConfig, Job, JobSpec, Outcome};
@@ -304,26 +304,16 @@ async fn move_job(
 }
 
 async fn start_nodes(host: &Arc<Host>, names: &[&str]) -> anyhow::Result<Vec<NodeHandle>> {
-    let mut nodes = Vec::new();
-    for name in names {
-        let mut cfg = NodeConfig::local(name);
-        cfg.api = String::new();
-        cfg.migration.heartbeat_ms = 200;
-        if let Ok(k) = std::env::var("ROAM_CHUNK_KIB") {
-            cfg.chunk_kib = k.parse()?;
+    let chunk_kib = match std::env::var("ROAM_CHUNK_KIB") {
+        Ok(k) => Some(k.parse::<u32>()?),
+        Err(_) => None,
+    };
+    node::local_swarm(host, names, |cfg| {
+        if let Some(k) = chunk_kib {
+            cfg.chunk_kib = k;
         }
-        nodes.push(node::start(cfg, host.clone()).await?);
-    }
-    for i in 0..nodes.len() {
-        for j in i + 1..nodes.len() {
-            nodes[j].connect(&nodes[i]).await?;
-        }
-    }
-    for n in &nodes {
-        n.wait_for_peers(nodes.len() - 1, Duration::from_secs(20))
-            .await?;
-    }
-    Ok(nodes)
+    })
+    .await
 }
 
 fn hb(b: u64) -> String {
@@ -687,13 +677,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .try_init();
     let opts = parse_args()?;
-    let sys = actix::System::with_tokio_rt(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("building the tokio runtime")
-    });
+    let sys = node::actix_system();
     let ok = sys.block_on(bench(opts))?;
     if !ok {
         std::process::exit(1);

@@ -15,7 +15,7 @@ use wasm_host::{BufferSink, Host, HostConfig, Job, JobSpec, Outcome};
 
 use crate::node::api::RunRequest;
 use crate::node::proto::StreamKind;
-use crate::node::{self, MoveReport, NodeConfig, NodeHandle};
+use crate::node::{self, MoveReport, NodeHandle};
 use crate::timeline::{Timeline, What};
 
 /// What to run.
@@ -168,22 +168,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoResult> {
     let tracker = read("tracker")?;
     let host = Host::new(HostConfig::default())?;
 
-    let mut nodes = Vec::new();
-    for name in ["n1", "n2", "n3"] {
-        let mut cfg = NodeConfig::local(name);
-        cfg.api = String::new();
-        cfg.migration.heartbeat_ms = 200;
-        nodes.push(node::start(cfg, host.clone()).await?);
-    }
-    for i in 0..nodes.len() {
-        for j in i + 1..nodes.len() {
-            nodes[j].connect(&nodes[i]).await?;
-        }
-    }
-    for n in &nodes {
-        n.wait_for_peers(nodes.len() - 1, Duration::from_secs(20))
-            .await?;
-    }
+    let nodes = node::local_swarm(&host, &["n1", "n2", "n3"], |_| {}).await?;
     say(
         &opts,
         t0,

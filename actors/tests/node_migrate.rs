@@ -12,7 +12,7 @@ use actors::demo::straight_run_of;
 use actors::node::api::RunRequest;
 use actors::node::migrator::{Fault, Inject, MovePolicy};
 use actors::node::proto::StreamKind;
-use actors::node::{self, scheduler, NodeConfig, NodeHandle};
+use actors::node::{self, scheduler, NodeHandle};
 use wasm_host::{Host, HostConfig};
 
 fn guest(name: &str) -> Vec<u8> {
@@ -23,13 +23,7 @@ fn guest(name: &str) -> Vec<u8> {
 }
 
 fn system() -> actix::SystemRunner {
-    actix::System::with_tokio_rt(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("tokio runtime")
-    })
+    node::actix_system()
 }
 
 fn host() -> Arc<Host> {
@@ -37,25 +31,12 @@ fn host() -> Arc<Host> {
 }
 
 async fn swarm(host: &Arc<Host>, names: &[&str], reply_timeout_ms: u64) -> Vec<NodeHandle> {
-    let mut nodes = Vec::new();
-    for n in names {
-        let mut cfg = NodeConfig::local(n);
-        cfg.api = String::new();
+    node::local_swarm(host, names, |cfg| {
         cfg.migration.heartbeat_ms = 100;
         cfg.migration.reply_timeout_ms = reply_timeout_ms;
-        nodes.push(node::start(cfg, host.clone()).await.expect("node starts"));
-    }
-    for i in 0..nodes.len() {
-        for j in i + 1..nodes.len() {
-            nodes[j].connect(&nodes[i]).await.expect("connect");
-        }
-    }
-    for n in &nodes {
-        n.wait_for_peers(nodes.len() - 1, Duration::from_secs(20))
-            .await
-            .expect("peers");
-    }
-    nodes
+    })
+    .await
+    .expect("swarm starts")
 }
 
 async fn state_of(n: &NodeHandle, job: &str) -> Option<String> {

@@ -27,13 +27,7 @@ fn guest(name: &str) -> Vec<u8> {
 }
 
 fn system() -> actix::SystemRunner {
-    actix::System::with_tokio_rt(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("tokio runtime")
-    })
+    node::actix_system()
 }
 
 /// GET `path` from a node's API, off the actix thread (the client blocks; the node

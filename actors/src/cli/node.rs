@@ -135,16 +135,6 @@ pub struct DemoArgs {
     pub timeline: PathBuf,
 }
 
-fn system() -> actix::SystemRunner {
-    actix::System::with_tokio_rt(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("building the tokio runtime")
-    })
-}
-
 pub fn node(a: NodeArgs) -> anyhow::Result<i32> {
     let mut cfg = match &a.config {
         Some(p) => super::config::load(p)?,
@@ -165,7 +155,7 @@ pub fn node(a: NodeArgs) -> anyhow::Result<i32> {
         .clone()
         .unwrap_or_else(|| PathBuf::from("<defaults>"));
     cfg.validate(&path)?;
-    let sys = system();
+    let sys = actors::node::actix_system();
     sys.block_on(async move {
         // Dirty tracking must not be coarser than the chunks it reports.
         let mut hc = wasm_host::HostConfig::default();
@@ -395,7 +385,7 @@ pub fn demo(a: DemoArgs) -> anyhow::Result<i32> {
         tracker_frames: a.tracker_frames,
         verbose: true,
     };
-    let sys = system();
+    let sys = actors::node::actix_system();
     let result = sys.block_on(actors::demo::run(opts))?;
     let ok = actors::demo::print_result(&result);
     if let Some(dir) = a.timeline.parent().filter(|d| !d.as_os_str().is_empty()) {

@@ -178,6 +178,47 @@ pub struct JobSummaryRow {
     pub memory_bytes: u64,
 }
 
+/// An actix system on a multi-threaded tokio runtime: actors run on the calling
+/// thread, the mesh tasks and blocking work on two worker threads.
+pub fn actix_system() -> actix::SystemRunner {
+    actix::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("building the tokio runtime")
+    })
+}
+
+/// Starts one node per name on the current actix system, all on 127.0.0.1 with
+/// `NodeConfig::local` (no API, 200 ms heartbeats) changed by `tweak`, connects every
+/// pair and waits until each node has seen every other's heartbeat. For tests, the
+/// demo and benchmarks.
+pub async fn local_swarm(
+    host: &Arc<Host>,
+    names: &[&str],
+    tweak: impl Fn(&mut NodeConfig),
+) -> anyhow::Result<Vec<NodeHandle>> {
+    let mut nodes = Vec::new();
+    for name in names {
+        let mut cfg = NodeConfig::local(name);
+        cfg.api = String::new();
+        cfg.migration.heartbeat_ms = 200;
+        tweak(&mut cfg);
+        nodes.push(start(cfg, host.clone()).await?);
+    }
+    for i in 0..nodes.len() {
+        for j in i + 1..nodes.len() {
+            nodes[j].connect(&nodes[i]).await?;
+        }
+    }
+    for n in &nodes {
+        n.wait_for_peers(nodes.len() - 1, Duration::from_secs(20))
+            .await?;
+    }
+    Ok(nodes)
+}
+
 /// Starts a node on the current actix system: its mesh, its actors, its API.
 pub async fn start(config: NodeConfig, host: Arc<Host>) -> anyhow::Result<NodeHandle> {
     config.validate(Path::new("<config>"))?;
