@@ -11,3 +11,4 @@ pub mod demo;
 pub mod http;
 pub mod node;
 pub mod timeline;
+pub mod placement_shell;
