@@ -38,6 +38,11 @@ pub struct Msg {
     pub from: NodeId,
     #[serde(rename = "b")]
     pub body: Body,
+    /// Sent again because the sender made no progress for a tick: "I may be missing
+    /// something — re-send me your last messages". A copy without it (a late delivery,
+    /// an answer to a probe) asks for nothing, so answers never beget answers.
+    #[serde(rename = "p", default, skip_serializing_if = "std::ops::Not::not")]
+    pub probe: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -454,6 +454,7 @@ impl Node {
             iter: 0,
             from: id,
             body: Body::Start(start.clone()),
+            probe: false,
         };
         r.starts.insert(id, start);
         let (round, view) = (r.round, r.view);
@@ -494,10 +495,20 @@ impl Node {
         } else {
             !r.progressed || r.peer_lagging
         };
+        // Stuck: probe (peers answer). Only answering a probe: plain copies.
+        let probe = !finished && !r.progressed;
         r.progressed = false;
         r.peer_lagging = false;
         if resend {
-            let msgs: Vec<Msg> = r.last_sent.iter().cloned().collect();
+            let msgs: Vec<Msg> = r
+                .last_sent
+                .iter()
+                .cloned()
+                .map(|mut m| {
+                    m.probe = probe;
+                    m
+                })
+                .collect();
             self.stats.resent += msgs.len() as u64;
             self.outbox.extend(msgs);
         }
@@ -549,7 +560,7 @@ impl Node {
                 match r.starts.entry(msg.from) {
                     std::collections::btree_map::Entry::Occupied(_) => {
                         self.stats.duplicates += 1;
-                        r.peer_lagging = true;
+                        r.peer_lagging |= msg.probe;
                     }
                     std::collections::btree_map::Entry::Vacant(v) => {
                         v.insert(start);
@@ -567,7 +578,7 @@ impl Node {
                     self.stats.rejected += 1;
                 } else if msg.iter < next || !solving {
                     self.stats.stale += 1;
-                    r.peer_lagging = true;
+                    r.peer_lagging |= msg.probe;
                 } else if msg.iter > next + 1 {
                     // Not possible from an honest member of this view; drop.
                     self.stats.rejected += 1;
@@ -576,7 +587,7 @@ impl Node {
                     match slot.entry(msg.from) {
                         std::collections::btree_map::Entry::Occupied(_) => {
                             self.stats.duplicates += 1;
-                            r.peer_lagging = true;
+                            r.peer_lagging |= msg.probe;
                         }
                         std::collections::btree_map::Entry::Vacant(v) => {
                             v.insert((x, sane(mu)));
@@ -587,7 +598,7 @@ impl Node {
             Body::Final(d) => {
                 if r.finals.insert(msg.from, d).is_some() {
                     self.stats.duplicates += 1;
-                    r.peer_lagging = true;
+                    r.peer_lagging |= msg.probe;
                 }
             }
         }
@@ -776,6 +787,7 @@ impl Node {
                         iter: s.k,
                         from: id,
                         body: Body::Final(digest),
+                        probe: false,
                     };
                     r.phase = Phase::Final {
                         assign,
@@ -835,6 +847,7 @@ impl Node {
             iter: s.k + 1,
             from: id,
             body,
+            probe: false,
         };
         r.pending
             .entry(s.k + 1)

@@ -529,6 +529,7 @@ fn untrusted_messages_are_rejected_without_panic() {
             iter: 1,
             from: members[1],
             body,
+            probe: false,
         });
     }
     // A non-member, and our own id echoed back.
@@ -538,6 +539,7 @@ fn untrusted_messages_are_rejected_without_panic() {
         iter: 1,
         from: 4242,
         body: Body::Final(1),
+        probe: false,
     });
     a.handle(Msg {
         round: 1,
@@ -545,6 +547,7 @@ fn untrusted_messages_are_rejected_without_panic() {
         iter: 0,
         from: members[0],
         body: first.body.clone(),
+        probe: true,
     });
     assert_eq!(a.stats().rejected, 6);
     assert!(!a.is_finished());
@@ -588,4 +591,42 @@ fn every_node_computes_the_identical_integer_placement() {
         assert_eq!(o.placement, placements[0].placement);
         assert_eq!(o.digest, placements[0].digest);
     }
+}
+
+/// Answers to a probe are plain copies, so they never trigger more answers: with
+/// duplicated deliveries and no loss, re-sends stay a small fraction of the traffic,
+/// and a finished swarm goes quiet instead of re-sending on every tick.
+#[test]
+fn duplicates_do_not_start_a_resend_storm() {
+    let cfg = Config::default();
+    let inst = random_instance(21, 16, 128, &InstanceOpts::default());
+    let sim = SimConfig {
+        seed: 9,
+        duplicate: 0.01,
+        max_delay: 2,
+        tick_every: 8,
+        ..SimConfig::default()
+    };
+    let mut swarm = Swarm::new(&inst, cfg, sim).with_codec(Box::new(common::Cbor));
+    swarm.start_round(1).expect("start");
+    let report = swarm.run().expect("solves");
+    assert!(report.finished);
+    assert!(swarm.stats.duplicated > 0);
+    assert!(
+        swarm.stats.resent * 4 < swarm.stats.messages,
+        "{} re-sends for {} messages",
+        swarm.stats.resent,
+        swarm.stats.messages
+    );
+    // Finished: 200 more steps (25 ticks each) add no re-sends beyond answers to
+    // copies still in flight.
+    let before = swarm.stats.resent;
+    for _ in 0..200 {
+        swarm.step().expect("step");
+    }
+    assert!(
+        swarm.stats.resent - before <= swarm.nodes.len() as u64 * 2,
+        "{} re-sends after the round finished",
+        swarm.stats.resent - before
+    );
 }
