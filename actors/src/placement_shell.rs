@@ -449,6 +449,7 @@ mod tests {
             iter: 7,
             from: 13,
             body: Body::Column(Column(vec![0, 65_535, 4, 12]), 0.25),
+            probe: true,
         }
     }
 

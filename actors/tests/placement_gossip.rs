@@ -215,6 +215,7 @@ async fn four_nodes_agree_over_gossip_with_forgeries_and_outbound_loss() {
         iter: 1,
         from: ids[1],
         body: Body::Column(Column(vec![0, 65_535]), 0.0),
+        probe: false,
     };
     let forged = encode(&forged, 1 << 20).expect("encode");
     for data in [forged, vec![0xff; 40], vec![]] {
