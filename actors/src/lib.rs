@@ -10,5 +10,5 @@
 pub mod demo;
 pub mod http;
 pub mod node;
-pub mod timeline;
 pub mod placement_shell;
+pub mod timeline;
