@@ -29,7 +29,7 @@ use super::logbook::Accepted;
 use super::migrator::{Incoming, Moves};
 use super::output::accept_local;
 use super::proto::{encode, Heartbeat, NodeMsg, NodeReply, StreamKind};
-use super::solver::{DrainNode, MoveTo, RemoteStart};
+use super::solver::{DrainNode, MoveTo, PlacementGossip, ProposalSeen, RemoteStart};
 use super::NodeHandle;
 use crate::http::{self, Request, Response, ServerLimits};
 
@@ -179,6 +179,18 @@ pub async fn route_mesh_events(node: NodeHandle, mut events: mpsc::Receiver<Mesh
                 Ok(hb) => node.links.do_send(HeartbeatSeen(source, hb)),
                 Err(e) => tracing::debug!(%source, %e, "bad heartbeat"),
             },
+            MeshEvent::Gossip {
+                topic: Topic::JobEvents,
+                source,
+                data,
+                ..
+            } => node.solver.do_send(ProposalSeen { source, data }),
+            MeshEvent::Gossip {
+                topic: Topic::Placement,
+                source,
+                data,
+                ..
+            } => node.solver.do_send(PlacementGossip { source, data }),
             MeshEvent::Link { peer, report } => node.links.do_send(LinkUpdate(peer, report)),
             MeshEvent::PeerDisconnected { peer } => node.links.do_send(PeerGone(peer)),
             MeshEvent::PeerConnected { peer, addr } => node.links.do_send(PeerAddr(peer, addr)),

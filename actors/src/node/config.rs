@@ -46,6 +46,35 @@ pub struct NodeConfig {
     pub speed: f64,
     pub migration: MigrationConfig,
     pub jobs: JobDefaults,
+    pub placement: PlacementConfig,
+}
+
+/// How the node decides where jobs run.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlacementConfig {
+    /// "rule": a draining node moves its jobs to the least loaded peer, an overloaded
+    /// one sheds a job. "admm": the swarm solves the placement together (decentralised
+    /// ADMM over gossip) and moves what the agreed placement says; draining still
+    /// uses the rule.
+    pub mode: String,
+    /// Jobs this node can take at once (its share of the sporadic server, in jobs).
+    pub capacity: f64,
+    /// Work a job is assumed to have left, in seconds at speed 1.
+    pub job_work_s: f64,
+    /// A new round at least this often (and whenever the set of jobs changes).
+    pub round_every_ms: u64,
+}
+
+impl Default for PlacementConfig {
+    fn default() -> Self {
+        PlacementConfig {
+            mode: "rule".into(),
+            capacity: 4.0,
+            job_work_s: 10.0,
+            round_every_ms: 5_000,
+        }
+    }
 }
 
 /// How this node moves jobs away.
@@ -90,6 +119,7 @@ impl Default for NodeConfig {
             speed: 1.0,
             migration: MigrationConfig::default(),
             jobs: JobDefaults::default(),
+            placement: PlacementConfig::default(),
         }
     }
 }
@@ -199,6 +229,20 @@ impl NodeConfig {
             return Err(bad(
                 "api",
                 format!("{:?} is not an address like 127.0.0.1:7070", self.api),
+            ));
+        }
+        if self.placement.mode != "rule" && self.placement.mode != "admm" {
+            return Err(bad(
+                "placement.mode",
+                format!("{:?}: expected \"rule\" or \"admm\"", self.placement.mode),
+            ));
+        }
+        let p = &self.placement;
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        if !positive(p.capacity) || !positive(p.job_work_s) || p.round_every_ms < 100 {
+            return Err(bad(
+                "placement",
+                "capacity and job_work_s must be > 0, round_every_ms >= 100".into(),
             ));
         }
         if !(self.speed.is_finite() && self.speed > 0.0) {

@@ -29,6 +29,7 @@
 //! Several nodes can live in one process (tests, `roam demo`): each is a set of
 //! actors on the current actix system plus its own mesh task.
 
+pub mod admm;
 pub mod api;
 pub mod checkpoint;
 pub mod config;

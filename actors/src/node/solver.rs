@@ -1,11 +1,14 @@
 //! The Solver actor: where jobs run.
 //!
-//! Until ADMM placement lands, a simple rule decides moves, evaluated every
-//! heartbeat period:
-//! - a **draining** node moves each of its jobs to the live, non-draining peer with the
-//!   fewest jobs (then the lowest load);
-//! - an **overloaded** node (load above 0.8) moves one job at a time to a peer whose
-//!   load is lower by more than a margin of 0.3 (hysteresis: no ping-pong).
+//! Two modes (`[placement] mode` in the node config):
+//! - **rule** (default), evaluated every heartbeat period: a **draining** node moves
+//!   each of its jobs to the live, non-draining peer with the fewest jobs (then the
+//!   lowest load); an **overloaded** node (load above 0.8) moves one job at a time to a
+//!   peer whose load is lower by more than a margin of 0.3 (hysteresis: no ping-pong).
+//! - **admm**: the swarm solves the placement together (see [`super::admm`]): the live
+//!   member with the smallest placement id proposes a round when the jobs change or
+//!   `round_every_ms` passed, every member runs it over gossip, and each node moves the
+//!   jobs it runs that the agreed placement puts elsewhere. Draining uses the rule.
 //!
 //! It also admits jobs (`roam run`), here or on the node the user named, and
 //! publishes this node's heartbeat.
@@ -18,6 +21,13 @@ use actix::prelude::*;
 use mesh::{PeerId, Sources, Topic};
 use store::BlobRef;
 
+use std::collections::HashMap;
+use std::time::Instant;
+
+use placement::NodeId;
+use tokio::sync::mpsc;
+
+use super::admm::{node_id, Member, Proposal, ProposedJob};
 use super::api::RunRequest;
 use super::checkpoint::{to_mesh_id, CheckpointActor, StoreChunksMsg};
 use super::link::{LinkMonitor, PeerView, Query, Resolve};
@@ -25,6 +35,7 @@ use super::migrator::{Migrator, MovePolicy, MoveReport, StartMove};
 use super::proto::{encode, valid_job_id, Heartbeat, JobLaunch, NodeMsg, NodeReply};
 use super::scheduler::{List, Lookup, Scheduler, Start};
 use super::Shared;
+use crate::placement_shell::{Input, Shell, ShellConfig};
 
 const OVERLOADED: f64 = 0.8;
 const LOAD_MARGIN: f64 = 0.3;
@@ -42,6 +53,21 @@ pub struct Solver {
     /// Jobs this solver is moving (one decision per job at a time).
     moving: HashSet<String>,
     running_jobs: usize,
+    admm: AdmmState,
+}
+
+/// Where this node is in the ADMM rounds (`[placement] mode = "admm"`).
+#[derive(Default)]
+struct AdmmState {
+    /// The round being solved, and where its gossip goes.
+    active: Option<(u64, mpsc::Sender<Input>)>,
+    /// Highest round started or seen proposed.
+    last_round: u64,
+    last_round_at: Option<Instant>,
+    /// What the last proposal of this node held: (job, current node).
+    last_jobs: Vec<(String, Option<NodeId>)>,
+    /// Names of peers, for move reports.
+    names: HashMap<PeerId, String>,
 }
 
 impl Solver {
@@ -62,6 +88,7 @@ impl Solver {
             injected_load: 0.0,
             moving: HashSet::new(),
             running_jobs: 0,
+            admm: AdmmState::default(),
         }
     }
 
@@ -104,6 +131,235 @@ impl Solver {
             }
             me.do_send(MoveDone(job));
         });
+    }
+}
+
+impl Solver {
+    /// The proposer (the live, non-draining member with the smallest placement id)
+    /// proposes a round when the jobs changed or `round_every_ms` passed.
+    fn maybe_propose(&mut self, m: &Observed, ctx: &mut Context<Self>) {
+        let me = self.shared.peer_id;
+        let mut members: Vec<(NodeId, PeerId)> = vec![(node_id(&me), me)];
+        let mut jobs: Vec<ProposedJob> = m
+            .jobs
+            .iter()
+            .filter(|j| j.state == "running")
+            .map(|j| ProposedJob {
+                job: j.job.clone(),
+                current: Some(node_id(&me)),
+                state_bytes: j.memory_bytes,
+            })
+            .collect();
+        for p in &m.peers {
+            let Some(h) = p.heartbeat.as_ref().filter(|h| !h.draining) else {
+                continue;
+            };
+            members.push((node_id(&p.peer), p.peer));
+            jobs.extend(
+                h.jobs
+                    .iter()
+                    .filter(|j| j.state == "running")
+                    .map(|j| ProposedJob {
+                        job: j.job.clone(),
+                        current: Some(node_id(&p.peer)),
+                        state_bytes: j.memory_bytes,
+                    }),
+            );
+        }
+        members.sort_by_key(|(id, _)| *id);
+        members.dedup_by_key(|(id, _)| *id);
+        jobs.sort_by(|a, b| a.job.cmp(&b.job));
+        jobs.dedup_by(|a, b| a.job == b.job);
+        if members.first().map(|(id, _)| *id) != Some(node_id(&me))
+            || self.admm.active.is_some()
+            || jobs.is_empty()
+            || members.len() < 2
+        {
+            return;
+        }
+        let now_jobs: Vec<(String, Option<NodeId>)> =
+            jobs.iter().map(|j| (j.job.clone(), j.current)).collect();
+        let every = Duration::from_millis(self.shared.config.placement.round_every_ms);
+        let due = self.admm.last_round_at.is_none_or(|t| t.elapsed() >= every);
+        if now_jobs == self.admm.last_jobs && !due {
+            return;
+        }
+        self.admm.last_jobs = now_jobs;
+        let p = Proposal {
+            round: self.admm.last_round + 1,
+            members: members
+                .iter()
+                .map(|(id, p)| Member(*id, p.to_bytes()))
+                .collect(),
+            jobs,
+        };
+        let mesh = self.shared.mesh.clone();
+        let bytes = encode(&p);
+        actix::spawn(async move {
+            if let Err(e) = mesh.publish(Topic::JobEvents, bytes).await {
+                tracing::debug!(%e, "placement proposal not published");
+            }
+        });
+        self.start_round(p, ctx);
+    }
+
+    fn start_round(&mut self, p: Proposal, ctx: &mut Context<Self>) {
+        let cfg = &self.shared.config;
+        let me = node_id(&self.shared.peer_id);
+        let peers = p.peers();
+        if self.admm.active.is_some()
+            || p.round <= self.admm.last_round && self.admm.last_round_at.is_some()
+            || !peers.iter().any(|(id, _)| *id == me)
+        {
+            return;
+        }
+        let env = placement::NodeEnv {
+            capacity: cfg.placement.capacity,
+            speed: cfg.speed,
+            load: placement::LoadPenalty::default(),
+            links: std::collections::BTreeMap::new(),
+            fallback_link: placement::Link {
+                bandwidth: 100e6,
+                rtt: 0.001,
+            },
+        };
+        let mut core = placement::Node::new(me, placement::Config::default());
+        let ids = peers.iter().map(|(id, _)| *id).collect();
+        if let Err(e) =
+            core.start_round(p.round, 0, ids, p.core_jobs(cfg.placement.job_work_s), env)
+        {
+            tracing::warn!(%e, round = p.round, "placement round refused");
+            return;
+        }
+        let (tx, mut rx) = mpsc::channel(4096);
+        self.admm.active = Some((p.round, tx));
+        self.admm.last_round = p.round;
+        self.admm.last_round_at = Some(Instant::now());
+        let mesh = self.shared.mesh.clone();
+        let me_addr = ctx.address();
+        let round = p.round;
+        actix::spawn(async move {
+            let mut shell = Shell::new(mesh, ShellConfig::default(), peers.clone());
+            let r = shell.run(&mut core, &mut rx).await;
+            // Stay a moment to answer peers that lost this node's last messages.
+            let _ = shell
+                .linger(
+                    &mut core,
+                    &mut rx,
+                    tokio::time::sleep(Duration::from_millis(300)),
+                )
+                .await;
+            me_addr.do_send(RoundDone {
+                round,
+                result: r.map(|placed| placed.outcome).map_err(|e| e.to_string()),
+                proposal: p,
+            });
+        });
+    }
+}
+
+/// A placement round ended here.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct RoundDone {
+    round: u64,
+    result: Result<placement::Outcome, String>,
+    proposal: Proposal,
+}
+
+impl Handler<RoundDone> for Solver {
+    type Result = ();
+    fn handle(&mut self, m: RoundDone, ctx: &mut Context<Self>) {
+        if self
+            .admm
+            .active
+            .as_ref()
+            .is_some_and(|(r, _)| *r == m.round)
+        {
+            self.admm.active = None;
+        }
+        let outcome = match m.result {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::info!(round = m.round, %e, "placement round gave no placement");
+                return;
+            }
+        };
+        let me = node_id(&self.shared.peer_id);
+        let peers: HashMap<NodeId, PeerId> = m.proposal.peers().into_iter().collect();
+        tracing::info!(
+            round = m.round,
+            moves = outcome.moves,
+            iterations = outcome.iterations,
+            "placement agreed"
+        );
+        for j in &m.proposal.jobs {
+            if j.current != Some(me) {
+                continue;
+            }
+            let id = super::admm::job_id(&j.job);
+            let Some((_, to)) = outcome.placement.iter().find(|(jid, _)| *jid == id) else {
+                continue;
+            };
+            if *to == me {
+                continue;
+            }
+            if let Some(peer) = peers.get(to) {
+                let name = self
+                    .admm
+                    .names
+                    .get(peer)
+                    .cloned()
+                    .unwrap_or_else(|| peer.to_string());
+                self.start_move(j.job.clone(), *peer, name, ctx);
+            }
+        }
+    }
+}
+
+/// A round proposal from the gossip.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ProposalSeen {
+    pub source: PeerId,
+    pub data: Vec<u8>,
+}
+
+impl Handler<ProposalSeen> for Solver {
+    type Result = ();
+    fn handle(&mut self, m: ProposalSeen, ctx: &mut Context<Self>) {
+        if self.shared.config.placement.mode != "admm" || self.draining {
+            return;
+        }
+        match Proposal::decode(&m.data) {
+            // Only a member may propose (its id is the smallest, by the rule).
+            Ok(p) if p.members.first().map(|m| m.0) == Some(node_id(&m.source)) => {
+                self.start_round(p, ctx)
+            }
+            Ok(_) => tracing::debug!(source = %m.source, "proposal from a non-proposer ignored"),
+            Err(e) => tracing::debug!(source = %m.source, %e, "bad proposal"),
+        }
+    }
+}
+
+/// Placement gossip for the running round.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PlacementGossip {
+    pub source: PeerId,
+    pub data: Vec<u8>,
+}
+
+impl Handler<PlacementGossip> for Solver {
+    type Result = ();
+    fn handle(&mut self, m: PlacementGossip, _: &mut Context<Self>) {
+        if let Some((_, tx)) = &self.admm.active {
+            // A full queue drops the message; the core's probes recover it.
+            let _ = tx.try_send(Input::Gossip {
+                source: m.source,
+                data: m.data,
+            });
+        }
     }
 }
 
@@ -190,6 +446,17 @@ impl Handler<Observed> for Solver {
             .filter(|j| j.state == "running" && !self.moving.contains(&j.job))
             .map(|j| j.job.clone())
             .collect();
+        if self.shared.config.placement.mode == "admm" {
+            for p in &m.peers {
+                if let Some(h) = &p.heartbeat {
+                    self.admm.names.insert(p.peer, h.name.clone());
+                }
+            }
+            if !self.draining {
+                self.maybe_propose(&m, ctx);
+                return;
+            }
+        }
         if self.draining {
             for (i, job) in running.into_iter().enumerate() {
                 if live.is_empty() {
