@@ -68,6 +68,8 @@ struct AdmmState {
     last_jobs: Vec<(String, Option<NodeId>)>,
     /// Names of peers, for move reports.
     names: HashMap<PeerId, String>,
+    /// Measured links from peers to this node (the source side of a move here).
+    links: std::collections::BTreeMap<NodeId, placement::Link>,
 }
 
 impl Solver {
@@ -217,7 +219,7 @@ impl Solver {
             capacity: cfg.placement.capacity,
             speed: cfg.speed,
             load: placement::LoadPenalty::default(),
-            links: std::collections::BTreeMap::new(),
+            links: self.admm.links.clone(),
             fallback_link: placement::Link {
                 bandwidth: 100e6,
                 rtt: 0.001,
@@ -450,6 +452,22 @@ impl Handler<Observed> for Solver {
             for p in &m.peers {
                 if let Some(h) = &p.heartbeat {
                     self.admm.names.insert(p.peer, h.name.clone());
+                }
+                let bandwidth = if p.loopback {
+                    Some(super::link::LOOPBACK_BYTES_PER_S as f64)
+                } else {
+                    p.link.as_ref().and_then(|l| l.throughput_bps)
+                };
+                if let (Some(bandwidth), Some(rtt)) =
+                    (bandwidth, p.link.as_ref().and_then(|l| l.rtt))
+                {
+                    self.admm.links.insert(
+                        node_id(&p.peer),
+                        placement::Link {
+                            bandwidth,
+                            rtt: rtt.as_secs_f64(),
+                        },
+                    );
                 }
             }
             if !self.draining {
