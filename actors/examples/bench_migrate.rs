@@ -25,7 +25,7 @@ use actors::node::proto::StreamKind;
 use actors::node::{self, MoveReport, NodeHandle};
 use anyhow::{bail, Context as _};
 use store::{ChunkMap, Compression, Manifest, Store};
-use wasm_host::{BufferSink, Host, HostConfig, Job, JobSpec, Outcome};
+use wasm_host::{Host, HostConfig};
 
 struct Opts {
     mib: u64,
@@ -86,33 +86,8 @@ fn parse_args() -> anyhow::Result<Opts> {
     })
 }
 
-/// What the straight run of a job is: the same module, arguments and seed, never paused
-/// (as `roam demo` does it).
-fn straight_run(
-    host: &Host,
-    wasm: &[u8],
-    args: Vec<String>,
-    seed: u64,
-) -> anyhow::Result<(Vec<u8>, Vec<u8>, Duration)> {
-    let module = host.load(wasm)?;
-    let mut js = JobSpec::new(args);
-    js.seed = *blake3::hash(&seed.to_le_bytes()).as_bytes();
-    let sink = BufferSink::default();
-    let (out, err) = (sink.clone(), sink.clone());
-    let t = Instant::now();
-    let mut job = Job::start(host, module, js, Box::new(sink))?;
-    loop {
-        match job.run()? {
-            Outcome::Exited(_) => break,
-            Outcome::Paused => continue,
-        }
-    }
-    let took = t.elapsed();
-    drop(job);
-    Ok((out.stdout_bytes(), err.stderr_bytes(), took))
-}
-
-/// The straight run on a thread with a job-sized stack, off the actix thread.
+/// The straight run (as `roam demo` does it), off the actix thread: (stdout, stderr,
+/// run time).
 async fn reference(
     host: &Arc<Host>,
     wasm: &[u8],
@@ -120,14 +95,11 @@ async fn reference(
     seed: u64,
 ) -> anyhow::Result<(Vec<u8>, Vec<u8>, Duration)> {
     let (h, w) = (host.clone(), wasm.to_vec());
-    tokio::task::spawn_blocking(move || {
-        std::thread::Builder::new()
-            .stack_size(wasm_host::host::JOB_THREAD_STACK)
-            .spawn(move || straight_run(&h, &w, args, seed))?
-            .join()
-            .map_err(|_| anyhow::anyhow!("reference run panicked"))?
+    let (out, err, _, took) = tokio::task::spawn_blocking(move || {
+        actors::demo::straight_run_timed(&h, &w, "bigstate", &args, seed)
     })
-    .await?
+    .await??;
+    Ok((out, err, took))
 }
 
 async fn runs_here(node: &NodeHandle, job: &str) -> bool {
@@ -454,12 +426,7 @@ async fn bench(o: Opts) -> anyhow::Result<bool> {
         "7".into(),
     ]
     .into();
-    let argv = |args: &[String]| {
-        let mut v = vec!["bigstate".to_string()];
-        v.extend(args.iter().cloned());
-        v
-    };
-    let (d_out, d_err, d0) = reference(&host, &wasm, argv(&drain_args), 2).await?;
+    let (d_out, d_err, d0) = reference(&host, &wasm, drain_args.clone(), 2).await?;
     let at_t = d0.mul_f64(0.6);
     let launch = |id: &str, on: Option<&str>| RunRequest {
         module: wasm.clone(),
@@ -489,7 +456,7 @@ async fn bench(o: Opts) -> anyhow::Result<bool> {
     let restart_s = s.elapsed().as_secs_f64();
 
     // ---- output checks against straight runs ----
-    let (big_out, big_err, big_straight) = reference(&host, &wasm, argv(&big_args), 1).await?;
+    let (big_out, big_err, big_straight) = reference(&host, &wasm, big_args.clone(), 1).await?;
     let same = |id: &str, out: &[u8], err: &[u8]| {
         a.local_log(id, StreamKind::Stdout).unwrap_or_default() == out
             && a.local_log(id, StreamKind::Stderr).unwrap_or_default() == err

@@ -75,30 +75,36 @@ pub fn straight_run_of(
     args: &[String],
     seed: u64,
 ) -> anyhow::Result<(Vec<u8>, Vec<u8>, i32)> {
+    straight_run_timed(host, wasm, name, args, seed).map(|(o, e, c, _)| (o, e, c))
+}
+
+/// [`straight_run_of`] plus how long the run took, on a thread with a job-sized stack.
+pub fn straight_run_timed(
+    host: &Arc<Host>,
+    wasm: &[u8],
+    name: &str,
+    args: &[String],
+    seed: u64,
+) -> anyhow::Result<(Vec<u8>, Vec<u8>, i32, Duration)> {
     let (h, w, n, a) = (host.clone(), wasm.to_vec(), name.to_string(), args.to_vec());
-    on_big_stack(move || {
-        let spec = Spec {
-            name: "",
-            args: a,
-            seed,
-        };
-        straight_run(&h, &w, &n, &spec)
-    })
+    on_big_stack(move || straight_run(&h, &w, &n, &a, seed))
 }
 
 fn straight_run(
     host: &Host,
     wasm: &[u8],
     name: &str,
-    spec: &Spec,
-) -> anyhow::Result<(Vec<u8>, Vec<u8>, i32)> {
+    args: &[String],
+    seed: u64,
+) -> anyhow::Result<(Vec<u8>, Vec<u8>, i32, Duration)> {
     let module = host.load(wasm)?;
-    let mut args = vec![name.to_string()];
-    args.extend(spec.args.iter().cloned());
-    let mut js = JobSpec::new(args);
-    js.seed = *blake3::hash(&spec.seed.to_le_bytes()).as_bytes();
+    let mut argv = vec![name.to_string()];
+    argv.extend(args.iter().cloned());
+    let mut js = JobSpec::new(argv);
+    js.seed = *blake3::hash(&seed.to_le_bytes()).as_bytes();
     let sink = BufferSink::default();
     let (out, err) = (sink.stdout.clone(), sink.stderr.clone());
+    let started = Instant::now();
     let mut job = Job::start(host, module, js, Box::new(sink))?;
     let code = loop {
         match job.run()? {
@@ -106,14 +112,24 @@ fn straight_run(
             Outcome::Paused => continue,
         }
     };
+    let took = started.elapsed();
     drop(job);
     let get = |b: &Arc<std::sync::Mutex<Vec<u8>>>| b.lock().map(|v| v.clone()).unwrap_or_default();
-    Ok((get(&out), get(&err), code))
+    Ok((get(&out), get(&err), code, took))
 }
 
 fn say(opts: &DemoOptions, t0: Instant, msg: impl AsRef<str>) {
     if opts.verbose {
         println!("[{:6.2}s] {}", t0.elapsed().as_secs_f64(), msg.as_ref());
+    }
+}
+
+/// `roam migrate JOB TO` as an operator would type it, with its outcome printed.
+async fn operator_move(opts: &DemoOptions, t0: Instant, home: &NodeHandle, job: &str, to: &str) {
+    say(opts, t0, format!("operator: roam migrate {job} {to}"));
+    match home.migrate(job, to).await {
+        Ok(r) => say(opts, t0, format!("  {}", line(&r))),
+        Err(e) => say(opts, t0, format!("  move not made: {e:#}")),
     }
 }
 
@@ -248,15 +264,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoResult> {
             );
             continue;
         }
-        say(
-            &opts,
-            t0,
-            format!("operator: roam migrate {job} {}", names[to]),
-        );
-        match home.migrate(job, names[to]).await {
-            Ok(r) => say(&opts, t0, format!("  {}", line(&r))),
-            Err(e) => say(&opts, t0, format!("  move failed: {e:#}")),
-        }
+        operator_move(&opts, t0, &home, job, names[to]).await;
     }
     // 2. A node is drained: everything on it moves away.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -337,15 +345,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoResult> {
                 continue;
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
-            say(
-                &opts,
-                t0,
-                format!("operator: roam migrate {job} {}", names[to]),
-            );
-            match home.migrate(job, names[to]).await {
-                Ok(r) => say(&opts, t0, format!("  {}", line(&r))),
-                Err(e) => say(&opts, t0, format!("  move not made: {e:#}")),
-            }
+            operator_move(&opts, t0, &home, job, names[to]).await;
         }
         if !running {
             break;
@@ -394,17 +394,11 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoResult> {
     }
     result.timeline = timeline;
     for (spec, wasm, _) in &specs {
-        let h = host.clone();
-        let w = wasm.clone();
-        let s = Spec {
-            name: spec.name,
-            args: spec.args.clone(),
-            seed: spec.seed,
-        };
-        let (out, err, _code) = tokio::task::spawn_blocking(move || {
-            on_big_stack(move || straight_run(&h, &w, s.name, &s))
-        })
-        .await??;
+        let (h, w, args, seed) = (host.clone(), wasm.clone(), spec.args.clone(), spec.seed);
+        let name = spec.name;
+        let (out, err, _code) =
+            tokio::task::spawn_blocking(move || straight_run_of(&h, &w, name, &args, seed))
+                .await??;
         let got_out = home
             .local_log(spec.name, StreamKind::Stdout)
             .unwrap_or_default();
