@@ -174,6 +174,7 @@ fn run(
     let n = jobs.len();
     let options = ExecOptions {
         realtime_priority: rt.then_some(10),
+        ..ExecOptions::default()
     };
     let exec = Executor::with_options(server(polling), node, options)
         .expect("the benchmark set is admitted");

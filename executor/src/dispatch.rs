@@ -46,11 +46,39 @@ enum Cmd {
     Give(mpsc::Sender<Result<Job, crate::ExecError>>),
 }
 
-/// A job's thread, parked between runs.
+/// What runs a job when the dispatcher says so.
+enum Driver {
+    /// The executor's own thread, parked between runs.
+    Thread {
+        cmd: mpsc::Sender<Cmd>,
+        thread: thread::JoinHandle<()>,
+    },
+    /// The caller's thread ([`crate::Executor::attach`]): told to run by `grant`, reports
+    /// back through [`crate::AttachedJob::turn_ended`].
+    External(crate::Grant),
+}
+
+/// A job's runner and the flag that preempts it.
 struct Worker {
-    cmd: mpsc::Sender<Cmd>,
+    driver: Driver,
     pause: PauseHandle,
-    thread: thread::JoinHandle<()>,
+}
+
+impl Worker {
+    /// Gives the job the CPU; false when its runner is gone.
+    fn run(&self) -> bool {
+        match &self.driver {
+            Driver::Thread { cmd, .. } => cmd.send(Cmd::Run).is_ok(),
+            Driver::External(grant) => grant(),
+        }
+    }
+
+    fn into_thread(self) -> Option<thread::JoinHandle<()>> {
+        match self.driver {
+            Driver::Thread { thread, .. } => Some(thread),
+            Driver::External(_) => None,
+        }
+    }
 }
 
 /// Puts the calling thread under `SCHED_FIFO` at `priority`; false if refused.
@@ -133,7 +161,10 @@ fn spawn_worker(
             }
         })
         .map_err(|e| ExecError::Spawn(e.to_string()))?;
-    Ok(Worker { cmd, pause, thread })
+    Ok(Worker {
+        driver: Driver::Thread { cmd, thread },
+        pause,
+    })
 }
 
 struct TaskSlot {
@@ -148,6 +179,11 @@ struct ApSlot {
     job: Option<Box<Job>>,
     worker: Option<Worker>,
     arrival: Time,
+    work_hint: Time,
+    /// Out of the server's queue until resumed (an attached job held by its owner).
+    held: bool,
+    /// Its owner is done with it: forget it once it stops.
+    detached: bool,
 }
 
 struct Running {
@@ -156,6 +192,8 @@ struct Running {
     since: Time,
     marks_before: u64,
     preempt_at: Option<Instant>,
+    /// Preempted because its quantum ran out: goes to the back of the server's queue.
+    rotate: bool,
 }
 
 pub(crate) struct Dispatcher {
@@ -174,6 +212,20 @@ pub(crate) struct Dispatcher {
     takes: Vec<(AperiodicId, mpsc::Sender<Result<Job, ExecError>>)>,
     shutdown: Option<mpsc::Sender<ExecStats>>,
     realtime: Option<i32>,
+    quantum: Option<Time>,
+}
+
+impl ApSlot {
+    fn new(job: Option<Box<Job>>, arrival: Time, work_hint: Time) -> ApSlot {
+        ApSlot {
+            job,
+            worker: None,
+            arrival,
+            work_hint,
+            held: false,
+            detached: false,
+        }
+    }
 }
 
 fn push_bounded<T>(v: &mut Vec<T>, x: T, dropped: &mut u64) {
@@ -215,6 +267,9 @@ impl Dispatcher {
             takes: Vec::new(),
             shutdown: None,
             realtime: options.realtime_priority.map(|p| p.clamp(1, 98)),
+            quantum: options
+                .aperiodic_quantum
+                .map(|q| (q.as_micros() as Time).max(100)),
         })
     }
 
@@ -312,11 +367,28 @@ impl Dispatcher {
             Some(r) if r.preempt_at.is_none() => {
                 let mut peek = self.sched.clone();
                 let d = peek.decide(now);
-                if d.run == Some(r.runnable) && self.shutdown.is_none() {
+                // Round robin among migrating jobs: the one running yields after a quantum
+                // when another waits.
+                let quantum_end = match (r.runnable, self.quantum) {
+                    (Runnable::Aperiodic { .. }, Some(q)) if peek.queued() > 1 => Some(r.since + q),
+                    _ => None,
+                };
+                if d.run == Some(r.runnable)
+                    && self.shutdown.is_none()
+                    && quantum_end.is_none_or(|end| end > now)
+                {
                     self.sched = peek;
                     self.absorb();
-                    d.next_event_at
+                    match (d.next_event_at, quantum_end) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    }
                 } else {
+                    if d.run == Some(r.runnable) && self.shutdown.is_none() {
+                        if let Some(r) = self.running.as_mut() {
+                            r.rotate = true;
+                        }
+                    }
                     self.preempt();
                     None
                 }
@@ -355,7 +427,7 @@ impl Dispatcher {
                 .tasks
                 .get(&t)
                 .and_then(|s| s.worker.as_ref())
-                .is_some_and(|w| w.cmd.send(Cmd::Run).is_ok()),
+                .is_some_and(Worker::run),
             Key::Aperiodic(a) => self.start_aperiodic(a),
         };
         if sent {
@@ -365,6 +437,7 @@ impl Dispatcher {
                 since: now,
                 marks_before,
                 preempt_at: None,
+                rotate: false,
             });
             return;
         }
@@ -400,9 +473,7 @@ impl Dispatcher {
                 }
             }
         }
-        slot.worker
-            .as_ref()
-            .is_some_and(|w| w.cmd.send(Cmd::Run).is_ok())
+        slot.worker.as_ref().is_some_and(Worker::run)
     }
 
     fn handle(&mut self, msg: Msg) {
@@ -414,19 +485,61 @@ impl Dispatcher {
                 let r = self.admit(*task, now);
                 let _ = reply.send(r);
             }
+            Msg::Attach {
+                pause,
+                grant,
+                hint,
+                reply,
+            } => {
+                let id = AperiodicId(self.next_aperiodic);
+                let r = self.sched.aperiodic_arrival(now, id, hint).map(|()| {
+                    self.next_aperiodic += 1;
+                    let mut slot = ApSlot::new(None, now, hint);
+                    slot.worker = Some(Worker {
+                        driver: Driver::External(grant),
+                        pause,
+                    });
+                    self.aperiodic.insert(id, slot);
+                    id
+                });
+                let _ = reply.send(r.map_err(ExecError::from));
+                self.absorb();
+            }
+            Msg::TurnEnded {
+                id,
+                stopped_at,
+                pause_seen,
+                result,
+            } => self.on_report(Report {
+                key: Key::Aperiodic(id),
+                stopped_at,
+                pause_seen,
+                result,
+                marks: 0,
+                job: None,
+            }),
+            Msg::Hold(id, hold) => self.hold(id, hold, now),
+            Msg::Detach(id) => {
+                let running = self
+                    .running
+                    .as_ref()
+                    .is_some_and(|r| r.key == Key::Aperiodic(id));
+                if running {
+                    if let Some(slot) = self.aperiodic.get_mut(&id) {
+                        slot.detached = true;
+                    }
+                    self.preempt();
+                } else if self.aperiodic.remove(&id).is_some() {
+                    self.sched.remove_aperiodic(now, id);
+                    self.absorb();
+                }
+            }
             Msg::Submit(job, hint, reply) => {
                 let id = AperiodicId(self.next_aperiodic);
                 match self.sched.aperiodic_arrival(now, id, hint) {
                     Ok(()) => {
                         self.next_aperiodic += 1;
-                        self.aperiodic.insert(
-                            id,
-                            ApSlot {
-                                job: Some(job),
-                                worker: None,
-                                arrival: now,
-                            },
-                        );
+                        self.aperiodic.insert(id, ApSlot::new(Some(job), now, hint));
                         let _ = reply.send(Ok(id));
                     }
                     Err(e) => {
@@ -457,11 +570,43 @@ impl Dispatcher {
             Msg::Stats(reply) => {
                 let _ = reply.send(self.snapshot(now));
             }
+            Msg::Spare(reply) => {
+                let _ = reply.send(self.sched.spare_capacity());
+            }
             Msg::Shutdown(reply) => {
                 self.shutdown = Some(reply);
                 self.preempt();
             }
         }
+    }
+
+    /// Takes an attached job out of the server's queue (`hold`) or puts it back. A running
+    /// one is stopped first; it leaves the queue when its turn ends.
+    fn hold(&mut self, id: AperiodicId, hold: bool, now: Time) {
+        let running = self
+            .running
+            .as_ref()
+            .is_some_and(|r| r.key == Key::Aperiodic(id));
+        let Some(slot) = self.aperiodic.get_mut(&id) else {
+            return;
+        };
+        if slot.held == hold {
+            return;
+        }
+        slot.held = hold;
+        if hold {
+            if running {
+                self.preempt();
+            } else {
+                self.sched.remove_aperiodic(now, id);
+            }
+        } else if !self.sched.queue_contains(id) {
+            let hint = slot.work_hint;
+            if let Err(e) = self.sched.aperiodic_arrival(now, id, hint) {
+                tracing::warn!(error = %e, job = id.0, "cannot put a held job back");
+            }
+        }
+        self.absorb();
     }
 
     /// Hands a paused (or never started) migrating job to the caller.
@@ -475,11 +620,18 @@ impl Dispatcher {
         if let Some(job) = slot.job {
             let _ = reply.send(Ok(*job));
         } else if let Some(w) = slot.worker {
-            if let Err(mpsc::SendError(Cmd::Give(reply))) = w.cmd.send(Cmd::Give(reply)) {
-                let _ = reply.send(Err(ExecError::Stopped));
+            match w.driver {
+                Driver::Thread { cmd, thread } => {
+                    if let Err(mpsc::SendError(Cmd::Give(reply))) = cmd.send(Cmd::Give(reply)) {
+                        let _ = reply.send(Err(ExecError::Stopped));
+                    }
+                    // The thread ends by itself once it has handed the job over: detached.
+                    drop(thread);
+                }
+                Driver::External(_) => {
+                    let _ = reply.send(Err(ExecError::Attached(id)));
+                }
             }
-            // The thread ends by itself once it has handed the job over: detached.
-            drop(w.thread);
         }
     }
 
@@ -532,6 +684,18 @@ impl Dispatcher {
                 }
                 Key::Aperiodic(a) => {
                     let now = self.now();
+                    let (held, detached) = self
+                        .aperiodic
+                        .get(&a)
+                        .map_or((false, false), |s| (s.held, s.detached));
+                    if detached {
+                        self.aperiodic.remove(&a);
+                        self.sched.remove_aperiodic(stop, a);
+                    } else if held {
+                        self.sched.remove_aperiodic(stop, a);
+                    } else if run.rotate {
+                        self.sched.rotate_aperiodic(stop, a);
+                    }
                     let mut i = 0;
                     while i < self.takes.len() {
                         if self.takes[i].0 == a {
@@ -553,9 +717,8 @@ impl Dispatcher {
                     Key::Task(t) => {
                         let slot = self.tasks.get_mut(&t);
                         let name = slot.as_ref().map_or(String::new(), |s| s.name.clone());
-                        if let Some(w) = slot.and_then(|s| s.worker.take()) {
-                            drop(w.thread); // ended with its job: detached
-                        }
+                        // Ended with its job: the thread is left detached.
+                        drop(slot.and_then(|s| s.worker.take()).map(Worker::into_thread));
                         let what = match &result {
                             Ok(code) => format!("node-bound task `{name}` exited with {code}"),
                             Err(e) => format!("node-bound task `{name}` failed: {e}"),
@@ -587,9 +750,8 @@ impl Dispatcher {
         let Some(slot) = self.aperiodic.remove(&id) else {
             return;
         };
-        if let Some(w) = slot.worker {
-            drop(w.thread); // ended with its job: detached
-        }
+        // Ended with its job: the thread is left detached.
+        drop(slot.worker.map(Worker::into_thread));
         let response = stop.saturating_sub(slot.arrival);
         let d = &mut self.stats.samples_dropped;
         push_bounded(&mut self.stats.aperiodic_response, (id, response), d);
@@ -677,16 +839,9 @@ impl Dispatcher {
             let _ = reply.send(Err(ExecError::Stopped));
         }
         let mut threads: Vec<thread::JoinHandle<()>> = Vec::new();
-        for (_, slot) in self.tasks.drain() {
-            if let Some(w) = slot.worker {
-                threads.push(w.thread);
-            }
-        }
-        for (_, slot) in self.aperiodic.drain() {
-            if let Some(w) = slot.worker {
-                threads.push(w.thread);
-            }
-        }
+        let workers = self.tasks.drain().filter_map(|(_, s)| s.worker);
+        let workers = workers.chain(self.aperiodic.drain().filter_map(|(_, s)| s.worker));
+        threads.extend(workers.filter_map(Worker::into_thread));
         // Every job is paused (the running one was stopped first); dropping the command
         // channels ends their threads.
         for t in threads {

@@ -75,7 +75,12 @@ pub enum ExecError {
     AlreadyFinished(AperiodicId),
     #[error("cannot start a job thread: {0}")]
     Spawn(String),
+    #[error("aperiodic job {0:?} runs on its owner's thread: its owner checkpoints it")]
+    Attached(AperiodicId),
 }
+
+/// Tells an attached job's runner to run it (one turn); false when the runner is gone.
+pub type Grant = Box<dyn Fn() -> bool + Send>;
 
 /// A node-bound periodic task: its timing parameters and the long-running job whose
 /// instances serve its releases. Make it with [`NodeTask::new`] from a job whose output
@@ -231,10 +236,26 @@ pub(crate) enum Msg {
     Submit(Box<Job>, Time, mpsc::Sender<Result<AperiodicId, Rejected>>),
     Take(AperiodicId, mpsc::Sender<Result<Job, ExecError>>),
     Stats(mpsc::Sender<ExecStats>),
+    Spare(mpsc::Sender<sched::SpareCapacity>),
     Shutdown(mpsc::Sender<ExecStats>),
     Report(dispatch::Report),
     /// A job thread could not get its `SCHED_FIFO` priority.
     NotRealtime,
+    Attach {
+        pause: wasm_host::PauseHandle,
+        grant: Grant,
+        hint: Time,
+        reply: mpsc::Sender<Result<AperiodicId, ExecError>>,
+    },
+    TurnEnded {
+        id: AperiodicId,
+        stopped_at: Instant,
+        pause_seen: Option<Instant>,
+        result: Result<wasm_host::Outcome, HostError>,
+    },
+    /// `true`: out of the server's queue; `false`: back in.
+    Hold(AperiodicId, bool),
+    Detach(AperiodicId),
 }
 
 /// How the executor's threads are set up.
@@ -244,6 +265,10 @@ pub struct ExecOptions {
     /// (1..=98). Needs `CAP_SYS_NICE` or an `RLIMIT_RTPRIO`; when refused the threads stay
     /// ordinary and [`ExecStats::realtime`] says so.
     pub realtime_priority: Option<i32>,
+    /// Round robin among migrating jobs: the running one yields to the next queued one
+    /// after this much CPU (at least 100 µs). `None`: first come, first served to the end
+    /// (the right thing for short requests; long-running jobs would starve the others).
+    pub aperiodic_quantum: Option<Duration>,
 }
 
 /// Runs node-bound tasks and migrating jobs on real threads; see the crate documentation.
@@ -325,6 +350,29 @@ impl Executor {
         })?
     }
 
+    /// Puts a migrating job whose thread the caller owns behind the server. The executor
+    /// calls `grant` when the job may run one turn and raises `pause` to end the turn; the
+    /// runner runs the job and reports every stop with [`AttachedJob::turn_ended`]. This
+    /// is how a node keeps its own job threads (which also checkpoint and hand jobs over)
+    /// while the executor decides when they get the CPU.
+    pub fn attach(
+        &self,
+        pause: wasm_host::PauseHandle,
+        work_hint: Time,
+        grant: Grant,
+    ) -> Result<AttachedJob, ExecError> {
+        let id = self.ask(|reply| Msg::Attach {
+            pause,
+            grant,
+            hint: work_hint,
+            reply,
+        })??;
+        Ok(AttachedJob {
+            id,
+            tx: self.tx.clone(),
+        })
+    }
+
     /// Stops a migrating job (at its next yield point if it is running), takes it out of
     /// the server's queue and returns it, paused, for a checkpoint. A job that never ran
     /// comes back as it was given (not paused).
@@ -335,6 +383,18 @@ impl Executor {
     /// What was measured so far.
     pub fn stats(&self) -> Result<ExecStats, ExecError> {
         self.ask(Msg::Stats)
+    }
+
+    /// The server's share and what admission could still give it (the Solver's view of
+    /// this node's capacity for migrating jobs).
+    pub fn spare_capacity(&self) -> Result<sched::SpareCapacity, ExecError> {
+        self.ask(Msg::Spare)
+    }
+
+    /// Stops the dispatcher and every job at its next yield point (node shutdown) and
+    /// returns the figures; the executor only answers `Stopped` afterwards.
+    pub fn stop(&self) -> Result<ExecStats, ExecError> {
+        self.ask(Msg::Shutdown)
     }
 
     /// The next migrating job to end, waiting up to `timeout`.
@@ -350,6 +410,47 @@ impl Executor {
             let _ = t.join();
         }
         stats
+    }
+}
+
+/// The runner's end of an attached job ([`Executor::attach`]). Dropping it takes the job
+/// out of the executor.
+pub struct AttachedJob {
+    id: AperiodicId,
+    tx: mpsc::Sender<Msg>,
+}
+
+impl AttachedJob {
+    pub fn id(&self) -> AperiodicId {
+        self.id
+    }
+
+    /// The job's `run()` returned at `stopped_at` with `result` (a turn ends with every
+    /// return, paused or ended). After an exit or a failure the job leaves the server.
+    pub fn turn_ended(
+        &self,
+        stopped_at: Instant,
+        pause_seen: Option<Instant>,
+        result: Result<wasm_host::Outcome, HostError>,
+    ) {
+        let _ = self.tx.send(Msg::TurnEnded {
+            id: self.id,
+            stopped_at,
+            pause_seen,
+            result,
+        });
+    }
+
+    /// Takes the job out of the server's queue (it waits for a handover) or, with
+    /// `false`, puts it back at the end.
+    pub fn hold(&self, hold: bool) {
+        let _ = self.tx.send(Msg::Hold(self.id, hold));
+    }
+}
+
+impl Drop for AttachedJob {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Msg::Detach(self.id));
     }
 }
 

@@ -363,6 +363,21 @@ impl Scheduler {
         true
     }
 
+    /// Moves a queued migrating job to the back of the FIFO, keeping its arrival time: the
+    /// shell's round robin among long-running jobs sharing the server (without it the head
+    /// of the queue would hold the server until it exits). `false` if it was not queued.
+    pub fn rotate_aperiodic(&mut self, now: Time, job: AperiodicId) -> bool {
+        self.sync(now, None);
+        let Some(pos) = self.queue.iter().position(|j| j.id == job) else {
+            return false;
+        };
+        // The server keeps serving (the next head): only the order changes.
+        if let Some(j) = self.queue.remove(pos) {
+            self.queue.push_back(j);
+        }
+        true
+    }
+
     /// A job finished at `now` (after being charged up to `now`).
     pub fn complete(&mut self, now: Time, runnable: Runnable) -> Result<(), SchedError> {
         self.sync(now, None);
@@ -505,6 +520,11 @@ impl Scheduler {
             ServerState::Sporadic(s) => s.replenishments(),
             ServerState::Polling(_) => Vec::new(),
         }
+    }
+
+    /// Whether this migrating job is in the server's queue.
+    pub fn queue_contains(&self, job: AperiodicId) -> bool {
+        self.queue.iter().any(|j| j.id == job)
     }
 
     /// Number of queued migrating jobs.

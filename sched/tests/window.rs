@@ -210,3 +210,50 @@ fn subtract(a: &[(Time, Time)], b: &[(Time, Time)]) -> Vec<(Time, Time)> {
     }
     out
 }
+
+/// Round robin among migrating jobs (the executor rotates the head every quantum) changes
+/// who is served, never how much: the server still runs at most Cs in every window, and
+/// every job gets a turn instead of the head holding the server until it exits.
+#[test]
+fn rotating_the_queue_keeps_the_budget_and_shares_the_server() {
+    let (cs, ts, quantum) = (3_000, 10_000, 1_000);
+    let mut s = Scheduler::new(ServerSpec::sporadic(cs, ts, 10), 0).expect("server alone fits");
+    for id in 0..3 {
+        s.aperiodic_arrival(0, AperiodicId(id), 0)
+            .expect("queue has room");
+    }
+    let mut served = [0 as Time; 3];
+    let mut intervals: Vec<(Time, Time)> = Vec::new();
+    let mut now = 0;
+    while now < 20 * ts {
+        let d = s.decide(now);
+        match d.run {
+            Some(Runnable::Aperiodic { job, .. }) => {
+                let until = d
+                    .budget_exhausts_at
+                    .unwrap_or(now + quantum)
+                    .min(now + quantum);
+                s.advance_to(until);
+                served[job.0 as usize] += until - now;
+                intervals.push((now, until));
+                assert!(s.rotate_aperiodic(until, job), "job {job:?} is queued");
+                now = until;
+            }
+            _ => {
+                now = d
+                    .next_event_at
+                    .expect("a queued server has a next replenishment")
+            }
+        }
+    }
+    assert!(!s.rotate_aperiodic(now, AperiodicId(99)), "unknown job");
+    assert!(max_in_window(&intervals, ts) <= cs);
+    let total: Time = served.iter().sum();
+    assert!(total >= 19 * cs, "server under-used: {total}");
+    for (i, got) in served.iter().enumerate() {
+        assert!(
+            got * 4 >= total,
+            "job {i} got {got} of {total}: not shared round robin"
+        );
+    }
+}
