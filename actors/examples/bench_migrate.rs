@@ -12,6 +12,10 @@
 //!   60 % of its straight run time, either live-migrated or killed and started afresh
 //!   on another node; completion times from submission to exit are compared.
 //!
+//! - It draws the run as an SVG timeline (every job on the nodes over time, each move
+//!   with its downtime, the kill before the restart): `--timeline FILE`, by default
+//!   `target/roam-bench-migrate-timeline.svg`.
+//!
 //! Run: `scripts/bench migrate [--mib N] [--moves N] [--quick] [--fill text|random]`
 
 use std::collections::HashSet;
@@ -23,6 +27,7 @@ use actors::node::api::RunRequest;
 use actors::node::migrator::{IncomingWireBytes, MovePolicy};
 use actors::node::proto::StreamKind;
 use actors::node::{self, MoveReport, NodeHandle};
+use actors::timeline::{Timeline, What};
 use anyhow::{bail, Context as _};
 use store::{ChunkMap, Compression, Manifest, Store};
 use wasm_host::{Host, HostConfig};
@@ -38,6 +43,8 @@ struct Opts {
     /// Pause between two moves, for the job to dirty its hot region again.
     gap: Duration,
     guests: PathBuf,
+    /// Where the SVG timeline goes.
+    timeline: PathBuf,
 }
 
 fn parse_args() -> anyhow::Result<Opts> {
@@ -47,6 +54,7 @@ fn parse_args() -> anyhow::Result<Opts> {
     let mut fill = "text".to_string();
     let mut hot_kib = None;
     let mut guests = PathBuf::from("guests/out");
+    let mut timeline = PathBuf::from("target/roam-bench-migrate-timeline.svg");
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut val = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
@@ -56,11 +64,12 @@ fn parse_args() -> anyhow::Result<Opts> {
             "--fill" => fill = val("--fill")?,
             "--hot-kib" => hot_kib = Some(val("--hot-kib")?.parse::<u64>().context("--hot-kib")?),
             "--guests" => guests = PathBuf::from(val("--guests")?),
+            "--timeline" => timeline = PathBuf::from(val("--timeline")?),
             "--quick" => quick = true,
             "-h" | "--help" => {
                 println!(
                     "usage: bench_migrate [--mib N] [--moves N] [--quick] [--fill text|random] \
-                     [--hot-kib K] [--guests DIR]\n  --quick = --mib 16 --moves 3 and a shorter drain job"
+                     [--hot-kib K] [--guests DIR] [--timeline FILE]\n  --quick = --mib 16 --moves 3 and a shorter drain job"
                 );
                 std::process::exit(0);
             }
@@ -83,6 +92,7 @@ fn parse_args() -> anyhow::Result<Opts> {
         drain_steps: if quick { 2000 } else { 4000 },
         gap: Duration::from_millis(250),
         guests,
+        timeline,
     })
 }
 
@@ -281,6 +291,8 @@ async fn start_nodes(host: &Arc<Host>, names: &[&str]) -> anyhow::Result<Vec<Nod
         Err(_) => None,
     };
     node::local_swarm(host, names, |cfg| {
+        // Moves alone: replicas would pre-fill destinations (and fill the stores).
+        cfg.recovery.replicas = 0;
         if let Some(k) = chunk_kib {
             cfg.chunk_kib = k;
         }
@@ -313,6 +325,16 @@ async fn bench(o: Opts) -> anyhow::Result<bool> {
     names.extend(cold_names.iter().map(String::as_str));
     let nodes = start_nodes(&host, &names).await?;
     let (a, c) = (nodes[0].clone(), nodes[2].clone());
+    let mut timeline = Timeline::new(
+        format!(
+            "bench migrate: bigstate {} MiB, pre-copy and stop-and-copy moves, then a drain by live move and by kill + restart",
+            o.mib
+        ),
+        &["a", "b", "c"],
+    );
+    // The timeline's zero: the nodes are up.
+    let tz = Instant::now();
+    let now_ms = || tz.elapsed().as_secs_f64() * 1e3;
     println!(
         "migrate: 3 nodes on 127.0.0.1 up in {:.1} s; bigstate --mib {} --fill {}, {} moves each way",
         t0.elapsed().as_secs_f64(),
@@ -337,6 +359,13 @@ async fn bench(o: Opts) -> anyhow::Result<bool> {
     if let Some(h) = o.hot_kib {
         big_args.extend(["--hot-kib".to_string(), h.to_string()]);
     }
+    timeline.push(
+        now_ms(),
+        What::Start {
+            job: job.into(),
+            node: "a".into(),
+        },
+    );
     a.run(RunRequest {
         module: wasm.clone(),
         name: Some("bigstate".into()),
@@ -413,6 +442,7 @@ async fn bench(o: Opts) -> anyhow::Result<bool> {
     }
     let code = a.wait_job(job, Duration::from_secs(300)).await?;
     let job_done = t0.elapsed();
+    timeline.push(now_ms(), What::Exit { job: job.into() });
 
     // ---- the drain: restart elsewhere against a live move, at 60 % of the run ----
     let drain_args: Vec<String> = [
@@ -439,21 +469,52 @@ async fn bench(o: Opts) -> anyhow::Result<bool> {
     };
     // Live: drained at T, moved (pre-copy) to c, which has none of this state.
     let s = Instant::now();
+    let start = |tl: &mut Timeline, job: &str, node: &str| {
+        tl.push(
+            now_ms(),
+            What::Start {
+                job: job.into(),
+                node: node.into(),
+            },
+        )
+    };
+    start(&mut timeline, "drain-live", "a");
     a.run(launch("drain-live", None)).await?;
     tokio::time::sleep_until((s + at_t).into()).await;
     let (live_move, _) = move_job(&a, &c, "drain-live", Policy::PreCopy).await?;
     a.wait_job("drain-live", Duration::from_secs(120)).await?;
     let live_s = s.elapsed().as_secs_f64();
+    timeline.push(
+        now_ms(),
+        What::Exit {
+            job: "drain-live".into(),
+        },
+    );
     // Restart: killed on a at T, started afresh on b.
     let s = Instant::now();
+    start(&mut timeline, "drain-killed", "a");
     a.run(launch("drain-killed", None)).await?;
     tokio::time::sleep_until((s + at_t).into()).await;
     a.kill("drain-killed").await?;
+    timeline.push(
+        now_ms(),
+        What::Kill {
+            node: "a".into(),
+            job: Some("drain-killed".into()),
+        },
+    );
+    start(&mut timeline, "drain-restarted", nodes[1].name());
     a.run(launch("drain-restarted", Some(nodes[1].name())))
         .await?;
     a.wait_job("drain-restarted", Duration::from_secs(120))
         .await?;
     let restart_s = s.elapsed().as_secs_f64();
+    timeline.push(
+        now_ms(),
+        What::Exit {
+            job: "drain-restarted".into(),
+        },
+    );
 
     // ---- output checks against straight runs ----
     let (big_out, big_err, big_straight) = reference(&host, &wasm, big_args.clone(), 1).await?;
@@ -466,9 +527,17 @@ async fn bench(o: Opts) -> anyhow::Result<bool> {
         ("drain-live", same("drain-live", &d_out, &d_err)),
         ("drain-restarted", same("drain-restarted", &d_out, &d_err)),
     ];
+    for m in actors::demo::timed_moves(&nodes, tz).await? {
+        m.add_to(&mut timeline);
+    }
     for n in &nodes {
         n.shutdown().await;
     }
+    if let Some(dir) = o.timeline.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(&o.timeline, actors::timeline::render_svg(&timeline))
+        .with_context(|| format!("writing the timeline {}", o.timeline.display()))?;
 
     // ---- table ----
     println!();
@@ -508,6 +577,10 @@ async fn bench(o: Opts) -> anyhow::Result<bool> {
     if skipped > 0 {
         println!("({skipped} planned moves skipped: the job had ended)");
     }
+    println!(
+        "timeline (jobs on nodes over time, each move with its downtime): {}",
+        o.timeline.display()
+    );
 
     let warm = |pol: Policy| recs.iter().filter(move |r| !r.cold && r.policy == pol);
     let colds = |pol: Policy| recs.iter().filter(move |r| r.cold && r.policy == pol);
@@ -631,6 +704,7 @@ async fn bench(o: Opts) -> anyhow::Result<bool> {
         "completion_s_restart": r3(restart_s),
         "mib": o.mib,
         "outputs_identical": outputs_identical,
+        "timeline": o.timeline.display().to_string(),
     });
     println!("{j}");
     Ok(outputs_identical)

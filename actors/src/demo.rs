@@ -16,6 +16,7 @@ use wasm_host::{BufferSink, Host, HostConfig, Job, JobSpec, Outcome};
 use crate::node::api::RunRequest;
 use crate::node::proto::StreamKind;
 use crate::node::{self, MoveReport, NodeHandle};
+use crate::progress::{Progress, Unit};
 use crate::timeline::{Timeline, What};
 
 /// What to run.
@@ -58,6 +59,45 @@ pub struct TimedMove {
     pub at: Duration,
     pub end: Duration,
     pub report: MoveReport,
+}
+
+impl TimedMove {
+    /// Draws this move on `timeline` (whose zero is the clock of `at`).
+    pub fn add_to(&self, timeline: &mut Timeline) {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let r = &self.report;
+        timeline.push(
+            ms(self.at),
+            What::Move {
+                job: r.job.clone(),
+                from: r.from.clone(),
+                to: r.to.clone(),
+                end_ms: ms(self.end),
+                outcome: r.outcome.clone(),
+                downtime_ms: r.downtime_ms,
+                sent_bytes: r.sent_bytes,
+            },
+        );
+    }
+}
+
+/// Every move the nodes made as the source, oldest first, timed from `t0` (each
+/// node's reports count from its own start).
+pub async fn timed_moves(nodes: &[NodeHandle], t0: Instant) -> anyhow::Result<Vec<TimedMove>> {
+    let mut moves = Vec::new();
+    for n in nodes {
+        let at =
+            |ms: u64| (n.shared.epoch + Duration::from_millis(ms)).saturating_duration_since(t0);
+        for r in n.migrator.send(node::migrator::Moves).await? {
+            moves.push(TimedMove {
+                at: at(r.started_ms),
+                end: at(r.ended_ms),
+                report: r,
+            });
+        }
+    }
+    moves.sort_by_key(|m| m.at);
+    Ok(moves)
 }
 
 struct Spec {
@@ -118,18 +158,54 @@ fn straight_run(
     Ok((get(&out), get(&err), code, took))
 }
 
-fn say(opts: &DemoOptions, t0: Instant, msg: impl AsRef<str>) {
-    if opts.verbose {
-        println!("[{:6.2}s] {}", t0.elapsed().as_secs_f64(), msg.as_ref());
+/// The demo's running commentary: timestamped lines on stdout and, on a terminal, a
+/// bar of the demo's steps on stderr.
+struct Narrator {
+    verbose: bool,
+    t0: Instant,
+    progress: Progress,
+}
+
+/// The steps the bar counts.
+const STEPS: u64 = 6;
+
+impl Narrator {
+    fn new(opts: &DemoOptions, t0: Instant) -> Narrator {
+        let progress = if opts.verbose {
+            Progress::bar(STEPS, Unit::Items, "demo: starting 3 nodes")
+        } else {
+            Progress::hidden()
+        };
+        Narrator {
+            verbose: opts.verbose,
+            t0,
+            progress,
+        }
+    }
+
+    fn say(&self, msg: impl AsRef<str>) {
+        if self.verbose {
+            self.progress.println(&format!(
+                "[{:6.2}s] {}",
+                self.t0.elapsed().as_secs_f64(),
+                msg.as_ref()
+            ));
+        }
+    }
+
+    /// Step `n` of [`STEPS`] begins.
+    fn step(&self, n: u64, what: &str) {
+        self.progress.set_position(n - 1);
+        self.progress.set_message(format!("demo: {what}"));
     }
 }
 
 /// `roam migrate JOB TO` as an operator would type it, with its outcome printed.
-async fn operator_move(opts: &DemoOptions, t0: Instant, home: &NodeHandle, job: &str, to: &str) {
-    say(opts, t0, format!("operator: roam migrate {job} {to}"));
+async fn operator_move(narr: &Narrator, home: &NodeHandle, job: &str, to: &str) {
+    narr.say(format!("operator: roam migrate {job} {to}"));
     match home.migrate(job, to).await {
-        Ok(r) => say(opts, t0, format!("  {}", line(&r))),
-        Err(e) => say(opts, t0, format!("  move not made: {e:#}")),
+        Ok(r) => narr.say(format!("  {}", line(&r))),
+        Err(e) => narr.say(format!("  move not made: {e:#}")),
     }
 }
 
@@ -171,6 +247,7 @@ where
 /// Runs the demo on the current actix system.
 pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoResult> {
     let t0 = Instant::now();
+    let narr = Narrator::new(&opts, t0);
     let read = |name: &str| -> anyhow::Result<Vec<u8>> {
         let p = opts.guests.join(format!("{name}.wasm"));
         std::fs::read(&p).with_context(|| {
@@ -185,11 +262,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoResult> {
     let host = Host::new(HostConfig::default())?;
 
     let nodes = node::local_swarm(&host, &["n1", "n2", "n3"], |_| {}).await?;
-    say(
-        &opts,
-        t0,
-        "swarm of 3 nodes up (n1, n2, n3), every node sees the others",
-    );
+    narr.say("swarm of 3 nodes up (n1, n2, n3), every node sees the others");
+    narr.step(1, "starting autopilot and tracker");
 
     let specs = [
         (
@@ -236,11 +310,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoResult> {
                 node: (*on).into(),
             },
         );
-        say(
-            &opts,
-            t0,
-            format!("started {id} on {on} (home n1: its output is collected there)"),
-        );
+        narr.say(format!(
+            "started {id} on {on} (home n1: its output is collected there)"
+        ));
         let (home, job, exits) = (home.clone(), id.clone(), exits.clone());
         actix::spawn(async move {
             while !finished(&home, &job).await {
@@ -254,21 +326,19 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoResult> {
     let step = |i: usize| nodes[i].clone();
     let names = ["n1", "n2", "n3"];
     // 1. Operator moves.
+    narr.step(2, "operator moves");
     for (job, to) in [("autopilot", 1usize), ("tracker", 2), ("autopilot", 2)] {
         tokio::time::sleep(Duration::from_millis(400)).await;
         if finished(&home, job).await {
-            say(
-                &opts,
-                t0,
-                format!("{job} already finished; skipping its move"),
-            );
+            narr.say(format!("{job} already finished; skipping its move"));
             continue;
         }
-        operator_move(&opts, t0, &home, job, names[to]).await;
+        operator_move(&narr, &home, job, names[to]).await;
     }
     // 2. A node is drained: everything on it moves away.
+    narr.step(3, "draining n3");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    say(&opts, t0, "operator: roam drain n3");
+    narr.say("operator: roam drain n3");
     timeline.push(ms(t0.elapsed()), What::Drain { node: "n3".into() });
     home.drain("n3").await?;
     let n3 = step(2);
@@ -283,8 +353,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoResult> {
         }
     })
     .await;
-    say(&opts, t0, format!("n3 drained: {drained}"));
+    narr.say(format!("n3 drained: {drained}"));
     // 3. A node gets loaded: its solver moves a job to a lighter peer.
+    narr.step(4, "an overloaded node sheds a job");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let busy = match (
         where_is(&nodes, "autopilot").await,
@@ -294,7 +365,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoResult> {
         _ => None,
     };
     if let Some(b) = busy {
-        say(&opts, t0, format!("{} gets loaded (load 1.0)", names[b]));
+        narr.say(format!("{} gets loaded (load 1.0)", names[b]));
         timeline.push(
             ms(t0.elapsed()),
             What::Load {
@@ -324,9 +395,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoResult> {
                 load: 0.0,
             },
         );
-        say(&opts, t0, format!("{} shed a job: {moved}", names[b]));
+        narr.say(format!("{} shed a job: {moved}", names[b]));
     }
     // 4. Back and forth until the jobs end.
+    narr.step(5, "moving the jobs back and forth until they end");
     let mut turn = 0usize;
     loop {
         let mut running = false;
@@ -345,7 +417,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoResult> {
                 continue;
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
-            operator_move(&opts, t0, &home, job, names[to]).await;
+            operator_move(&narr, &home, job, names[to]).await;
         }
         if !running {
             break;
@@ -358,39 +430,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoResult> {
         let at = seen.unwrap_or_else(|| t0.elapsed());
         timeline.push(ms(at), What::Exit { job: id.clone() });
     }
-    say(
-        &opts,
-        t0,
-        "both jobs finished; running them straight for the reference",
-    );
+    narr.say("both jobs finished; running them straight for the reference");
+    narr.step(6, "straight runs for the reference");
 
-    let mut result = DemoResult::default();
-    for (i, n) in nodes.iter().enumerate() {
-        let offset = n.shared.epoch.saturating_duration_since(t0);
-        let _ = i;
-        for r in n.migrator.send(node::migrator::Moves).await? {
-            result.moves.push(TimedMove {
-                at: offset + Duration::from_millis(r.started_ms),
-                end: offset + Duration::from_millis(r.ended_ms),
-                report: r,
-            });
-        }
-    }
-    result.moves.sort_by_key(|m| m.at);
+    let mut result = DemoResult {
+        moves: timed_moves(&nodes, t0).await?,
+        ..DemoResult::default()
+    };
     for m in &result.moves {
-        let r = &m.report;
-        timeline.push(
-            ms(m.at),
-            What::Move {
-                job: r.job.clone(),
-                from: r.from.clone(),
-                to: r.to.clone(),
-                end_ms: ms(m.end),
-                outcome: r.outcome.clone(),
-                downtime_ms: r.downtime_ms,
-                sent_bytes: r.sent_bytes,
-            },
-        );
+        m.add_to(&mut timeline);
     }
     result.timeline = timeline;
     for (spec, wasm, _) in &specs {
@@ -413,6 +461,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoResult> {
     for n in &nodes {
         n.shutdown().await;
     }
+    narr.progress.finish();
     result.elapsed = t0.elapsed();
     Ok(result)
 }

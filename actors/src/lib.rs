@@ -7,8 +7,10 @@
 //! struct here, like [`node::logbook`]); the actors only move events between cores,
 //! the job threads, the mesh task and timers.
 
+pub mod chaos;
 pub mod demo;
 pub mod http;
 pub mod node;
 pub mod placement_shell;
+pub mod progress;
 pub mod timeline;

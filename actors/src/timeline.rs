@@ -11,7 +11,12 @@
 //! - a move is an arrow from the job's row on the source to its row on the
 //!   destination at the handover, labelled with the downtime; the pre-copy before it
 //!   is a thin bracket on the source bar; an aborted move is a red cross;
-//! - a drain is a dashed line and a hatched rest of the lane; load is an orange band.
+//! - a drain is a dashed line and a hatched rest of the lane; load is an orange band;
+//! - a kill (of a node, or of one job on it) is a dark red bar where the jobs stop;
+//!   a partition is a purple band over the lanes of the nodes cut off, while it lasts.
+//!
+//! A lane has a row for each job that ever ran on that node, so a swarm of many
+//! nodes that each saw one job stays compact.
 
 use std::fmt::Write as _;
 
@@ -43,6 +48,12 @@ pub enum What {
     Drain { node: String },
     /// `node`'s load became `load` (0 ends a band).
     Load { node: String, load: f64 },
+    /// `node` was killed (a crash, a chaos run): every job running there stops. With
+    /// `job`, only that job was killed on `node`.
+    Kill { node: String, job: Option<String> },
+    /// `nodes` were cut off from the rest of the swarm from the event's time until
+    /// `end_ms`.
+    Partition { nodes: Vec<String>, end_ms: f64 },
 }
 
 /// A swarm's history, to draw.
@@ -91,6 +102,7 @@ impl Timeline {
         for e in self.sorted() {
             let job = match &e.what {
                 What::Start { job, .. } | What::Move { job, .. } | What::Exit { job } => job,
+                What::Kill { job: Some(job), .. } => job,
                 _ => continue,
             };
             if !jobs.contains(job) {
@@ -105,10 +117,12 @@ impl Timeline {
         let mut lanes = self.nodes.clone();
         for e in self.sorted() {
             let names: Vec<&String> = match &e.what {
-                What::Start { node, .. } | What::Drain { node } | What::Load { node, .. } => {
-                    vec![node]
-                }
+                What::Start { node, .. }
+                | What::Drain { node }
+                | What::Load { node, .. }
+                | What::Kill { node, .. } => vec![node],
                 What::Move { from, to, .. } => vec![from, to],
+                What::Partition { nodes, .. } => nodes.iter().collect(),
                 What::Exit { .. } => vec![],
             };
             for n in names {
@@ -126,7 +140,9 @@ impl Timeline {
             self.events
                 .iter()
                 .map(|e| match &e.what {
-                    What::Move { end_ms, .. } => end_ms.max(e.t_ms),
+                    What::Move { end_ms, .. } | What::Partition { end_ms, .. } => {
+                        end_ms.max(e.t_ms)
+                    }
                     _ => e.t_ms,
                 })
                 .fold(0.0, f64::max)
@@ -136,7 +152,8 @@ impl Timeline {
     /// Where each job ran when. A committed move ends the source's stretch when the
     /// job paused (its end minus the downtime) and starts the destination's at its
     /// end; other moves change nothing. A job with no start begins at 0 on the
-    /// source of its first move.
+    /// source of its first move. A kill ends the stretches on its node (or its one
+    /// job's).
     pub fn segments(&self) -> Vec<Segment> {
         let end = self.end();
         let mut open: Vec<(String, String, f64)> = Vec::new(); // job, node, since
@@ -174,6 +191,16 @@ impl Timeline {
                     open.push((job.clone(), to.clone(), *end_ms));
                 }
                 What::Exit { job } => close(&mut open, job, e.t_ms),
+                What::Kill { node, job } => {
+                    let hit: Vec<String> = open
+                        .iter()
+                        .filter(|(j, n, _)| n == node && job.as_ref().is_none_or(|k| k == j))
+                        .map(|(j, _, _)| j.clone())
+                        .collect();
+                    for j in hit {
+                        close(&mut open, &j, e.t_ms);
+                    }
+                }
                 _ => {}
             }
         }
@@ -183,6 +210,40 @@ impl Timeline {
         }
         out.sort_by(|a, b| a.from_ms.total_cmp(&b.from_ms));
         out
+    }
+
+    /// The job rows of each lane (in [`Timeline::lanes`] order): the jobs that ran on
+    /// that node, were moved to or from it, or were killed there, in [`Timeline::jobs`]
+    /// order.
+    pub fn lane_rows(&self) -> Vec<Vec<String>> {
+        let lanes = self.lanes();
+        let mut on: Vec<std::collections::HashSet<String>> = vec![Default::default(); lanes.len()];
+        let mut mark = |node: &str, job: &str| {
+            if let Some(i) = lanes.iter().position(|n| n == node) {
+                on[i].insert(job.to_string());
+            }
+        };
+        for g in self.segments() {
+            mark(&g.node, &g.job);
+        }
+        for e in &self.events {
+            match &e.what {
+                What::Move { job, from, to, .. } => {
+                    mark(from, job);
+                    mark(to, job);
+                }
+                What::Start { job, node }
+                | What::Kill {
+                    node,
+                    job: Some(job),
+                } => mark(node, job),
+                _ => {}
+            }
+        }
+        let jobs = self.jobs();
+        on.iter()
+            .map(|set| jobs.iter().filter(|j| set.contains(*j)).cloned().collect())
+            .collect()
     }
 }
 
@@ -251,30 +312,141 @@ fn tick_label(ms: f64, step: f64) -> String {
     }
 }
 
-/// Label boxes already placed, so later labels move out of their way.
+/// How bad it is for a label to cover something: text over text is unreadable, over
+/// a bar it hides the bar, across an arrow (haloed) it is only untidy.
+const OVER_LABEL: u32 = 100;
+const OVER_BAR: u32 = 10;
+const OVER_ARROW: u32 = 1;
+
+/// Boxes already taken (labels, bars, arrows), each with the cost of covering it, so
+/// later labels move out of their way.
 #[derive(Default)]
-struct Placed(Vec<(f64, f64, f64, f64)>);
+struct Placed(Vec<(f64, f64, f64, f64, u32)>);
 
 impl Placed {
-    /// Marks a rectangle labels should keep off.
-    fn block(&mut self, x0: f64, y0: f64, x1: f64, y1: f64) {
-        self.0.push((x0, y0, x1, y1));
+    /// Marks a rectangle labels should keep off, at `cost` ([`OVER_BAR`], ...).
+    fn block(&mut self, x0: f64, y0: f64, x1: f64, y1: f64, cost: u32) {
+        self.0.push((x0, y0, x1, y1, cost));
     }
 
-    /// Places a label of `chars` characters whose left end is near `x`, at the first of
-    /// `ys` (baselines) where it overlaps nothing; returns the chosen baseline.
+    /// Places a label of `chars` characters whose left end is near `x` at the first of
+    /// `ys` (baselines) that covers nothing or, where every one covers something, at
+    /// the first of the cheapest; returns the chosen baseline (`ys[0]` if empty).
     fn place(&mut self, x: f64, chars: usize, ys: &[f64]) -> f64 {
-        let w = chars as f64 * CHAR_W;
+        // Labels are often bold: a little wider than plain text.
+        let w = chars as f64 * CHAR_W * 1.1;
         let h = FONT;
-        let free = |y: f64, placed: &Placed| {
+        let cost = |y: f64, placed: &Placed| -> u32 {
             placed
                 .0
                 .iter()
-                .all(|&(x0, y0, x1, y1)| x + w <= x0 || x >= x1 || y + 2.0 <= y0 || y - h >= y1)
+                .filter(|&&(x0, y0, x1, y1, _)| {
+                    !(x + w <= x0 || x >= x1 || y + 2.0 <= y0 || y - h >= y1)
+                })
+                .map(|b| b.4)
+                .sum()
         };
-        let y = ys.iter().copied().find(|&y| free(y, self)).unwrap_or(ys[0]);
-        self.0.push((x - 1.0, y - h, x + w + 1.0, y + 2.0));
+        let mut best: Option<(u32, f64)> = None;
+        for &y in ys {
+            let c = cost(y, self);
+            if best.is_none_or(|(b, _)| c < b) {
+                best = Some((c, y));
+            }
+            if c == 0 {
+                break;
+            }
+        }
+        let y = best.map_or(ys.first().copied().unwrap_or(0.0), |b| b.1);
+        self.block(x - 1.0, y - h, x + w + 1.0, y + 2.0, OVER_LABEL);
         y
+    }
+}
+
+/// Colours of the markers that are not jobs.
+const KILL: &str = "#8b0000";
+const PARTITION: &str = "#7b3294";
+
+/// One entry of the legend under the plot.
+enum Key {
+    Job(String, &'static str),
+    Move,
+    PreCopy,
+    Aborted,
+    Drain,
+    Load,
+    Kill,
+    Partition,
+}
+
+impl Key {
+    fn label(&self) -> &str {
+        match self {
+            Key::Job(name, _) => name,
+            Key::Move => "move (label: downtime)",
+            Key::PreCopy => "pre-copy",
+            Key::Aborted => "aborted move",
+            Key::Drain => "drain",
+            Key::Load => "load",
+            Key::Kill => "kill",
+            Key::Partition => "partition",
+        }
+    }
+
+    /// The swatch (22 × 14 px at `x`, baseline `y`) and the label after it.
+    fn draw(&self, s: &mut String, x: f64, y: f64) {
+        let (y0, y1) = (y - 11.0, y + 3.0);
+        let _ = match self {
+            Key::Job(_, c) => write!(
+                s,
+                r#"<rect x="{x:.1}" y="{y0:.1}" width="22" height="{BAR}" rx="2" fill="{c}"/>"#
+            ),
+            Key::Move => write!(
+                s,
+                r##"<line x1="{a:.1}" y1="{y0:.1}" x2="{a:.1}" y2="{y1:.1}" stroke="#222" stroke-width="1.6" marker-end="url(#arrow)"/>"##,
+                a = x + 11.0
+            ),
+            Key::PreCopy => write!(
+                s,
+                r##"<path d="M{x:.1},{y1:.1} V{y0:.1} H{b:.1}" fill="none" stroke="#222" stroke-width="1.2"/>"##,
+                b = x + 22.0
+            ),
+            Key::Aborted => write!(
+                s,
+                r##"<path d="M{a:.1},{c:.1} L{b:.1},{d:.1} M{a:.1},{d:.1} L{b:.1},{c:.1}" stroke="#d00" stroke-width="2.5"/>"##,
+                a = x + 6.0,
+                b = x + 16.0,
+                c = y - 9.0,
+                d = y + 1.0
+            ),
+            Key::Drain => write!(
+                s,
+                r##"<line x1="{a:.1}" y1="{y0:.1}" x2="{a:.1}" y2="{y1:.1}" stroke="#c00" stroke-width="2" stroke-dasharray="5,3"/>"##,
+                a = x + 11.0
+            ),
+            Key::Load => write!(
+                s,
+                r##"<rect x="{x:.1}" y="{y0:.1}" width="22" height="{BAR}" fill="#ff9f1c" fill-opacity="0.32"/>"##
+            ),
+            Key::Kill => write!(
+                s,
+                r#"<rect x="{a:.1}" y="{y0:.1}" width="3" height="{BAR}" fill="{KILL}"/>"#,
+                a = x + 9.5
+            ),
+            Key::Partition => write!(
+                s,
+                r#"<rect x="{x:.1}" y="{y0:.1}" width="22" height="{BAR}" fill="{PARTITION}" fill-opacity="0.15" stroke="{PARTITION}" stroke-dasharray="4,2"/>"#
+            ),
+        };
+        let _ = write!(
+            s,
+            r#"<text x="{:.1}" y="{y:.1}">{}</text>"#,
+            x + 28.0,
+            escape(self.label())
+        );
+    }
+
+    fn width(&self) -> f64 {
+        28.0 + self.label().chars().count() as f64 * CHAR_W + 18.0
     }
 }
 
@@ -282,20 +454,65 @@ impl Placed {
 pub fn render_svg(t: &Timeline) -> String {
     let lanes = t.lanes();
     let jobs = t.jobs();
+    let rows = t.lane_rows();
     let end = t.end().max(1.0);
-    let plot_w = WIDTH - LEFT - RIGHT;
-    let x = |ms: f64| LEFT + (ms.clamp(0.0, end) / end) * plot_w;
-    let lane_h = PAD * 2.0 + ROW * jobs.len().max(1) as f64;
-    let lane_top = |lane: usize| TOP + lane as f64 * lane_h;
+    // Room for the longest node name left of the lanes (bold 14 px).
+    let left = lanes
+        .iter()
+        .map(|n| 24.0 + n.chars().count() as f64 * 9.0)
+        .fold(LEFT, f64::max);
+    let plot_w = WIDTH - left - RIGHT;
+    let x = |ms: f64| left + (ms.clamp(0.0, end) / end) * plot_w;
+    let lane_h = |lane: usize| PAD * 2.0 + ROW * rows[lane].len().max(1) as f64;
+    let mut tops = vec![TOP];
+    for i in 0..lanes.len() {
+        tops.push(tops[i] + lane_h(i));
+    }
+    let lane_top = |lane: usize| tops[lane];
     let lane_of = |node: &str| lanes.iter().position(|n| n == node).unwrap_or(0);
     let job_idx = |job: &str| jobs.iter().position(|j| j == job).unwrap_or(0);
     // Middle of `job`'s row in `node`'s lane.
     let row_y = |node: &str, job: &str| {
-        lane_top(lane_of(node)) + PAD + ROW * job_idx(job) as f64 + ROW / 2.0
+        let l = lane_of(node);
+        let k = rows[l].iter().position(|j| j == job).unwrap_or(0);
+        lane_top(l) + PAD + ROW * k as f64 + ROW / 2.0
     };
     let color = |job: &str| PALETTE[job_idx(job) % PALETTE.len()];
     let plot_bottom = lane_top(lanes.len());
-    let height = plot_bottom + 100.0;
+    let sorted = t.sorted();
+    let has = |f: &dyn Fn(&What) -> bool| sorted.iter().any(|e| f(&e.what));
+
+    // The legend: every job, then the marks this picture uses, flowed into lines.
+    let mut keys: Vec<Key> = jobs.iter().map(|j| Key::Job(j.clone(), color(j))).collect();
+    keys.extend([Key::Move, Key::PreCopy]);
+    let aborted = |w: &What| matches!(w, What::Move { outcome, .. } if outcome != "committed");
+    for (present, key) in [
+        (has(&aborted), Key::Aborted),
+        (has(&|w| matches!(w, What::Drain { .. })), Key::Drain),
+        (has(&|w| matches!(w, What::Load { .. })), Key::Load),
+        (has(&|w| matches!(w, What::Kill { .. })), Key::Kill),
+        (
+            has(&|w| matches!(w, What::Partition { .. })),
+            Key::Partition,
+        ),
+    ] {
+        if present {
+            keys.push(key);
+        }
+    }
+    let mut legend: Vec<Vec<&Key>> = vec![Vec::new()];
+    let mut used = 0.0;
+    for k in &keys {
+        if used + k.width() > WIDTH - left - RIGHT && used > 0.0 {
+            legend.push(Vec::new());
+            used = 0.0;
+        }
+        used += k.width();
+        if let Some(line) = legend.last_mut() {
+            line.push(k);
+        }
+    }
+    let height = plot_bottom + 46.0 + 22.0 * legend.len() as f64 + 8.0;
 
     let mut s = String::new();
     let _ = writeln!(
@@ -308,25 +525,30 @@ pub fn render_svg(t: &Timeline) -> String {
 </defs>
 <rect width="100%" height="100%" fill="white"/>"##
     );
-    let moves = t
-        .events
-        .iter()
-        .filter(|e| matches!(e.what, What::Move { .. }))
-        .count();
-    let committed = t
-        .events
-        .iter()
-        .filter(|e| matches!(&e.what, What::Move { outcome, .. } if outcome == "committed"))
-        .count();
-    let _ = writeln!(
-        s,
-        r##"<text x="{LEFT}" y="24" font-size="16" font-weight="bold">{}</text>
-    <text x="{LEFT}" y="44" fill="#444">{} nodes, {} jobs, {} moves ({} committed) over {:.1} s. Arrow: a move at its handover, labelled with the job's downtime.</text>"##,
-        escape(&t.title),
+    let count = |f: &dyn Fn(&What) -> bool| t.events.iter().filter(|e| f(&e.what)).count();
+    let moves = count(&|w| matches!(w, What::Move { .. }));
+    let committed = count(&|w| matches!(w, What::Move { outcome, .. } if outcome == "committed"));
+    let kills = count(&|w| matches!(w, What::Kill { .. }));
+    let partitions = count(&|w| matches!(w, What::Partition { .. }));
+    let mut summary = format!(
+        "{} nodes, {} jobs, {} moves ({} committed)",
         lanes.len(),
         jobs.len(),
         moves,
-        committed,
+        committed
+    );
+    let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    if kills > 0 {
+        let _ = write!(summary, ", {}", plural(kills, "kill"));
+    }
+    if partitions > 0 {
+        let _ = write!(summary, ", {}", plural(partitions, "partition"));
+    }
+    let _ = writeln!(
+        s,
+        r##"<text x="{left}" y="24" font-size="16" font-weight="bold">{}</text>
+<text x="{left}" y="44" fill="#444">{summary} over {:.1} s. Arrow: a move at its handover, labelled with the job's downtime.</text>"##,
+        escape(&t.title),
         end / 1e3
     );
 
@@ -336,10 +558,11 @@ pub fn render_svg(t: &Timeline) -> String {
         let fill = if i % 2 == 0 { "#f4f6f8" } else { "#ffffff" };
         let _ = writeln!(
             s,
-            r##"<g class="lane" data-node="{n}"><rect x="{LEFT}" y="{y0}" width="{plot_w}" height="{lane_h}" fill="{fill}" stroke="#d0d4d8"/><text x="{lx}" y="{ty}" text-anchor="end" font-size="14" font-weight="bold">{n}</text></g>"##,
+            r##"<g class="lane" data-node="{n}"><rect x="{left}" y="{y0}" width="{plot_w}" height="{h}" fill="{fill}" stroke="#d0d4d8"/><text x="{lx}" y="{ty}" text-anchor="end" font-size="14" font-weight="bold">{n}</text></g>"##,
             n = escape(node),
-            lx = LEFT - 10.0,
-            ty = y0 + lane_h / 2.0 + 5.0,
+            h = lane_h(i),
+            lx = left - 10.0,
+            ty = y0 + lane_h(i) / 2.0 + 5.0,
         );
     }
 
@@ -358,12 +581,11 @@ pub fn render_svg(t: &Timeline) -> String {
         tick += step;
     }
 
-    let sorted = t.sorted();
     // Labels placed so far; move labels keep out of their way.
     let mut placed = Placed::default();
-    // Load bands and drains (under the bars).
+    // Load bands, drains and partitions (under the bars).
     for (i, node) in lanes.iter().enumerate() {
-        let y0 = lane_top(i);
+        let (y0, h) = (lane_top(i), lane_h(i));
         let loads: Vec<(f64, f64)> = sorted
             .iter()
             .filter_map(|e| match &e.what {
@@ -380,7 +602,7 @@ pub fn render_svg(t: &Timeline) -> String {
             placed.place(bx + 3.0, 8, &[y0 + 14.0]);
             let _ = writeln!(
                 s,
-                r##"<g class="load" data-node="{n}"><title>{n}: load {load:.2} from {:.2} s</title><rect x="{bx:.1}" y="{y0}" width="{bw:.1}" height="{lane_h}" fill="#ff9f1c" fill-opacity="{op:.2}"/><text x="{tx:.1}" y="{ty}" fill="#b35c00">load {load:.1}</text></g>"##,
+                r##"<g class="load" data-node="{n}"><title>{n}: load {load:.2} from {:.2} s</title><rect x="{bx:.1}" y="{y0}" width="{bw:.1}" height="{h}" fill="#ff9f1c" fill-opacity="{op:.2}"/><text x="{tx:.1}" y="{ty}" fill="#b35c00">load {load:.1}</text></g>"##,
                 at / 1e3,
                 n = escape(node),
                 op = 0.12 + 0.2 * load.min(1.0),
@@ -389,22 +611,35 @@ pub fn render_svg(t: &Timeline) -> String {
             );
         }
         for e in &sorted {
-            if let What::Drain { node: n } = &e.what {
-                if n != node {
-                    continue;
+            match &e.what {
+                What::Drain { node: n } if n == node => {
+                    let dx = x(e.t_ms);
+                    placed.place(dx + 4.0, 6 + n.chars().count(), &[y0 + 14.0]);
+                    let _ = writeln!(
+                        s,
+                        r##"<g class="drain" data-node="{n}"><title>drain {n} at {:.2} s</title><rect x="{dx:.1}" y="{y0}" width="{w:.1}" height="{h}" fill="url(#hatch)" fill-opacity="0.35"/><line x1="{dx:.1}" y1="{y0}" x2="{dx:.1}" y2="{y1}" stroke="#c00" stroke-width="2" stroke-dasharray="5,3"/><text x="{tx:.1}" y="{ty}" fill="#c00" font-weight="bold">drain {n}</text></g>"##,
+                        e.t_ms / 1e3,
+                        n = escape(n),
+                        w = (x(end) - dx).max(0.0),
+                        y1 = y0 + h,
+                        tx = dx + 4.0,
+                        ty = y0 + 14.0,
+                    );
                 }
-                let dx = x(e.t_ms);
-                placed.place(dx + 4.0, 6 + n.chars().count(), &[y0 + 14.0]);
-                let _ = writeln!(
-                    s,
-                    r##"<g class="drain" data-node="{n}"><title>drain {n} at {:.2} s</title><rect x="{dx:.1}" y="{y0}" width="{w:.1}" height="{lane_h}" fill="url(#hatch)" fill-opacity="0.35"/><line x1="{dx:.1}" y1="{y0}" x2="{dx:.1}" y2="{y1}" stroke="#c00" stroke-width="2" stroke-dasharray="5,3"/><text x="{tx:.1}" y="{ty}" fill="#c00" font-weight="bold">drain {n}</text></g>"##,
-                    e.t_ms / 1e3,
-                    n = escape(n),
-                    w = (x(end) - dx).max(0.0),
-                    y1 = y0 + lane_h,
-                    tx = dx + 4.0,
-                    ty = y0 + 14.0,
-                );
+                What::Partition { nodes, end_ms } if nodes.contains(node) => {
+                    let (px, pw) = (x(e.t_ms), (x(*end_ms) - x(e.t_ms)).max(3.0));
+                    let ty = placed.place(px + 4.0, 9, &[y0 + 14.0, y0 + h - 6.0]);
+                    let _ = writeln!(
+                        s,
+                        r##"<g class="partition" data-node="{n}" data-nodes="{all}"><title>{all} cut off from the others, {:.2}–{:.2} s</title><rect x="{px:.1}" y="{y0}" width="{pw:.1}" height="{h}" fill="{PARTITION}" fill-opacity="0.13" stroke="{PARTITION}" stroke-dasharray="4,2"/><text x="{tx:.1}" y="{ty}" fill="{PARTITION}" font-weight="bold">partition</text></g>"##,
+                        e.t_ms / 1e3,
+                        end_ms / 1e3,
+                        n = escape(node),
+                        all = escape(&nodes.join(" ")),
+                        tx = px + 4.0,
+                    );
+                }
+                _ => {}
             }
         }
     }
@@ -416,6 +651,8 @@ pub fn render_svg(t: &Timeline) -> String {
         for seg in segments.iter().filter(|g| &g.job == job) {
             let (bx, bw) = (x(seg.from_ms), (x(seg.to_ms) - x(seg.from_ms)).max(1.5));
             let by = row_y(&seg.node, job) - BAR / 2.0;
+            // Move labels keep off bars where they can.
+            placed.block(bx, by, bx + bw, by + BAR, OVER_BAR);
             let _ = writeln!(
                 s,
                 r#"<rect x="{bx:.1}" y="{by:.1}" width="{bw:.1}" height="{BAR}" rx="2" fill="{c}"><title>{j} on {n}: {:.2}–{:.2} s</title></rect>"#,
@@ -425,7 +662,7 @@ pub fn render_svg(t: &Timeline) -> String {
                 j = escape(job),
                 n = escape(&seg.node),
             );
-            let label_w = job.chars().count() as f64 * CHAR_W * 0.9 + 6.0;
+            let label_w = job.chars().count() as f64 * CHAR_W + 8.0;
             if bw > label_w {
                 let _ = writeln!(
                     s,
@@ -442,6 +679,8 @@ pub fn render_svg(t: &Timeline) -> String {
                     let last = segments.iter().rfind(|g| &g.job == job);
                     if let Some(seg) = last {
                         let (ex, ey) = (x(e.t_ms), row_y(&seg.node, job));
+                        let right = ex + 3.0 + 4.0 * CHAR_W;
+                        placed.block(ex, ey - BAR / 2.0, right, ey + BAR / 2.0, OVER_LABEL);
                         let _ = writeln!(
                             s,
                             r##"<line x1="{ex:.1}" y1="{:.1}" x2="{ex:.1}" y2="{:.1}" stroke="#222" stroke-width="2"/><text x="{:.1}" y="{:.1}" fill="#222">exit</text>"##,
@@ -455,6 +694,47 @@ pub fn render_svg(t: &Timeline) -> String {
             }
         }
         let _ = writeln!(s, "</g>");
+    }
+
+    // Kills, over the bars they end.
+    for e in &sorted {
+        let What::Kill { node, job } = &e.what else {
+            continue;
+        };
+        let kx = x(e.t_ms);
+        let l = lane_of(node);
+        let (y0, y1, label) = match job {
+            Some(j) => {
+                let y = row_y(node, j);
+                (
+                    y - BAR / 2.0 - 4.0,
+                    y + BAR / 2.0 + 4.0,
+                    "killed".to_string(),
+                )
+            }
+            None => (
+                lane_top(l),
+                lane_top(l) + lane_h(l),
+                format!("{node} killed"),
+            ),
+        };
+        let mid = (y0 + y1) / 2.0 + 4.0;
+        let ly = placed.place(kx + 5.0, label.chars().count(), &[mid, y0 + 12.0, y1 - 2.0]);
+        let _ = writeln!(
+            s,
+            r##"<g class="kill" data-node="{n}" data-job="{j}"><title>{what} at {:.2} s</title><rect x="{:.1}" y="{y0:.1}" width="3" height="{:.1}" fill="{KILL}"/><text x="{:.1}" y="{ly:.1}" fill="{KILL}" font-weight="bold" stroke="#fff" stroke-width="3" paint-order="stroke">{}</text></g>"##,
+            e.t_ms / 1e3,
+            kx - 1.5,
+            y1 - y0,
+            kx + 5.0,
+            escape(&label),
+            n = escape(node),
+            j = escape(job.as_deref().unwrap_or("")),
+            what = escape(&match job {
+                Some(j) => format!("{j} killed on {node}"),
+                None => format!("{node} killed"),
+            }),
+        );
     }
 
     // Moves, on top; their labels stay beside their arrow and keep off other arrows
@@ -471,7 +751,13 @@ pub fn render_svg(t: &Timeline) -> String {
         {
             if outcome == "committed" {
                 let (a, b) = (row_y(from, job), row_y(to, job));
-                placed.block(x(*end_ms) - 3.0, a.min(b), x(*end_ms) + 3.0, a.max(b));
+                placed.block(
+                    x(*end_ms) - 3.0,
+                    a.min(b),
+                    x(*end_ms) + 3.0,
+                    a.max(b),
+                    OVER_ARROW,
+                );
             }
         }
     }
@@ -548,7 +834,7 @@ pub fn render_svg(t: &Timeline) -> String {
             );
         }
         // The label: beside the arrow's middle (or the cross), moved out of the way of
-        // labels already placed.
+        // labels, bars and arrows already placed (see `Placed::place`).
         let mid = if committed {
             (y_from + y_to) / 2.0 + 4.0
         } else {
@@ -559,7 +845,8 @@ pub fn render_svg(t: &Timeline) -> String {
         } else {
             (y_from - ROW, y_from + ROW)
         };
-        let ys: Vec<f64> = (0..24)
+        // Nearest the middle first; beside the arrow before beyond its ends.
+        let near: Vec<f64> = (0..24)
             .map(|k| {
                 let d = (k / 2 + k % 2) as f64 * (FONT / 2.0);
                 if k % 2 == 0 {
@@ -568,8 +855,17 @@ pub fn render_svg(t: &Timeline) -> String {
                     mid - d
                 }
             })
-            .filter(|y| (lo..=hi).contains(y))
+            .collect();
+        let (beside, beyond): (Vec<f64>, Vec<f64>) =
+            near.into_iter().partition(|y| (lo..=hi).contains(y));
+        let ys: Vec<f64> = beside
+            .into_iter()
             .chain([mid])
+            .chain(
+                beyond
+                    .into_iter()
+                    .filter(|y| (lo - ROW..=hi + ROW).contains(y)),
+            )
             .collect();
         let ly = placed.place(x_end + 4.0, label.chars().count(), &ys);
         let _ = writeln!(
@@ -582,43 +878,17 @@ pub fn render_svg(t: &Timeline) -> String {
     }
 
     // Legend.
-    let ly = plot_bottom + 46.0;
-    let mut lx = LEFT;
-    for job in &jobs {
-        let _ = writeln!(
-            s,
-            r#"<rect x="{lx:.1}" y="{:.1}" width="22" height="{BAR}" rx="2" fill="{}"/><text x="{:.1}" y="{ly:.1}">{}</text>"#,
-            ly - 11.0,
-            color(job),
-            lx + 28.0,
-            escape(job)
-        );
-        lx += 40.0 + job.chars().count() as f64 * CHAR_W;
+    let _ = writeln!(s, r#"<g class="legend">"#);
+    for (i, line) in legend.iter().enumerate() {
+        let ly = plot_bottom + 46.0 + 22.0 * i as f64;
+        let mut lx = left;
+        for k in line {
+            k.draw(&mut s, lx, ly);
+            lx += k.width();
+        }
+        s.push('\n');
     }
-    let _ = writeln!(
-        s,
-        r##"<line x1="{a:.1}" y1="{y0:.1}" x2="{a:.1}" y2="{y1:.1}" stroke="#222" stroke-width="1.6" marker-end="url(#arrow)"/><text x="{b:.1}" y="{ly:.1}">move (downtime)</text>
-<path d="M{c:.1},{y1:.1} V{y0:.1} H{d:.1}" fill="none" stroke="#222" stroke-width="1.2"/><text x="{e:.1}" y="{ly:.1}">pre-copy</text>
-<path d="M{f0:.1},{g0:.1} L{f1:.1},{g1:.1} M{f0:.1},{g1:.1} L{f1:.1},{g0:.1}" stroke="#d00" stroke-width="2.5"/><text x="{h:.1}" y="{ly:.1}">aborted move</text>
-<line x1="{i:.1}" y1="{y0:.1}" x2="{i:.1}" y2="{y1:.1}" stroke="#c00" stroke-width="2" stroke-dasharray="5,3"/><text x="{j:.1}" y="{ly:.1}">drain</text>
-<rect x="{k:.1}" y="{y0:.1}" width="22" height="{BAR}" fill="#ff9f1c" fill-opacity="0.32"/><text x="{l:.1}" y="{ly:.1}">load</text>"##,
-        a = lx + 6.0,
-        b = lx + 14.0,
-        c = lx + 130.0,
-        d = lx + 150.0,
-        e = lx + 156.0,
-        f0 = lx + 225.0,
-        f1 = lx + 235.0,
-        g0 = ly - 9.0,
-        g1 = ly + 1.0,
-        h = lx + 242.0,
-        i = lx + 345.0,
-        j = lx + 352.0,
-        k = lx + 400.0,
-        l = lx + 428.0,
-        y0 = ly - 11.0,
-        y1 = ly + 3.0,
-    );
+    let _ = writeln!(s, "</g>");
     s.push_str("</svg>\n");
     s
 }
@@ -760,13 +1030,11 @@ mod tests {
         );
     }
 
-    #[test]
-    fn svg_is_well_formed_and_shows_every_job_and_move() {
-        let t = sample();
-        let svg = render_svg(&t);
-        let tags = tags(&svg);
+    /// Parses `svg` and checks it draws every job of `t` and every move, with their
+    /// nodes; returns the start tags.
+    fn assert_shows_every_job_and_move(t: &Timeline, svg: &str) -> Vec<String> {
+        let tags = tags(svg);
         assert!(tags[0].starts_with("svg "), "{}", tags[0]);
-        assert!(svg.contains("a &lt;demo&gt; &amp; more"));
         for job in t.jobs() {
             assert!(
                 tags.iter().any(|g| g.starts_with("g ")
@@ -796,6 +1064,22 @@ mod tests {
                 "move {job} {from}→{to} missing"
             );
         }
+        // Every stretch a job ran somewhere is a bar in that node's lane.
+        let bars = svg.matches("<rect x=").count();
+        assert!(bars >= t.segments().len(), "{bars} rects");
+        for g in t.segments() {
+            let title = format!("<title>{} on {}: ", escape(&g.job), escape(&g.node));
+            assert!(svg.contains(&title), "no bar {title}");
+        }
+        tags
+    }
+
+    #[test]
+    fn svg_is_well_formed_and_shows_every_job_and_move() {
+        let t = sample();
+        let svg = render_svg(&t);
+        assert_shows_every_job_and_move(&t, &svg);
+        assert!(svg.contains("a &lt;demo&gt; &amp; more"));
         // Each committed move's downtime is written out; the aborted one says so.
         assert_eq!(svg.matches(">4.5 ms</text>").count(), 4);
         assert!(svg.contains(">aborted</text>"));
@@ -804,6 +1088,96 @@ mod tests {
         }
         assert!(svg.contains("class=\"drain\" data-node=\"n3\""));
         assert!(svg.contains("class=\"load\" data-node=\"n1\""));
+    }
+
+    #[test]
+    fn kills_and_partitions_end_bars_and_are_drawn() {
+        let mut t = sample();
+        t.push(
+            100.0,
+            What::Start {
+                job: "lone".into(),
+                node: "n3".into(),
+            },
+        );
+        t.push(
+            1200.0,
+            What::Kill {
+                node: "n3".into(),
+                job: Some("lone".into()),
+            },
+        );
+        t.push(
+            2000.0,
+            What::Kill {
+                node: "n1".into(),
+                job: None,
+            },
+        );
+        t.push(
+            2100.0,
+            What::Partition {
+                nodes: vec!["n2".into(), "n3".into()],
+                end_ms: 2600.0,
+            },
+        );
+        t.push(
+            2200.0,
+            What::Start {
+                job: "tracker".into(),
+                node: "n2".into(),
+            },
+        );
+        let segs = t.segments();
+        let on = |job: &str, node: &str| -> Vec<(f64, f64)> {
+            segs.iter()
+                .filter(|s| s.job == job && s.node == node)
+                .map(|s| (s.from_ms, s.to_ms))
+                .collect()
+        };
+        // The node kill ends both jobs on n1; tracker starts again on n2.
+        assert_eq!(on("autopilot", "n1").last(), Some(&(1530.0, 2000.0)));
+        assert_eq!(on("tracker", "n1"), vec![(1530.0, 2000.0)]);
+        assert_eq!(on("tracker", "n2").last(), Some(&(2200.0, 3000.0)));
+        assert_eq!(on("lone", "n3"), vec![(100.0, 1200.0)]);
+        // Rows: only the jobs that were on a node.
+        let rows = t.lane_rows();
+        assert_eq!(rows[2], vec!["tracker".to_string(), "lone".to_string()]);
+        assert_eq!(
+            rows[0],
+            vec!["autopilot".to_string(), "tracker".to_string()]
+        );
+
+        let svg = render_svg(&t);
+        let tags = assert_shows_every_job_and_move(&t, &svg);
+        let kills: Vec<&String> = tags
+            .iter()
+            .filter(|g| g.contains("class=\"kill\""))
+            .collect();
+        assert_eq!(kills.len(), 2, "{kills:?}");
+        assert!(kills
+            .iter()
+            .any(|g| g.contains("data-node=\"n3\" data-job=\"lone\"")));
+        assert!(kills
+            .iter()
+            .any(|g| g.contains("data-node=\"n1\" data-job=\"\"")));
+        assert!(svg.contains(">n1 killed</text>"));
+        for n in ["n2", "n3"] {
+            assert!(
+                svg.contains(&format!(
+                    "class=\"partition\" data-node=\"{n}\" data-nodes=\"n2 n3\""
+                )),
+                "no partition band on {n}"
+            );
+        }
+        assert!(!svg.contains("class=\"partition\" data-node=\"n1\""));
+        assert!(svg.contains("2 kills, 1 partition over"), "summary");
+        // The legend names the marks used (and only those).
+        for key in ["kill", "partition", "drain", "load", "aborted move", "lone"] {
+            assert!(svg.contains(&format!(">{key}</text>")), "legend: {key}");
+        }
+        let plain = render_svg(&Timeline::new("x", &["a"]));
+        assert!(!plain.contains(">kill</text>") && !plain.contains(">partition</text>"));
     }
 
     #[test]

@@ -20,48 +20,34 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::Command;
 
+mod common;
+use common::{run_json_script, say, ScriptRun};
+
 #[test]
 fn shaped_move_between_namespaces_keeps_the_output() {
     let euid = std::fs::metadata("/proc/self").map(|m| m.uid());
     if euid.as_ref().ok() != Some(&0) {
-        eprintln!(
+        say(&format!(
             "SKIP shaped_move_between_namespaces: needs root for ip netns / tc (euid {euid:?})"
-        );
+        ));
         return;
     }
     if Command::new("ip").arg("-V").output().is_err() {
-        eprintln!("SKIP shaped_move_between_namespaces: iproute2 (ip) missing");
+        say("SKIP shaped_move_between_namespaces: iproute2 (ip) missing");
         return;
     }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = Command::new(root.join("scripts/shaped-move"))
-        // The node's default timeouts: a first round that outlasts any guess of the
-        // link's speed is kept alive by the destination's progress reports.
-        .args(["--mib", "64", "--json"])
-        .env("ROAM_BIN", env!("CARGO_BIN_EXE_roam"))
-        .current_dir(&root)
-        .output()
-        .expect("running scripts/shaped-move");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("{stdout}");
-    let last = stdout.lines().last().unwrap_or("");
-    let v: serde_json::Value = serde_json::from_str(last).unwrap_or_else(|e| {
-        panic!(
-            "the script's last line is not JSON ({e}); exit {:?}\n{stdout}\n{stderr}",
-            out.status.code()
-        )
-    });
-    if let Some(why) = v.get("skipped").and_then(|s| s.as_str()) {
-        eprintln!("SKIP shaped_move_between_namespaces: {why}");
+    let Some(ScriptRun { v, last, stderr }) = run_json_script(
+        "shaped_move_between_namespaces",
+        Command::new(root.join("scripts/shaped-move"))
+            // The node's default timeouts: a first round that outlasts any guess of the
+            // link's speed is kept alive by the destination's progress reports.
+            .args(["--mib", "64", "--json"])
+            .env("ROAM_BIN", env!("CARGO_BIN_EXE_roam"))
+            .current_dir(&root),
+    ) else {
         return;
-    }
-    assert!(
-        out.status.success(),
-        "scripts/shaped-move failed (exit {:?}): {}\n{stderr}",
-        out.status.code(),
-        v.get("error").and_then(|e| e.as_str()).unwrap_or(last)
-    );
+    };
     assert_eq!(v["shaped_outcome"], "committed", "{last}\n{stderr}");
     assert_eq!(v["outputs_identical"], true, "{last}\n{stderr}");
     let sent = v["shaped_sent_bytes"].as_u64().expect("shaped_sent_bytes");

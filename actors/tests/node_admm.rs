@@ -67,6 +67,32 @@ fn admm_spreads_jobs_to_fit_capacity() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(spread, "the jobs were not spread one per node");
+        // Every member counted the rounds it solved, as /metrics shows them.
+        let mut moves = Vec::new();
+        for n in &nodes {
+            let t = n
+                .solver
+                .send(node::solver::AdmmStats)
+                .await
+                .expect("admm stats");
+            let placed = t.rounds["placed"];
+            assert!(placed >= 1, "{}: {t:?}", n.name());
+            assert!(t.iterations_total >= placed && t.iterations.count() == placed);
+            assert!(t.sent_bytes > 0, "{}: {t:?}", n.name());
+            let last = t.last.clone().expect("a last placed round");
+            assert!(last.iterations > 0 && last.round >= 1);
+            let text = actors::node::api::metrics::render_admm(&t);
+            assert!(
+                text.contains(&format!(
+                    "roam_admm_rounds_total{{result=\"placed\"}} {placed}\n"
+                )),
+                "{text}"
+            );
+            assert!(text.contains(&format!("roam_admm_last_iterations {}\n", last.iterations)));
+            moves.push(t.placed_moves);
+        }
+        // Two of the three jobs had to leave node a.
+        assert!(moves.iter().any(|&m| m >= 2), "{moves:?}");
         let (out, err, _) =
             straight_run_of(&host, &wasm, "autopilot", &args, 3).expect("straight run");
         for id in jobs {

@@ -61,6 +61,15 @@ fn sample(text: &str, series: &str) -> f64 {
         .expect("a number")
 }
 
+/// Runs `roam ARGS` to its end off the actix thread (the nodes it talks to answer on
+/// this thread).
+async fn roam_off_thread(args: &[&str]) -> std::process::Output {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || roam().args(&args).output().expect("roam runs"))
+        .await
+        .expect("join")
+}
+
 async fn running_here(n: &NodeHandle, job: &str) -> bool {
     n.scheduler
         .send(node::scheduler::List)
@@ -175,14 +184,7 @@ fn status_metrics_and_top_report_a_move_that_just_happened() {
         assert_eq!(sample(&m2, "roam_jobs{state=\"running\"}"), 1.0);
 
         // `roam top` without a terminal prints one frame with the move in it.
-        let out = tokio::task::spawn_blocking(move || {
-            roam()
-                .args(["top", "--api", &api.to_string()])
-                .output()
-                .expect("roam top runs")
-        })
-        .await
-        .expect("join");
+        let out = roam_off_thread(&["top", "--api", &api.to_string()]).await;
         assert!(out.status.success(), "{out:?}");
         let frame = String::from_utf8_lossy(&out.stdout);
         assert!(!frame.contains('\x1b'), "escapes on a pipe:\n{frame}");
@@ -191,6 +193,72 @@ fn status_metrics_and_top_report_a_move_that_just_happened() {
         assert!(frame.contains(&format!("{job} ")), "{frame}");
         assert!(frame.contains("op1→op2"), "{frame}");
         assert!(frame.contains("committed"), "{frame}");
+
+        // `roam migrate` through op1's API moves it back (op2 makes the move); piped,
+        // it prints the report and draws no progress.
+        // (op1 learns from op2's heartbeat that op2 runs it.)
+        let mut known = false;
+        for _ in 0..500 {
+            let rows = nodes[0].ps().await.expect("ps");
+            if rows.iter().any(|r| r.job == job && r.node == "op2") {
+                known = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(known, "op1 never saw op2 run {job}");
+        let out = roam_off_thread(&["migrate", "--api", &api.to_string(), &job, "op1"]).await;
+        assert!(out.status.success(), "{out:?}");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(said.contains(&format!("{job} op2→op1")), "{said}");
+        assert!(said.contains("committed"), "{said}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains('\r') && !err.contains('\x1b'), "{err:?}");
+        assert!(running_here(&nodes[0], &job).await);
+
+        // While a move runs, GET /moves/active shows it: a cut link (healed after
+        // 800 ms) holds the third move in its offer long enough to look.
+        nodes[0]
+            .migrator
+            .send(node::migrator::Inject(Some(node::migrator::Fault::CutAt {
+                at: "Have".into(),
+                heal_after: Some(Duration::from_millis(800)),
+            })))
+            .await
+            .expect("inject");
+        let (n0, j) = (nodes[0].clone(), job.clone());
+        let third = actix::spawn(async move { n0.migrate(&j, "op2").await });
+        let mut seen = None;
+        for _ in 0..200 {
+            let (code, _, body) = get(api, "/moves/active").await;
+            assert_eq!(code, 200);
+            let active: Vec<node::migrator::MoveProgress> =
+                serde_json::from_slice(&body).expect("active moves JSON");
+            if let Some(m) = active.into_iter().find(|m| m.job == job) {
+                seen = Some(m);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let m = seen.expect("the move in /moves/active");
+        assert_eq!((m.to.as_str(), m.phase.as_str()), ("op2", "offer"));
+        assert!(m.state_bytes > 0, "{m:?}");
+        let third = third.await.expect("join").expect("the third move");
+        assert_eq!(third.outcome, "committed");
+        nodes[0]
+            .migrator
+            .send(node::migrator::Inject(None))
+            .await
+            .expect("clear");
+        let (_, _, body) = get(api, "/moves/active").await;
+        assert_eq!(body, b"[]", "{}", String::from_utf8_lossy(&body));
+        let (_, _, body) = get(api, "/metrics").await;
+        let m = String::from_utf8(body).expect("utf-8");
+        assert_eq!(sample(&m, "roam_moves_total{outcome=\"committed\"}"), 2.0);
+        assert_eq!(sample(&m, "roam_move_downtime_seconds_count"), 2.0);
+        // A rule-mode node took part in no placement round.
+        assert_eq!(sample(&m, "roam_admm_rounds_total{result=\"placed\"}"), 0.0);
+        assert_eq!(sample(&m, "roam_admm_iterations_count"), 0.0);
 
         nodes[1].kill(&job).await.expect("kill");
         for n in &nodes {
@@ -334,4 +402,92 @@ fn every_command_says_what_it_does_with_an_example() {
         }
         i += 1;
     }
+}
+
+/// Every command logs through `tracing` to stderr at the level `-v` asks for, and
+/// `RUST_LOG` replaces it. Each runs with arguments that end it at once (a missing
+/// file, an API on 127.0.0.1 port 1 where nothing listens, a refused option): the
+/// logging is set up before any of that, for every command alike.
+#[test]
+fn every_command_logs_at_the_level_asked() {
+    let dead = "127.0.0.1:1";
+    let cases: Vec<(&str, Vec<&str>)> = vec![
+        ("exec", vec!["exec", "/nonexistent/x.wasm"]),
+        ("resume", vec!["resume", "/nonexistent/x.snap"]),
+        ("store", vec!["store", "ls", "/nonexistent/store"]),
+        ("node", vec!["node", "--config", "/nonexistent/node.toml"]),
+        ("run", vec!["run", "--api", dead, "/nonexistent/x.wasm"]),
+        ("ps", vec!["ps", "--api", dead]),
+        ("peers", vec!["peers", "--api", dead]),
+        ("migrate", vec!["migrate", "--api", dead, "j", "n2"]),
+        ("drain", vec!["drain", "--api", dead]),
+        ("logs", vec!["logs", "--api", dead, "j"]),
+        ("top", vec!["top", "--once", "--api", dead]),
+        ("config", vec!["config", "--default"]),
+        (
+            "demo",
+            vec![
+                "demo",
+                "--guests",
+                "/nonexistent",
+                "--timeline",
+                "/nonexistent/t.svg",
+            ],
+        ),
+        (
+            "relay",
+            vec![
+                "relay",
+                "--listen",
+                dead,
+                "--to",
+                dead,
+                "--delay-ms",
+                "999999",
+            ],
+        ),
+        ("chaos", vec!["chaos", "/nonexistent/scenario.toml"]),
+    ];
+    // Every subcommand the help lists (and the hidden relay) is covered.
+    let help = roam().arg("--help").output().expect("roam --help");
+    let listed = commands(&String::from_utf8_lossy(&help.stdout));
+    for c in &listed {
+        assert!(cases.iter().any(|(n, _)| n == c), "{c} has no logging case");
+    }
+    let stderr = |args: &[&str], verbose: &[&str], rust_log: Option<&str>| {
+        let mut cmd = roam();
+        cmd.args(verbose).args(args).env_remove("RUST_LOG");
+        if let Some(l) = rust_log {
+            cmd.env("RUST_LOG", l);
+        }
+        let out = cmd.output().expect("roam runs");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    for (name, args) in &cases {
+        let line = format!("roam {name} starting");
+        let quiet = stderr(args, &[], None);
+        assert!(
+            !quiet.contains(&line),
+            "{name}: debug line without -v:\n{quiet}"
+        );
+        let debug = stderr(args, &["-vv"], None);
+        assert!(
+            debug.contains("DEBUG") && debug.contains(&line),
+            "{name}: no debug line with -vv:\n{debug}"
+        );
+        // RUST_LOG replaces the level -v asks for, both ways.
+        let env_debug = stderr(args, &[], Some("debug"));
+        assert!(
+            env_debug.contains(&line),
+            "{name}: RUST_LOG=debug:\n{env_debug}"
+        );
+        let env_warn = stderr(args, &["-vv"], Some("warn"));
+        assert!(
+            !env_warn.contains(&line),
+            "{name}: RUST_LOG=warn:\n{env_warn}"
+        );
+    }
+    // `-v` after the subcommand works too (the flag is global).
+    let after = stderr(&["config", "-vv", "--default"], &[], None);
+    assert!(after.contains("roam config starting"), "{after}");
 }

@@ -196,6 +196,7 @@ enum Command {
     Control(PeerId, Vec<u8>, Reply<Vec<u8>>),
     LinkStats(oneshot::Sender<Vec<(PeerId, LinkReport)>>),
     Ban(PeerId),
+    SetBlocked(Vec<PeerId>, oneshot::Sender<()>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -311,6 +312,18 @@ impl MeshHandle {
             .map_err(|_| MeshError::Stopped)
     }
 
+    /// Cuts this node off from `peers`, replacing the previous set (an empty list
+    /// lifts every block): their connections are closed, dials to and from them are
+    /// refused, and control, HAVE and fetch requests for them fail at once. Gossip a
+    /// blocked peer wrote can still arrive relayed by others. Unlike [`Self::ban`]
+    /// this is reversible and carries no blame (a chaos run's partition, an operator
+    /// cutting a link); peers it unblocks are dialed again when their addresses are
+    /// known, and [`Self::dial`] works on them at once. Resolves once the new set is
+    /// in force.
+    pub async fn set_blocked(&self, peers: Vec<PeerId>) -> Result<(), MeshError> {
+        self.call(|r| Command::SetBlocked(peers, r)).await
+    }
+
     /// Stops the node and closes its connections.
     pub async fn shutdown(&self) -> Result<(), MeshError> {
         self.call(Command::Shutdown).await
@@ -410,6 +423,7 @@ pub async fn start(
         links: HashMap::new(),
         offences: HashMap::new(),
         banned: HashSet::new(),
+        blocked: HashSet::new(),
         known: HashMap::new(),
         identified: HashMap::new(),
         dialing: HashMap::new(),
@@ -537,6 +551,8 @@ struct Node {
     links: HashMap<PeerId, LinkStats>,
     offences: HashMap<PeerId, u64>,
     banned: HashSet<PeerId>,
+    /// Peers cut off by [`MeshHandle::set_blocked`] (reversible, unlike `banned`).
+    blocked: HashSet<PeerId>,
     /// Addresses of peers learnt from mDNS and peer exchange.
     known: HashMap<PeerId, Vec<Multiaddr>>,
     /// Listen addresses of connected peers, from identify.
@@ -653,6 +669,7 @@ impl Node {
                     && !self.dialing.contains_key(p)
                     && !self.dial_backoff.contains_key(p)
                     && !self.banned.contains(p)
+                    && !self.blocked.contains(p)
             })
             .map(|(p, a)| (*p, a.clone()))
             .choose_multiple(&mut rand::rng(), budget);
@@ -807,6 +824,42 @@ impl Node {
         b.gossip.blacklist_peer(&peer);
     }
 
+    /// Replaces the set of blocked peers (see [`MeshHandle::set_blocked`]).
+    fn set_blocked(&mut self, peers: Vec<PeerId>) {
+        let me = *self.swarm.local_peer_id();
+        let new: HashSet<PeerId> = peers.into_iter().filter(|p| *p != me).collect();
+        let lifted: Vec<PeerId> = self.blocked.difference(&new).copied().collect();
+        let added: Vec<PeerId> = new.difference(&self.blocked).copied().collect();
+        for p in &lifted {
+            // A banned peer stays refused.
+            if !self.banned.contains(p) {
+                self.swarm.behaviour_mut().block.unblock_peer(*p);
+            }
+            // Dials refused while it was blocked must not delay the reconnection.
+            self.dial_backoff.remove(p);
+        }
+        for p in &added {
+            // Closes its connections; the swarm reports them closed as usual.
+            self.swarm.behaviour_mut().block.block_peer(*p);
+            self.dialing.remove(p);
+        }
+        if !lifted.is_empty() || !added.is_empty() {
+            info!(
+                blocked = new.len(),
+                lifted = lifted.len(),
+                added = added.len(),
+                "block list changed"
+            );
+        }
+        self.blocked = new;
+        self.dial_more();
+    }
+
+    /// Whether requests to `peer` must fail at once (blocked or banned).
+    fn refused(&self, peer: &PeerId) -> bool {
+        self.blocked.contains(peer) || self.banned.contains(peer)
+    }
+
     // ---- commands -----------------------------------------------------------------------
 
     fn on_command(&mut self, cmd: Command) {
@@ -855,6 +908,9 @@ impl Node {
                     });
                 let _ = r.send(res);
             }
+            Command::Have(peer, _, r) if self.refused(&peer) => {
+                let _ = r.send(Err(MeshError::Request(format!("{peer} is blocked"))));
+            }
             Command::Have(peer, ids, r) => {
                 let id = self
                     .swarm
@@ -873,6 +929,9 @@ impl Node {
             Command::Fetch(ids, sources, options, tx) => {
                 self.start_fetch(ids, sources, options, tx)
             }
+            Command::Control(peer, _, r) if self.refused(&peer) => {
+                let _ = r.send(Err(MeshError::Request(format!("{peer} is blocked"))));
+            }
             Command::Control(peer, data, r) => {
                 let id = self
                     .swarm
@@ -890,6 +949,10 @@ impl Node {
                 );
             }
             Command::Ban(peer) => self.ban(peer),
+            Command::SetBlocked(peers, r) => {
+                self.set_blocked(peers);
+                let _ = r.send(());
+            }
             Command::Shutdown(_) => {}
         }
     }
@@ -913,12 +976,12 @@ impl Node {
                 }
             }
             Sources::Peers(ps) => {
-                for p in ps {
+                for p in ps.into_iter().filter(|p| !self.refused(p)) {
                     sched.add_peer(p);
                 }
             }
             Sources::HoldingAll(ps) => {
-                for p in ps {
+                for p in ps.into_iter().filter(|p| !self.refused(p)) {
                     sched.add_peer_holding_all(p);
                 }
             }

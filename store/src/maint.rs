@@ -130,6 +130,17 @@ impl Store {
     /// If a retained checkpoint's manifest cannot be read, nothing is deleted
     /// and the error is returned (its chunks cannot be known).
     pub fn gc(&self, policy: &RetentionPolicy) -> Result<GcReport> {
+        self.gc_with(policy, &mut |_, _| {})
+    }
+
+    /// [`Store::gc`], calling `progress(done, total)` as it goes: items are the
+    /// retained checkpoints (their manifests are read) and then the stored chunks
+    /// (each is kept or removed).
+    pub fn gc_with(
+        &self,
+        policy: &RetentionPolicy,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<GcReport> {
         let _guard = self.commit_lock.write().unwrap_or_else(|e| e.into_inner());
         let all = self.list_checkpoints(None);
         let pinned: HashSet<ChunkId> = policy.pinned_checkpoints.iter().copied().collect();
@@ -151,7 +162,10 @@ impl Store {
         }
         // Reachable set, computed before deleting anything.
         let mut reachable: HashSet<ChunkId> = policy.pinned_chunks.iter().copied().collect();
+        let (mut done, mut total) = (0u64, keep_ids.len() as u64);
         for id in &keep_ids {
+            done += 1;
+            progress(done, total);
             match self.load_checkpoint(id) {
                 Ok(c) => {
                     reachable.insert(*id);
@@ -188,7 +202,11 @@ impl Store {
         let mut bytes_freed = 0;
         match &self.disk {
             Some(d) => {
-                for id in d.ids() {
+                let ids = d.ids();
+                total += ids.len() as u64;
+                for id in ids {
+                    done += 1;
+                    progress(done, total);
                     if !reachable.contains(&id) {
                         bytes_freed += d.remove_chunk(&id)?;
                         chunks_removed += 1;
@@ -202,7 +220,11 @@ impl Store {
                 d.sync_dirs()?;
             }
             None => {
-                for id in self.mem.ids() {
+                let ids = self.mem.ids();
+                total += ids.len() as u64;
+                for id in ids {
+                    done += 1;
+                    progress(done, total);
                     if !reachable.contains(&id) {
                         if let Some(n) = self.mem.remove(&id) {
                             bytes_freed += n;
@@ -234,6 +256,13 @@ impl Store {
     /// is logged with `tracing::warn` and returned; nothing is modified except
     /// that corrupt memory-tier entries are dropped.
     pub fn verify(&self) -> VerifyReport {
+        self.verify_with(&mut |_, _| {})
+    }
+
+    /// [`Store::verify`], calling `progress(done, total)` as it goes: items are the
+    /// chunk files and then the checkpoints (a store without a disk reports only the
+    /// checkpoints).
+    pub fn verify_with(&self, progress: &mut dyn FnMut(u64, u64)) -> VerifyReport {
         let mut rep = VerifyReport::default();
         let mut good: HashSet<ChunkId> = HashSet::new();
         let (n, bad) = self.mem.verify_all();
@@ -245,6 +274,8 @@ impl Store {
             });
         }
         let listed: Vec<(Option<PathBuf>, CheckpointRef)>;
+        let mut done = 0u64;
+        let total: u64;
         match &self.disk {
             None => {
                 rep.chunks_checked = n;
@@ -254,13 +285,20 @@ impl Store {
                     .into_iter()
                     .map(|r| (None, r))
                     .collect();
+                total = listed.len() as u64;
             }
             Some(d) => {
-                match d.walk_chunks() {
+                // Listing is cheap; reading and hashing every file is the work.
+                let (files, refs) = (d.walk_chunks(), d.walk_refs());
+                total = files.as_ref().map_or(0, |v| v.len() as u64)
+                    + refs.as_ref().map_or(0, |v| v.len() as u64);
+                match files {
                     Err(e) => rep.problems.push(io_problem(d.root().join("chunks"), e)),
                     Ok(files) => {
                         for (path, id, _) in files {
                             rep.chunks_checked += 1;
+                            done += 1;
+                            progress(done, total);
                             let Some(id) = id else {
                                 rep.problems.push(Problem::CorruptChunk {
                                     id: None,
@@ -292,7 +330,7 @@ impl Store {
                     }
                 }
                 let mut v = Vec::new();
-                match d.walk_refs() {
+                match refs {
                     Err(e) => rep
                         .problems
                         .push(io_problem(d.root().join("checkpoints"), e)),
@@ -316,6 +354,8 @@ impl Store {
         }
         for (path, r) in listed {
             rep.checkpoints_checked += 1;
+            done += 1;
+            progress(done, total);
             let bad = |reason: String| Problem::BadCheckpoint {
                 checkpoint: Some(r.id),
                 path: path.clone(),

@@ -83,6 +83,21 @@ fn full_then_incrementals_restore_bit_identical_and_write_only_dirty_chunks() {
             assert!(buf == *m);
         }
         assert!(store.verify().is_clean());
+        // Progress counts up by one to its total: every chunk file (on disk) and
+        // every checkpoint.
+        let mut seen = Vec::new();
+        let rep = store.verify_with(&mut |done, total| seen.push((done, total)));
+        let expect = rep.checkpoints_checked
+            + if store.dir().is_some() {
+                rep.chunks_checked
+            } else {
+                0
+            };
+        assert!(expect > 0 && seen.len() as u64 == expect, "{seen:?}");
+        assert!(seen
+            .iter()
+            .enumerate()
+            .all(|(i, &(d, t))| d == i as u64 + 1 && t == expect));
     }
 }
 

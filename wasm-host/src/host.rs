@@ -3,9 +3,13 @@
 //! Instrumenting and compiling a module costs hundreds of milliseconds to seconds, so both
 //! results are cached: the instrumented bytes by (hash of the original bytes, instrumenter
 //! version, Binaryen version), the compiled code by (hash of the instrumented bytes, engine
-//! fingerprint). The fingerprint covers the wasmtime version, the target and every engine
-//! setting that changes code, so a node never loads code compiled for another target: it
-//! recompiles from the `.wasm` bytes, which are always kept.
+//! fingerprint). The fingerprint names the target triple this build runs on
+//! ([`TARGET_TRIPLE`]) and hashes it with wasmtime's compatibility hash (the compiler's
+//! triple, its flags and ISA features, tunables, wasm features, wasmtime's version), so a
+//! node never loads code compiled for another target or CPU feature set: it recompiles
+//! from the `.wasm` bytes, which are always kept. An x86_64 and an aarch64 node may share
+//! a cache directory; each finds only its own entries (wasmtime also refuses a foreign
+//! entry on load, which then costs a recompile, not a crash).
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -20,6 +24,10 @@ use crate::memory::DirtyCreator;
 
 /// A blake3 digest naming a module or a chunk.
 pub type Hash32 = [u8; 32];
+
+/// The target triple this crate was built for (cargo's `TARGET`, by `build.rs`), e.g.
+/// `x86_64-unknown-linux-gnu` or `aarch64-unknown-linux-gnu`.
+pub const TARGET_TRIPLE: &str = env!("ROAM_TARGET_TRIPLE");
 
 /// Lower-case hex of a hash.
 pub fn hex(h: &[u8]) -> String {
@@ -45,6 +53,15 @@ pub struct HostConfig {
     /// at least a host page; default 64 KiB). Smaller: exacter dirty sets for small
     /// chunk sizes; larger: fewer faults for guests that stream through memory.
     pub dirty_granule: usize,
+    /// Canonicalise NaNs produced by float arithmetic (wasmtime's
+    /// `cranelift_nan_canonicalization`). Wasm lets an operation that makes a NaN pick its
+    /// sign and payload, and hardware differs: 0.0/0.0 is 0xfff8… on x86_64 and 0x7ff8… on
+    /// aarch64. A job that moves between them and looks at those bits (a checksum over
+    /// float bits, a sign test of a NaN) would see the difference; with this on, every
+    /// host makes the same canonical NaN. Off by default: it made autopilot 2.2x and
+    /// tracker 1.6x slower. `ROAM_CANONICAL_NANS=1` turns it on; a mixed swarm whose
+    /// guests inspect NaN bits turns it on on every node (it is part of the fingerprint).
+    pub canonical_nans: bool,
 }
 
 impl Default for HostConfig {
@@ -56,6 +73,7 @@ impl Default for HostConfig {
             max_wasm_stack: 2 << 20,
             dirty_tracking: std::env::var_os("ROAM_DIRTY_TRACKING").is_none_or(|v| v != "0"),
             dirty_granule: 64 << 10,
+            canonical_nans: std::env::var_os("ROAM_CANONICAL_NANS").is_some_and(|v| v == "1"),
         }
     }
 }
@@ -128,6 +146,10 @@ impl Host {
             .wasm_multi_value(true)
             .wasm_bulk_memory(true)
             .wasm_simd(true)
+            // Relaxed-SIMD results may differ between x86_64 and aarch64; a job that moves
+            // between them must compute the same bytes on both.
+            .relaxed_simd_deterministic(true)
+            .cranelift_nan_canonicalization(config.canonical_nans)
             .wasm_multi_memory(true);
         let dirty = if config.pausable && config.dirty_tracking {
             let creator = DirtyCreator::new(config.dirty_granule);
@@ -336,13 +358,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 fn engine_fingerprint(engine: &Engine) -> String {
+    fingerprint_of(TARGET_TRIPLE, engine.precompile_compatibility_hash())
+}
+
+/// The compiled-code cache key of an engine for `target` whose wasmtime compatibility
+/// hash is `compat`: `TARGET-HEX`, the hex covering both.
+pub fn fingerprint_of(target: &str, compat: impl Hash) -> String {
     let mut h = Blake3Hasher(blake3::Hasher::new());
-    engine.precompile_compatibility_hash().hash(&mut h);
-    h.0.update(std::env::consts::ARCH.as_bytes());
-    h.0.update(std::env::consts::OS.as_bytes());
-    format!(
-        "{}-{}",
-        std::env::consts::ARCH,
-        hex(&h.0.finalize().as_bytes()[..12])
-    )
+    compat.hash(&mut h);
+    h.0.update(b"\0target\0");
+    h.0.update(target.as_bytes());
+    format!("{target}-{}", hex(&h.0.finalize().as_bytes()[..12]))
 }

@@ -169,7 +169,16 @@ impl Snapshot {
                 ),
             });
         }
-        let mut memory = vec![0u8; manifest.memory_len as usize];
+        // Checked, not `as`: a host whose usize is narrower than the memory refuses it.
+        let memory_len =
+            usize::try_from(manifest.memory_len).map_err(|_| SnapshotError::Bounds {
+                field: "memory_len",
+                detail: format!(
+                    "{} does not fit this host's address space",
+                    manifest.memory_len
+                ),
+            })?;
+        let mut memory = vec![0u8; memory_len];
         let mut last: Option<u32> = None;
         for (k, (index, hash)) in manifest.chunks.iter().enumerate() {
             if u64::from(*index) >= n_chunks || last.is_some_and(|l| l >= *index) {

@@ -668,8 +668,12 @@ fn do_read(
         FdKind::Stdin => {
             let mut total = 0u32;
             for (ptr, len) in iovs {
-                let start = ctx.state.stdin_offset as usize;
-                let avail = ctx.state.stdin.len().saturating_sub(start);
+                // From a snapshot: never past the end, and never truncated to a narrower
+                // usize (an offset beyond the input reads nothing).
+                let start = usize::try_from(ctx.state.stdin_offset)
+                    .unwrap_or(usize::MAX)
+                    .min(ctx.state.stdin.len());
+                let avail = ctx.state.stdin.len() - start;
                 let n = (*len as usize).min(avail);
                 let src = ctx.state.stdin[start..start + n].to_vec();
                 mem.slice_mut(*ptr, n as u32)?.copy_from_slice(&src);

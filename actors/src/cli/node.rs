@@ -4,11 +4,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use actors::http::{self, ClientResponse};
 use actors::node::api::{RunRequest, MAX_RUN_BODY, MOVE_TIMEOUT};
+use actors::node::migrator::MoveProgress;
 use actors::node::{JobRow, MoveReport, NodeConfig, PeerRow};
+use actors::progress::{Progress, Unit};
 use anyhow::{bail, Context as _};
 use clap::Args;
 
@@ -191,15 +194,12 @@ pub(super) fn call(
     let r = http::request(api, method, path, ctype, body, timeout, MAX_RUN_BODY).with_context(
         || format!("talking to the node at {api} (is `roam node` running? --api / ROAM_API)"),
     )?;
-    if r.status >= 300 {
-        let msg = r
-            .json::<serde_json::Value>()
-            .ok()
-            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
-            .unwrap_or_else(|| String::from_utf8_lossy(&r.body).into_owned());
-        bail!("{msg}");
+    // An error answer says why in its `error` field (or its body, bounded).
+    match r.error_for_status() {
+        Ok(r) => Ok(r),
+        Err(http::HttpError::Status { message, .. }) => bail!("{message}"),
+        Err(e) => Err(e.into()),
     }
-    Ok(r)
 }
 
 const QUICK: Duration = Duration::from_secs(30);
@@ -350,14 +350,26 @@ pub fn peers(a: ListArgs) -> anyhow::Result<i32> {
 pub fn migrate(a: MigrateArgs) -> anyhow::Result<i32> {
     let q = http::encode_query(&[("job", &a.job), ("to", &a.node)]);
     let started = Instant::now();
-    let r = call(
-        a.api.api,
-        "POST",
-        &format!("/migrate?{q}"),
-        None,
-        &[],
-        MOVE_TIMEOUT,
-    )?;
+    let (api, path) = (a.api.api, format!("/migrate?{q}"));
+    let progress = Progress::spinner(format!("moving {} → {}", a.job, a.node));
+    let r = if progress.is_drawn() {
+        // The move is one request; while it runs, the node's active moves feed the bar.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(call(api, "POST", &path, None, &[], MOVE_TIMEOUT));
+        });
+        loop {
+            match rx.recv_timeout(Duration::from_millis(150)) {
+                Ok(r) => break r,
+                Err(RecvTimeoutError::Timeout) => show_move(api, &a.job, &a.node, &progress),
+                Err(RecvTimeoutError::Disconnected) => bail!("the move's request ended unanswered"),
+            }
+        }
+    } else {
+        call(api, "POST", &path, None, &[], MOVE_TIMEOUT)
+    };
+    progress.finish();
+    let r = r?;
     if a.json {
         println!("{}", String::from_utf8_lossy(&r.body));
         return Ok(0);
@@ -366,6 +378,37 @@ pub fn migrate(a: MigrateArgs) -> anyhow::Result<i32> {
     println!("{}", actors::demo::line(&rep));
     tracing::debug!(elapsed = ?started.elapsed(), "migrate answered");
     Ok(0)
+}
+
+/// Draws the progress of the move of `job` from the node's `GET /moves/active`: the
+/// phase, and a bar of the copy in flight. Says nothing when the node does not make
+/// the move itself (the job runs on another node) or cannot tell.
+fn show_move(api: SocketAddr, job: &str, to: &str, p: &Progress) {
+    let active = call(
+        api,
+        "GET",
+        "/moves/active",
+        None,
+        &[],
+        Duration::from_secs(2),
+    )
+    .and_then(|r| Ok(r.json::<Vec<MoveProgress>>()?));
+    let Ok(active) = active else {
+        return;
+    };
+    let Some(m) = active.iter().find(|m| m.job == job) else {
+        return;
+    };
+    let phase = match m.phase.as_str() {
+        "pre-copy" => format!("pre-copy round {}", m.round),
+        other => other.to_string(),
+    };
+    p.set_message(format!("moving {job} → {to}: {phase}"));
+    if m.copy_bytes > 0 && matches!(m.phase.as_str(), "pre-copy" | "final copy") {
+        p.set_done(m.copy_done_bytes, m.copy_bytes, Unit::Bytes);
+    } else {
+        p.set_spinner();
+    }
 }
 
 pub fn drain(a: DrainArgs) -> anyhow::Result<i32> {

@@ -2,11 +2,13 @@
 //! and `roam resume --store`: a job checkpointed into a store directory as it runs, and
 //! resumed from one.
 
+use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ::store::{Checkpoint, ChunkId, Problem, RetentionPolicy, Store, StoreConfig};
+use actors::progress::{Progress, Unit};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use wasm_host::checkpoint::{run_with_checkpoints, CheckpointPlan};
@@ -138,7 +140,9 @@ fn ls(dir: &Path, job: Option<&str>) -> anyhow::Result<i32> {
 
 fn verify(dir: &Path) -> anyhow::Result<i32> {
     let store = open_store(dir, false)?;
-    let rep = store.verify();
+    let bar = Progress::spinner("store verify: chunks, then checkpoints");
+    let rep = store.verify_with(&mut |done, total| bar.set_done(done, total, Unit::Items));
+    bar.finish();
     for p in &rep.problems {
         match p {
             Problem::CorruptChunk { id, path, reason } => out!(
@@ -182,10 +186,16 @@ fn verify(dir: &Path) -> anyhow::Result<i32> {
 
 fn gc(dir: &Path, keep: usize) -> anyhow::Result<i32> {
     let store = open_store(dir, false)?;
-    let rep = store.gc(&RetentionPolicy {
-        keep_per_job: keep,
-        ..RetentionPolicy::default()
-    })?;
+    let bar = Progress::spinner("store gc: manifests, then chunks");
+    let rep = store.gc_with(
+        &RetentionPolicy {
+            keep_per_job: keep,
+            ..RetentionPolicy::default()
+        },
+        &mut |done, total| bar.set_done(done, total, Unit::Items),
+    );
+    bar.finish();
+    let rep = rep?;
     out!(
         "kept {} checkpoint(s), removed {}; removed {} chunk(s), freed {}",
         rep.checkpoints_kept,
@@ -263,7 +273,21 @@ pub fn run_checkpointed(
     let mut times = Vec::new();
     let mut hashed = 0u64;
     let mut written = 0u64;
-    let (code, last) = run_with_checkpoints(job, store, plan, parent, |info, took| {
+    // The job writes to this terminal too: a spinner only when its stdout goes
+    // elsewhere (its stderr rarely carries much).
+    let spinner = if std::io::stdout().is_terminal() {
+        Progress::hidden()
+    } else {
+        Progress::spinner(format!("running {} with checkpoints", plan.job_id))
+    };
+    let result = run_with_checkpoints(job, store, plan, parent, |info, took| {
+        spinner.set_message(format!(
+            "running {}: checkpoint {} took {:.1} ms, {} chunk(s) written",
+            plan.job_id,
+            times.len() + 1,
+            took.as_secs_f64() * 1e3,
+            info.chunks_written
+        ));
         tracing::info!(
             id = %info.id(),
             hashed = info.chunks_hashed,
@@ -275,7 +299,9 @@ pub fn run_checkpointed(
         times.push(took);
         hashed += info.chunks_hashed;
         written += info.chunks_written;
-    })?;
+    });
+    spinner.finish();
+    let (code, last) = result?;
     match &last {
         Some(cp) if !times.is_empty() => eprintln!(
             "roam: {} checkpoint(s) of job `{}` (generation {}) in {}; last {}",

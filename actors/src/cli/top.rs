@@ -296,6 +296,8 @@ mod tests {
                 store_bytes: 0,
                 peers_connected: 1,
                 uptime_ms: 65_000,
+                sched: None,
+                recovery: Default::default(),
             },
             peers: vec![PeerRow {
                 peer: "12D3KooWzyxwvutsrqponm".into(),

@@ -10,10 +10,14 @@
 //! others lack, and when it leaves the next smallest id proposes. Each node then moves
 //! the jobs it runs that the agreed placement puts elsewhere.
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
 use mesh::PeerId;
-use placement::{Job, JobId, NodeId};
+use placement::{Job, JobId, NodeId, Outcome};
 use serde::{Deserialize, Serialize};
 
+use super::api::metrics::{Histogram, DURATION_BUCKETS};
 use super::proto::ProtoError;
 
 /// Largest proposal decoded.
@@ -109,6 +113,93 @@ impl Proposal {
     }
 }
 
+/// Upper bounds of the iterations-per-round buckets.
+pub const ITERATION_BUCKETS: [f64; 9] = [5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 640.0, 1280.0];
+
+/// How a round ended without a placement (the labels of `roam_admm_rounds_total`
+/// besides `placed`).
+pub const ROUND_FAILURES: [&str; 4] = ["disagreement", "infeasible", "timeout", "error"];
+
+/// The last placed round, as `/metrics` shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LastRound {
+    pub round: u64,
+    pub iterations: u32,
+    pub converged: bool,
+    pub primal_residual: f64,
+    pub dual_residual: f64,
+    /// (objective of the rounded placement − objective of the last fractional
+    /// iterate) ÷ |the latter|: what rounding to whole jobs cost (NaN if it is 0).
+    pub rounding_gap: f64,
+}
+
+/// Running totals of this node's placement rounds (the Solver keeps one; `/metrics`
+/// renders it).
+#[derive(Clone, Debug)]
+pub struct AdmmTally {
+    /// Rounds this node took part in, by result: `placed` or one of [`ROUND_FAILURES`].
+    pub rounds: BTreeMap<String, u64>,
+    /// ADMM iterations of each placed round.
+    pub iterations: Histogram,
+    pub iterations_total: u64,
+    /// Wall time of each placed round (the shell's run until the outcome).
+    pub round_seconds: Histogram,
+    /// Jobs the agreed placements move (the whole swarm's, as every member sees them).
+    pub placed_moves: u64,
+    /// Placement payload bytes this node published (re-sends included).
+    pub sent_bytes: u64,
+    pub last: Option<LastRound>,
+}
+
+impl Default for AdmmTally {
+    fn default() -> Self {
+        AdmmTally {
+            rounds: std::iter::once("placed")
+                .chain(ROUND_FAILURES)
+                .map(|r| (r.to_string(), 0))
+                .collect(),
+            iterations: Histogram::new(&ITERATION_BUCKETS),
+            iterations_total: 0,
+            round_seconds: Histogram::new(&DURATION_BUCKETS),
+            placed_moves: 0,
+            sent_bytes: 0,
+            last: None,
+        }
+    }
+}
+
+impl AdmmTally {
+    /// A round ended with an agreed placement after `elapsed`, this node having
+    /// published `sent_bytes` for it.
+    pub fn placed(&mut self, o: &Outcome, elapsed: Duration, sent_bytes: u64) {
+        *self.rounds.entry("placed".into()).or_default() += 1;
+        self.iterations.observe(f64::from(o.iterations));
+        self.iterations_total += u64::from(o.iterations);
+        self.round_seconds.observe(elapsed.as_secs_f64());
+        self.placed_moves += o.moves as u64;
+        self.sent_bytes += sent_bytes;
+        let gap = if o.fractional_objective.abs() > f64::EPSILON {
+            (o.objective - o.fractional_objective) / o.fractional_objective.abs()
+        } else {
+            f64::NAN
+        };
+        self.last = Some(LastRound {
+            round: o.round,
+            iterations: o.iterations,
+            converged: o.converged,
+            primal_residual: o.primal_residual,
+            dual_residual: o.dual_residual,
+            rounding_gap: gap,
+        });
+    }
+
+    /// A round ended without a placement; `kind` is one of [`ROUND_FAILURES`].
+    pub fn failed(&mut self, kind: &str, sent_bytes: u64) {
+        *self.rounds.entry(kind.to_string()).or_default() += 1;
+        self.sent_bytes += sent_bytes;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,5 +225,48 @@ mod tests {
             assert!(Proposal::decode(&bytes[..cut]).is_err());
         }
         assert_eq!(p.core_jobs(5.0)[0].id, job_id("a-1"));
+    }
+
+    #[test]
+    fn the_tally_counts_rounds_iterations_and_the_last_round() {
+        let mut t = AdmmTally::default();
+        assert_eq!(t.rounds["placed"], 0);
+        let o = Outcome {
+            round: 7,
+            epoch: 0,
+            placement: vec![],
+            digest: 1,
+            iterations: 16,
+            converged: true,
+            objective: 10.5,
+            fractional_objective: 10.0,
+            moves: 2,
+            primal_residual: 0.001,
+            dual_residual: 0.002,
+        };
+        t.placed(&o, Duration::from_millis(40), 300);
+        t.placed(
+            &Outcome {
+                round: 8,
+                iterations: 30,
+                fractional_objective: 0.0,
+                ..o.clone()
+            },
+            Duration::from_millis(60),
+            500,
+        );
+        t.failed("timeout", 20);
+        assert_eq!(t.rounds["placed"], 2);
+        assert_eq!(t.rounds["timeout"], 1);
+        assert_eq!(t.iterations_total, 46);
+        assert_eq!(t.iterations.count(), 2);
+        assert_eq!(t.placed_moves, 4);
+        assert_eq!(t.sent_bytes, 820);
+        let last = t.last.clone().expect("a last round");
+        assert_eq!((last.round, last.iterations), (8, 30));
+        assert!(last.rounding_gap.is_nan());
+        t.placed(&o, Duration::from_millis(40), 0);
+        let gap = t.last.expect("last").rounding_gap;
+        assert!((gap - 0.05).abs() < 1e-12, "{gap}");
     }
 }

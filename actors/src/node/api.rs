@@ -10,6 +10,7 @@
 //! | `GET /ps` | every job of the swarm (from heartbeats) |
 //! | `GET /peers` | peers with RTT, throughput, load |
 //! | `GET /moves` | moves this node made as the source |
+//! | `GET /moves/active` | moves this node is making as the source, with the progress of the copy in flight |
 //! | `POST /run` (CBOR [`RunRequest`]) | `{"job": id}` |
 //! | `POST /migrate?job=J&to=NODE` | the move's report, when it finished |
 //! | `POST /drain?node=NODE` | `{}` once the drain started |
@@ -65,13 +66,15 @@ pub async fn serve(node: NodeHandle, listener: tokio::net::TcpListener) {
         let (node, tally) = (node.clone(), tally.clone());
         Box::pin(async move {
             if (req.method.as_str(), req.path.as_str()) == ("GET", "/metrics") {
-                return match node.status().await {
-                    Ok(st) => Response::bytes(
-                        200,
-                        metrics::CONTENT_TYPE,
-                        metrics::render(&st, &mut tally.borrow_mut()).into_bytes(),
-                    ),
-                    Err(e) => err(500, format!("{e:#}")),
+                let admm = node.solver.send(super::solver::AdmmStats).await;
+                return match (node.status().await, admm) {
+                    (Ok(st), Ok(admm)) => {
+                        let mut text = metrics::render(&st, &mut tally.borrow_mut());
+                        text.push_str(&metrics::render_admm(&admm));
+                        Response::bytes(200, metrics::CONTENT_TYPE, text.into_bytes())
+                    }
+                    (Err(e), _) => err(500, format!("{e:#}")),
+                    (_, Err(e)) => err(500, e),
                 };
             }
             handle(node, req).await
@@ -97,6 +100,10 @@ async fn handle(node: NodeHandle, req: Request) -> Response {
         ("GET", "/ps") => json_or_500(node.ps().await),
         ("GET", "/peers") => json_or_500(node.peers().await),
         ("GET", "/moves") => match node.migrator.send(Moves).await {
+            Ok(m) => Response::json(200, &m),
+            Err(e) => err(500, e),
+        },
+        ("GET", "/moves/active") => match node.migrator.send(super::migrator::ActiveMoves).await {
             Ok(m) => Response::json(200, &m),
             Err(e) => err(500, e),
         },
@@ -176,7 +183,11 @@ pub async fn route_mesh_events(node: NodeHandle, mut events: mpsc::Receiver<Mesh
                 data,
                 ..
             } => match Heartbeat::decode(&data) {
-                Ok(hb) => node.links.do_send(HeartbeatSeen(source, hb)),
+                Ok(hb) => {
+                    node.recovery
+                        .do_send(super::recovery::Seen(source, hb.clone()));
+                    node.links.do_send(HeartbeatSeen(source, hb));
+                }
                 Err(e) => tracing::debug!(%source, %e, "bad heartbeat"),
             },
             MeshEvent::Gossip {
@@ -271,6 +282,30 @@ fn control(node: &NodeHandle, peer: mesh::PeerId, msg: NodeMsg, reply: mesh::Con
             };
             reply.send(encode(&r));
         }
+        NodeMsg::Replicate {
+            job,
+            generation,
+            seq,
+            home,
+            manifest,
+        } => {
+            let recovery = node.recovery.clone();
+            actix::spawn(async move {
+                let r = recovery
+                    .send(super::recovery::Replica {
+                        from: peer,
+                        job,
+                        generation,
+                        seq,
+                        home,
+                        manifest,
+                    })
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r);
+                reply.send(answer(r));
+            });
+        }
         NodeMsg::Start { launch, module } => {
             let solver = node.solver.clone();
             actix::spawn(async move {
@@ -334,6 +369,18 @@ pub const MOVE_TIMEOUT: Duration = Duration::from_secs(600);
 /// | `roam_store_bytes` | gauge | bytes in the checkpoint store |
 /// | `roam_load` / `roam_draining` | gauge | the load this node reports; 1 while draining |
 /// | `roam_uptime_seconds` | gauge | since the node started |
+/// | `roam_sched_deadline_misses_total`, `roam_sched_jobs_released_total` | counter | node-bound task instances (`[sched]` only, as every `roam_sched_*`) |
+/// | `roam_sched_server_executed_seconds_total` | counter | CPU migrating jobs got at the server's priority |
+/// | `roam_sched_server_overrun_max_seconds` | gauge | most the server ran past its budget in one period window |
+/// | `roam_sched_server_budget_seconds`, `roam_sched_server_period_seconds` | gauge | Cs and Ts |
+/// | `roam_sched_headroom`, `roam_sched_queued_jobs` | gauge | unclaimed CPU share; migrating jobs behind the server |
+/// | `roam_sched_task_instances_total{task}` | counter | completed instances per node-bound task |
+/// | `roam_admm_rounds_total{result}` | counter | placement rounds this node took part in: `placed`, `disagreement`, `infeasible`, `timeout`, `error` |
+/// | `roam_admm_iterations` / `roam_admm_iterations_total` | histogram / counter | ADMM iterations of each placed round |
+/// | `roam_admm_round_seconds` | histogram | placed rounds: wall time to the agreed placement |
+/// | `roam_admm_placed_moves_total` | counter | jobs the agreed placements moved (whole swarm) |
+/// | `roam_admm_sent_bytes_total` | counter | placement payload bytes this node published |
+/// | `roam_admm_last_round`, `roam_admm_last_iterations`, `roam_admm_last_converged`, `roam_admm_last_primal_residual`, `roam_admm_last_dual_residual`, `roam_admm_last_rounding_gap` | gauge | the last placed round (absent before one) |
 ///
 /// The move figures are totals folded from the migrator's move list ([`super::migrator::Moves`])
 /// at each scrape, so they only grow. That list keeps the newest 1024 moves: moves
@@ -526,6 +573,66 @@ pub mod metrics {
         }
     }
 
+    /// The `[sched]` figures: the server and the node-bound tasks.
+    fn sched_metrics(e: &mut Exposition, c: &crate::node::cpu::CpuStatus) {
+        let us = |v: u64| v as f64 / 1e6;
+        e.counter(
+            "roam_sched_deadline_misses_total",
+            "Node-bound task instances that missed their deadline.",
+            &[(&[], c.deadline_misses as f64)],
+        );
+        e.counter(
+            "roam_sched_jobs_released_total",
+            "Node-bound task instances released.",
+            &[(&[], c.jobs_released as f64)],
+        );
+        e.counter(
+            "roam_sched_server_executed_seconds_total",
+            "CPU the migrating jobs got at the server's priority.",
+            &[(&[], us(c.server_executed_us))],
+        );
+        e.gauge(
+            "roam_sched_server_overrun_max_seconds",
+            "Most the server ran beyond its budget in any window of one period.",
+            &[(&[], us(c.server_overrun_max_us))],
+        );
+        e.gauge(
+            "roam_sched_server_budget_seconds",
+            "The server's budget Cs (per period roam_sched_server_period_seconds).",
+            &[(&[], us(c.budget_us))],
+        );
+        e.gauge(
+            "roam_sched_server_period_seconds",
+            "The server's period Ts.",
+            &[(&[], us(c.period_us))],
+        );
+        e.gauge(
+            "roam_sched_headroom",
+            "CPU share neither the node-bound tasks nor the server claim.",
+            &[(&[], c.headroom)],
+        );
+        e.gauge(
+            "roam_sched_queued_jobs",
+            "Migrating jobs waiting for or holding the server.",
+            &[(&[], c.queued_jobs as f64)],
+        );
+        let labels: Vec<[(&str, &str); 1]> = c
+            .tasks
+            .iter()
+            .map(|t| [("task", t.name.as_str())])
+            .collect();
+        let samples: Vec<(&[(&str, &str)], f64)> = labels
+            .iter()
+            .zip(&c.tasks)
+            .map(|(l, t)| (&l[..], t.instances as f64))
+            .collect();
+        e.counter(
+            "roam_sched_task_instances_total",
+            "Completed instances of each node-bound task.",
+            &samples,
+        );
+    }
+
     /// Folds `st`'s moves into `tally` and renders every metric.
     pub fn render(st: &NodeStatus, tally: &mut MoveTally) -> String {
         tally.fold(&st.moves);
@@ -611,6 +718,86 @@ pub mod metrics {
             "Seconds since the node started.",
             &[(&[], st.uptime_ms as f64 / 1e3)],
         );
+        if let Some(c) = &st.sched {
+            sched_metrics(&mut e, c);
+        }
+        e.finish()
+    }
+
+    /// The placement figures ([`crate::node::admm::AdmmTally`], the Solver's): every
+    /// `roam_admm_*` family.
+    pub fn render_admm(t: &crate::node::admm::AdmmTally) -> String {
+        let mut e = Exposition::default();
+        let labels: Vec<([(&str, &str); 1], f64)> = t
+            .rounds
+            .iter()
+            .map(|(r, n)| ([("result", r.as_str())], *n as f64))
+            .collect();
+        let samples: Vec<(&[(&str, &str)], f64)> =
+            labels.iter().map(|(l, n)| (&l[..], *n)).collect();
+        e.counter(
+            "roam_admm_rounds_total",
+            "Placement rounds this node took part in, by result.",
+            &samples,
+        );
+        e.histogram(
+            "roam_admm_iterations",
+            "ADMM iterations of each placed round.",
+            &t.iterations,
+        );
+        e.counter(
+            "roam_admm_iterations_total",
+            "ADMM iterations of all placed rounds.",
+            &[(&[], t.iterations_total as f64)],
+        );
+        e.histogram(
+            "roam_admm_round_seconds",
+            "Placed rounds: wall time until the agreed placement.",
+            &t.round_seconds,
+        );
+        e.counter(
+            "roam_admm_placed_moves_total",
+            "Jobs the agreed placements moved (the whole swarm's).",
+            &[(&[], t.placed_moves as f64)],
+        );
+        e.counter(
+            "roam_admm_sent_bytes_total",
+            "Placement payload bytes this node published (re-sends included).",
+            &[(&[], t.sent_bytes as f64)],
+        );
+        if let Some(l) = &t.last {
+            let last: [(&str, &str, f64); 6] = [
+                ("roam_admm_last_round", "Number of the last placed round.", l.round as f64),
+                (
+                    "roam_admm_last_iterations",
+                    "ADMM iterations of the last placed round.",
+                    f64::from(l.iterations),
+                ),
+                (
+                    "roam_admm_last_converged",
+                    "1 if the residuals (not the iteration cap) ended the last placed round.",
+                    if l.converged { 1.0 } else { 0.0 },
+                ),
+                (
+                    "roam_admm_last_primal_residual",
+                    "Primal residual at the end of the last placed round.",
+                    l.primal_residual,
+                ),
+                (
+                    "roam_admm_last_dual_residual",
+                    "Dual residual at the end of the last placed round.",
+                    l.dual_residual,
+                ),
+                (
+                    "roam_admm_last_rounding_gap",
+                    "Last placed round: (rounded objective - fractional objective) / |fractional objective|.",
+                    l.rounding_gap,
+                ),
+            ];
+            for (name, help, v) in last {
+                e.gauge(name, help, &[(&[], v)]);
+            }
+        }
         e.finish()
     }
 
@@ -656,6 +843,8 @@ pub mod metrics {
                 store_bytes: 42,
                 peers_connected: 2,
                 uptime_ms: 1500,
+                sched: None,
+                recovery: Default::default(),
             }
         }
 
@@ -695,6 +884,45 @@ pub mod metrics {
             assert!(text.contains("roam_peers_connected 2\n"));
             assert!(text.contains("roam_store_bytes 42\n"));
             assert!(text.contains("# TYPE roam_move_downtime_seconds histogram\n"));
+        }
+
+        #[test]
+        fn admm_families_render_from_the_tally() {
+            let mut t = crate::node::admm::AdmmTally::default();
+            let before = render_admm(&t);
+            assert!(before.contains("roam_admm_rounds_total{result=\"placed\"} 0\n"));
+            assert!(before.contains("roam_admm_iterations_count 0\n"));
+            assert!(!before.contains("roam_admm_last_"), "{before}");
+            let o = placement::Outcome {
+                round: 4,
+                epoch: 0,
+                placement: vec![],
+                digest: 0,
+                iterations: 12,
+                converged: true,
+                objective: 2.5,
+                fractional_objective: 2.0,
+                moves: 1,
+                primal_residual: 0.5,
+                dual_residual: 0.25,
+            };
+            t.placed(&o, std::time::Duration::from_millis(30), 1000);
+            t.failed("timeout", 0);
+            let text = render_admm(&t);
+            assert!(text.contains("roam_admm_rounds_total{result=\"placed\"} 1\n"));
+            assert!(text.contains("roam_admm_rounds_total{result=\"timeout\"} 1\n"));
+            // 12 iterations: in le=20, not in le=10.
+            assert!(text.contains("roam_admm_iterations_bucket{le=\"10\"} 0\n"));
+            assert!(text.contains("roam_admm_iterations_bucket{le=\"20\"} 1\n"));
+            assert!(text.contains("roam_admm_iterations_total 12\n"));
+            assert!(text.contains("roam_admm_round_seconds_count 1\n"));
+            assert!(text.contains("roam_admm_last_round 4\n"));
+            assert!(text.contains("roam_admm_last_dual_residual 0.25\n"));
+            assert!(
+                text.contains("roam_admm_last_rounding_gap 0.25\n"),
+                "{text}"
+            );
+            assert!(text.contains("# TYPE roam_admm_iterations histogram\n"));
         }
     }
 }

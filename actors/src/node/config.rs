@@ -47,6 +47,176 @@ pub struct NodeConfig {
     pub migration: MigrationConfig,
     pub jobs: JobDefaults,
     pub placement: PlacementConfig,
+    pub sched: SchedConfig,
+    /// Crash recovery: checkpoint replicas, failure detection (`recovery` crate).
+    pub recovery: recovery::RecoveryConfig,
+}
+
+/// Who gets this node's CPU: node-bound periodic jobs at fixed priorities, and the
+/// migrating jobs behind one aperiodic server (`executor` crate, `sched` core).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedConfig {
+    /// "off": every job gets an ordinary thread and the OS shares the CPUs. "sporadic"
+    /// (or "polling"): migrating jobs run one at a time behind that server, at most
+    /// `budget_ms` per `period_ms`, so they cannot delay the node-bound tasks.
+    pub server: String,
+    /// The server's budget Cs.
+    pub budget_ms: f64,
+    /// The server's period Ts.
+    pub period_ms: f64,
+    /// The server's fixed priority (a larger number wins).
+    pub priority: u32,
+    /// Migrating jobs sharing the server take turns of this much CPU.
+    pub quantum_ms: f64,
+    /// How late a preempted job may stop, counted by admission (jobs stop at their next
+    /// yield point, tens of µs after the request).
+    pub overrun_allowance_ms: f64,
+    /// `SCHED_FIFO` priority of the job threads (1..=98; the dispatcher one above);
+    /// 0 = ordinary threads.
+    pub realtime_priority: i32,
+    /// Node-bound periodic tasks, admitted at start by response-time analysis.
+    pub task: Vec<TaskConfig>,
+}
+
+/// A node-bound periodic task: a WASI guest that writes one stdout line per instance.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TaskConfig {
+    pub name: String,
+    /// Path of the module (.wasm or .wat).
+    pub module: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    pub period_ms: f64,
+    /// Relative deadline; absent = the period.
+    #[serde(default)]
+    pub deadline_ms: Option<f64>,
+    /// Worst-case execution time of one instance (what admission assumes).
+    pub wcet_ms: f64,
+    pub priority: u32,
+}
+
+impl Default for SchedConfig {
+    fn default() -> Self {
+        SchedConfig {
+            server: "off".into(),
+            budget_ms: 4.0,
+            period_ms: 10.0,
+            priority: 10,
+            quantum_ms: 5.0,
+            overrun_allowance_ms: 0.5,
+            realtime_priority: 0,
+            task: Vec::new(),
+        }
+    }
+}
+
+/// `[recovery]` keys as the node's errors name them.
+fn recovery_key(key: &str) -> &'static str {
+    match key {
+        "replicas" => "recovery.replicas",
+        "suspect_after_ms" => "recovery.suspect_after_ms",
+        "dead_after_ms" => "recovery.dead_after_ms",
+        "min_period_ms" => "recovery.min_period_ms",
+        "max_period_ms" => "recovery.max_period_ms",
+        "link_share" => "recovery.link_share",
+        "copy_overhead_ms" => "recovery.copy_overhead_ms",
+        _ => "recovery",
+    }
+}
+
+/// Milliseconds (config) to the scheduler's microseconds.
+pub fn us(ms: f64) -> sched::Time {
+    (ms * 1000.0).round().max(0.0) as sched::Time
+}
+
+impl SchedConfig {
+    pub fn enabled(&self) -> bool {
+        self.server != "off"
+    }
+
+    /// The server, as the core takes it (`None` when off).
+    pub fn server_spec(&self) -> Option<sched::ServerSpec> {
+        let spec = match self.server.as_str() {
+            "sporadic" => {
+                sched::ServerSpec::sporadic(us(self.budget_ms), us(self.period_ms), self.priority)
+            }
+            "polling" => {
+                sched::ServerSpec::polling(us(self.budget_ms), us(self.period_ms), self.priority)
+            }
+            _ => return None,
+        };
+        Some(spec.with_overrun_allowance(us(self.overrun_allowance_ms)))
+    }
+
+    /// The core's view of a configured task.
+    pub fn task_spec(t: &TaskConfig) -> sched::TaskSpec {
+        let spec = sched::TaskSpec::periodic(&t.name, us(t.wcet_ms), us(t.period_ms), t.priority);
+        match t.deadline_ms {
+            Some(d) => spec.with_deadline(us(d)),
+            None => spec,
+        }
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !matches!(self.server.as_str(), "off" | "sporadic" | "polling") {
+            return Err((
+                "sched.server",
+                format!(
+                    "{:?}: expected \"off\", \"sporadic\" or \"polling\"",
+                    self.server
+                ),
+            ));
+        }
+        let ms = |v: f64| v.is_finite() && v > 0.0 && v <= 3_600_000.0;
+        if !ms(self.period_ms) || !ms(self.budget_ms) || self.budget_ms > self.period_ms {
+            return Err((
+                "sched.budget_ms",
+                format!(
+                    "budget {} ms and period {} ms: need 0 < budget <= period",
+                    self.budget_ms, self.period_ms
+                ),
+            ));
+        }
+        if !ms(self.quantum_ms) {
+            return Err(("sched.quantum_ms", "must be > 0".into()));
+        }
+        if !(self.overrun_allowance_ms.is_finite() && self.overrun_allowance_ms >= 0.0) {
+            return Err(("sched.overrun_allowance_ms", "must be >= 0".into()));
+        }
+        if !(0..=98).contains(&self.realtime_priority) {
+            return Err(("sched.realtime_priority", "must be 0..=98".into()));
+        }
+        if !self.task.is_empty() && !self.enabled() {
+            return Err((
+                "sched.task",
+                "node-bound tasks need a server: set sched.server = \"sporadic\"".into(),
+            ));
+        }
+        for t in &self.task {
+            if t.name.is_empty() || t.name.len() > sched::MAX_NAME {
+                return Err(("sched.task.name", format!("{:?}: 1-128 characters", t.name)));
+            }
+            if t.module.is_empty() {
+                return Err(("sched.task.module", format!("task {}: empty path", t.name)));
+            }
+            let deadline = t.deadline_ms.unwrap_or(t.period_ms);
+            if !ms(t.period_ms) || !ms(t.wcet_ms) || !ms(deadline) || t.wcet_ms > deadline {
+                return Err((
+                    "sched.task.wcet_ms",
+                    format!(
+                        "task {}: need 0 < wcet ({}) <= deadline ({deadline}), period > 0",
+                        t.name, t.wcet_ms
+                    ),
+                ));
+            }
+        }
+        if self.task.len() > sched::MAX_TASKS {
+            return Err(("sched.task", format!("at most {} tasks", sched::MAX_TASKS)));
+        }
+        Ok(())
+    }
 }
 
 /// How the node decides where jobs run.
@@ -120,6 +290,8 @@ impl Default for NodeConfig {
             migration: MigrationConfig::default(),
             jobs: JobDefaults::default(),
             placement: PlacementConfig::default(),
+            sched: SchedConfig::default(),
+            recovery: recovery::RecoveryConfig::default(),
         }
     }
 }
@@ -278,6 +450,10 @@ impl NodeConfig {
         }
         self.compression()
             .map_err(|m| bad("migration.compression", m))?;
+        self.sched.validate().map_err(|(k, m)| bad(k, m))?;
+        self.recovery
+            .validate()
+            .map_err(|e| bad(recovery_key(e.key), e.message))?;
         Ok(())
     }
 

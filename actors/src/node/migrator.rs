@@ -133,6 +133,31 @@ struct SourceRun {
     go_at: Option<Instant>,
     pause_ms: f64,
     waiter: Option<oneshot::Sender<Result<MoveReport, String>>>,
+    /// The copy in flight (pre-copy round, or the final copy as round `rounds + 1`):
+    /// (round, its bytes, bytes the destination reported fetched).
+    copy: Option<(u32, u64, u64)>,
+}
+
+/// A move this node is making as the source, while it runs (`GET /moves/active`,
+/// what `roam migrate` draws its progress bar from).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct MoveProgress {
+    pub migration: String,
+    pub job: String,
+    pub to: String,
+    /// `offer`, `pre-copy`, `checkpoint`, `pause`, `final copy`, `handover`,
+    /// `escalated`.
+    pub phase: String,
+    /// The copy in flight: pre-copy round `round`, or the final copy.
+    pub round: u32,
+    /// Bytes of that copy, and how many of them the destination reported fetched.
+    pub copy_bytes: u64,
+    pub copy_done_bytes: u64,
+    /// Bytes of the pre-copy rounds the destination acknowledged.
+    pub acked_bytes: u64,
+    /// The job state the move carries (its offered chunk map).
+    pub state_bytes: u64,
+    pub elapsed_ms: u64,
 }
 
 struct DestRun {
@@ -275,6 +300,21 @@ impl Migrator {
                 SourceAction::Send(msg) => {
                     if msg.body == migrate::Body::Go && run.go_at.is_none() {
                         run.go_at = Some(Instant::now());
+                    }
+                    match &msg.body {
+                        migrate::Body::Round { round, chunks, .. } => {
+                            let bytes = chunks.iter().map(|c| u64::from(c.len)).sum();
+                            run.copy = Some((*round, bytes, 0));
+                        }
+                        migrate::Body::Final {
+                            after_round,
+                            chunks,
+                            ..
+                        } => {
+                            let bytes = chunks.iter().map(|c| u64::from(c.len)).sum();
+                            run.copy = Some((after_round.saturating_add(1), bytes, 0));
+                        }
+                        _ => {}
                     }
                     self.send_msg(peer, msg, Some(home))
                 }
@@ -562,6 +602,17 @@ impl Migrator {
                 tracing::warn!(%from, "migration message from a peer that is not the destination");
                 return;
             }
+            match (&msg.body, &mut run.copy) {
+                (migrate::Body::Progress { round, bytes }, Some((r, total, done)))
+                    if r == round =>
+                {
+                    *done = (*bytes).min(*total);
+                }
+                (migrate::Body::RoundAck { round }, Some((r, total, done))) if r == round => {
+                    *done = *total;
+                }
+                _ => {}
+            }
             if let Err(e) = run.core.handle_message(now, msg) {
                 tracing::debug!(%e, "source refused a message");
             }
@@ -645,7 +696,7 @@ fn profile_of(level: i32) -> LevelProfile {
 /// Fetches one round's chunks from `peer` into the store. Returns success and the
 /// bytes that crossed the wire.
 #[allow(clippy::too_many_arguments)]
-async fn fetch_round(
+pub(super) async fn fetch_round(
     mesh: mesh::MeshHandle,
     shared_store: Arc<store::Store>,
     cp: Addr<CheckpointActor>,
@@ -852,6 +903,7 @@ impl Handler<BeginSource> for Migrator {
                         go_at: None,
                         pause_ms: 0.0,
                         waiter: Some(b.waiter),
+                        copy: None,
                     },
                 );
                 self.drive_source(id, ctx);
@@ -993,6 +1045,51 @@ impl Handler<Moves> for Migrator {
     type Result = MessageResult<Moves>;
     fn handle(&mut self, _: Moves, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.moves.clone())
+    }
+}
+
+/// The moves this node is making as the source, while they run.
+#[derive(Message)]
+#[rtype(result = "Vec<MoveProgress>")]
+pub struct ActiveMoves;
+
+impl Handler<ActiveMoves> for Migrator {
+    type Result = MessageResult<ActiveMoves>;
+    fn handle(&mut self, _: ActiveMoves, _: &mut Context<Self>) -> Self::Result {
+        let mut v: Vec<MoveProgress> = self
+            .sources
+            .iter()
+            .map(|(id, run)| {
+                let r = run.core.report();
+                let phase = match run.core.phase() {
+                    migrate::SourcePhase::Offering => "offer",
+                    migrate::SourcePhase::PreCopy { .. } => "pre-copy",
+                    migrate::SourcePhase::Checkpointing { .. } => "checkpoint",
+                    migrate::SourcePhase::Pausing => "pause",
+                    migrate::SourcePhase::AwaitReady => "final copy",
+                    migrate::SourcePhase::HandedOver | migrate::SourcePhase::Committed => {
+                        "handover"
+                    }
+                    migrate::SourcePhase::Escalated => "escalated",
+                    migrate::SourcePhase::Aborted => "aborted",
+                };
+                let (round, copy_bytes, copy_done_bytes) = run.copy.unwrap_or_default();
+                MoveProgress {
+                    migration: id.to_string(),
+                    job: run.job.clone(),
+                    to: run.to_name.clone(),
+                    phase: phase.into(),
+                    round,
+                    copy_bytes,
+                    copy_done_bytes,
+                    acked_bytes: r.rounds.iter().map(|x| x.bytes).sum(),
+                    state_bytes: r.offered_bytes,
+                    elapsed_ms: run.started.elapsed().as_millis() as u64,
+                }
+            })
+            .collect();
+        v.sort_by_key(|m| std::cmp::Reverse(m.elapsed_ms));
+        MessageResult(v)
     }
 }
 

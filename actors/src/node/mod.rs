@@ -33,11 +33,13 @@ pub mod admm;
 pub mod api;
 pub mod checkpoint;
 pub mod config;
+pub mod cpu;
 pub mod link;
 pub mod logbook;
 pub mod migrator;
 pub mod output;
 pub mod proto;
+pub mod recovery;
 pub mod runner;
 pub mod scheduler;
 pub mod solver;
@@ -70,6 +72,13 @@ pub struct Shared {
     pub epoch: Instant,
     pub logs: Arc<Mutex<LogBook>>,
     pub output: mpsc::UnboundedSender<runner::OutputEvent>,
+    /// Node-bound tasks and the server migrating jobs run behind (`[sched]`); `None`:
+    /// every job on its own ordinary thread.
+    pub cpu: Option<Arc<cpu::Cpu>>,
+    /// Random per start: peers learn from a new value that this node's jobs are gone.
+    pub incarnation: u64,
+    /// What recovery publishes in the heartbeat.
+    pub published: Mutex<recovery::Published>,
 }
 
 impl Shared {
@@ -124,6 +133,7 @@ pub struct NodeHandle {
     pub links: Addr<link::LinkMonitor>,
     pub solver: Addr<solver::Solver>,
     pub checkpoint: Addr<checkpoint::CheckpointActor>,
+    pub recovery: Addr<recovery::Recovery>,
     pub api_addr: Option<SocketAddr>,
 }
 
@@ -169,6 +179,12 @@ pub struct NodeStatus {
     /// Milliseconds since the node started (the clock of its moves' `started_ms`).
     #[serde(default)]
     pub uptime_ms: u64,
+    /// The server and node-bound tasks (`[sched]`); absent when the server is off.
+    #[serde(default)]
+    pub sched: Option<cpu::CpuStatus>,
+    /// Replicas held here, copies acknowledged, recoveries made.
+    #[serde(default)]
+    pub recovery: recovery::RecoveryStatus,
 }
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -269,6 +285,7 @@ pub async fn start(config: NodeConfig, host: Arc<Host>) -> anyhow::Result<NodeHa
     let (mesh, events) = mesh::start(id, mcfg, provider)
         .await
         .context("starting the mesh")?;
+    let cpu = cpu::start(&host, &config.sched)?.map(Arc::new);
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         name: config.name.clone(),
@@ -280,6 +297,9 @@ pub async fn start(config: NodeConfig, host: Arc<Host>) -> anyhow::Result<NodeHa
         epoch: Instant::now(),
         logs: Arc::new(Mutex::new(LogBook::default())),
         output: out_tx,
+        cpu,
+        incarnation: rand::random(),
+        published: Mutex::new(recovery::Published::default()),
     });
     let links = link::LinkMonitor::new(shared.clone()).start();
     let scheduler = scheduler::Scheduler::new(shared.clone()).start();
@@ -299,6 +319,13 @@ pub async fn start(config: NodeConfig, host: Arc<Host>) -> anyhow::Result<NodeHa
         checkpoint.clone(),
     )
     .start();
+    let recovery = recovery::Recovery::new(
+        shared.clone(),
+        scheduler.clone(),
+        checkpoint.clone(),
+        links.clone(),
+    )
+    .start();
     let mut handle = NodeHandle {
         shared: shared.clone(),
         scheduler,
@@ -306,6 +333,7 @@ pub async fn start(config: NodeConfig, host: Arc<Host>) -> anyhow::Result<NodeHa
         links,
         solver,
         checkpoint,
+        recovery,
         api_addr: None,
     };
     actix::spawn(output::pump(shared.clone(), out_rx, handle.links.clone()));
@@ -480,6 +508,13 @@ impl NodeHandle {
         Ok(rows)
     }
 
+    /// Copies of jobs running here that replicas acknowledged: (job, holder, checkpoint).
+    pub async fn replication_acks(
+        &self,
+    ) -> anyhow::Result<Vec<(String, String, ::recovery::CheckpointRef)>> {
+        Ok(self.recovery.send(recovery::Acks).await?)
+    }
+
     pub async fn status(&self) -> anyhow::Result<NodeStatus> {
         let jobs = self.scheduler.send(scheduler::List).await?;
         let (draining, load) = self.solver.send(solver::State).await?;
@@ -512,6 +547,8 @@ impl NodeHandle {
             moves,
             store_bytes: self.shared.store.stats().stored_bytes,
             peers_connected,
+            sched: self.shared.cpu.as_ref().map(|c| c.status()),
+            recovery: self.recovery.send(recovery::Status).await?,
             uptime_ms: self.shared.now_ms(),
         })
     }
@@ -589,6 +626,9 @@ impl NodeHandle {
     /// Stops the mesh (other nodes see this node disappear); jobs are killed.
     pub async fn shutdown(&self) {
         let _ = self.scheduler.send(scheduler::KillAll).await;
+        if let Some(cpu) = &self.shared.cpu {
+            let _ = cpu.executor.stop();
+        }
         let _ = self.shared.mesh.shutdown().await;
     }
 }

@@ -84,7 +84,23 @@ pub enum NodeMsg {
         from: u64,
         max: u32,
     },
+    /// A checkpoint of `job`, running at the sender, for the receiver to keep as one of
+    /// its replicas: the receiver fetches the chunks it lacks from the sender, stores the
+    /// manifest and answers `Ok` only once all of it is stored (the acknowledgement).
+    Replicate {
+        job: String,
+        generation: u64,
+        /// Copy number at the sender within the generation.
+        seq: u64,
+        #[serde(with = "serde_bytes")]
+        home: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        manifest: Vec<u8>,
+    },
 }
+
+/// Most jobs a heartbeat lists as recently ended.
+pub const MAX_HEARTBEAT_ENDED: usize = 128;
 
 /// A chunk carried inside a control message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,6 +157,15 @@ pub struct Heartbeat {
     pub load: f64,
     pub speed: f64,
     pub jobs: Vec<JobSummary>,
+    /// Changes whenever the node restarts: jobs it ran before are gone.
+    #[serde(default)]
+    pub incarnation: u64,
+    /// The newest replicated checkpoint this node holds of each job.
+    #[serde(default)]
+    pub holdings: Vec<(String, recovery::CheckpointRef)>,
+    /// Jobs that ended here recently (nobody must recover them).
+    #[serde(default)]
+    pub ended: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -227,6 +252,12 @@ impl NodeMsg {
                     .map_err(|e| ProtoError::Invalid(e.to_string()))?;
             }
             NodeMsg::Drain => {}
+            NodeMsg::Replicate { job, home, .. } => {
+                check_job(job)?;
+                if home.len() > 128 {
+                    return Err(ProtoError::Invalid("home peer id too long".into()));
+                }
+            }
         }
         Ok(m)
     }
@@ -247,8 +278,16 @@ impl Heartbeat {
         if h.name.len() > 64 || !h.load.is_finite() || !h.speed.is_finite() {
             return Err(ProtoError::Invalid("bad name, load or speed".into()));
         }
+        if h.holdings.len() > MAX_HEARTBEAT_JOBS || h.ended.len() > MAX_HEARTBEAT_ENDED {
+            return Err(ProtoError::Invalid(
+                "too many holdings or ended jobs".into(),
+            ));
+        }
         for j in &h.jobs {
             check_job(&j.job)?;
+        }
+        for j in h.holdings.iter().map(|(j, _)| j).chain(&h.ended) {
+            check_job(j)?;
         }
         Ok(h)
     }
@@ -288,6 +327,9 @@ mod tests {
             load: f64::NAN,
             speed: 1.0,
             jobs: vec![],
+            incarnation: 0,
+            holdings: vec![],
+            ended: vec![],
         };
         assert!(Heartbeat::decode(&encode(&hb)).is_err());
     }

@@ -8,6 +8,11 @@
 //! and runs on or waits. Output goes to the node's output pump as it is written,
 //! through the same channel as the final `Exited`, so the pump sees every byte before
 //! it learns the job ended.
+//!
+//! With a server configured (`[sched]`), the thread still owns its job but runs it only
+//! in turns the node's [`executor::Executor`] grants ([`executor::Executor::attach`]):
+//! the executor decides when migrating jobs get the CPU (behind the sporadic server, in
+//! round robin) and ends a turn by raising the same pause flag commands use.
 
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
@@ -16,7 +21,7 @@ use std::time::{Duration, Instant};
 use mesh::PeerId;
 use store::{Checkpoint, Store};
 use tokio::sync::{mpsc, oneshot};
-use wasm_host::{Job, Outcome, OutputSink, PauseHandle, Stream};
+use wasm_host::{HostError, Job, Outcome, OutputSink, PauseHandle, Stream};
 
 use super::proto::StreamKind;
 
@@ -73,6 +78,8 @@ pub enum RunnerCmd {
     Resume { generation: u64 },
     /// End the thread; a running job is killed, a paused one dropped.
     Stop,
+    /// The executor gives the job the CPU for one turn.
+    Turn,
 }
 
 /// Sink that forwards output to the pump, tagged with the job and stream offset.
@@ -138,6 +145,8 @@ pub struct RunnerCtx {
     pub store: Arc<Store>,
     pub output: mpsc::UnboundedSender<OutputEvent>,
     pub events: Box<dyn Fn(RunnerEvent) + Send>,
+    /// The node's executor, when a server decides when migrating jobs run.
+    pub cpu: Option<Arc<super::cpu::Cpu>>,
 }
 
 /// Starts the thread. `running` = start executing at once; otherwise the job is
@@ -152,6 +161,12 @@ pub fn spawn(
     let (tx, rx) = std_mpsc::channel();
     let pause = job.pause_handle();
     let requested_at = Arc::new(std::sync::Mutex::new(None));
+    let gate = ctx.cpu.clone().map(|cpu| Gate {
+        cpu,
+        turns: tx.clone(),
+        attached: None,
+        turn: false,
+    });
     let handle = RunnerHandle {
         tx,
         pause,
@@ -167,6 +182,7 @@ pub fn spawn(
                 ctx,
                 rx,
                 requested_at,
+                gate,
             };
             r.main(running)
         })?;
@@ -179,6 +195,75 @@ struct Runner {
     ctx: RunnerCtx,
     rx: std_mpsc::Receiver<RunnerCmd>,
     requested_at: Arc<std::sync::Mutex<Option<Instant>>>,
+    gate: Option<Gate>,
+}
+
+/// The job's place behind the node's server: it runs only during a granted turn.
+struct Gate {
+    cpu: Arc<super::cpu::Cpu>,
+    /// The runner's own command channel, where grants arrive as [`RunnerCmd::Turn`].
+    turns: std_mpsc::Sender<RunnerCmd>,
+    attached: Option<executor::AttachedJob>,
+    turn: bool,
+}
+
+impl Gate {
+    /// The job wants the CPU (`true`) or waits for a handover (`false`).
+    fn want(&mut self, run: bool, pause: PauseHandle, job_id: &str) {
+        if !run && self.turn {
+            // A turn granted meanwhile goes back before the job leaves the queue.
+            self.ended(Instant::now(), None, &Ok(Outcome::Paused));
+        }
+        match (&self.attached, run) {
+            (Some(a), _) => a.hold(!run),
+            (None, false) => {}
+            (None, true) => {
+                let turns = self.turns.clone();
+                let grant: executor::Grant = Box::new(move || turns.send(RunnerCmd::Turn).is_ok());
+                match self.cpu.executor.attach(pause, 0, grant) {
+                    Ok(a) => self.attached = Some(a),
+                    // Only when the server's queue is full or the executor stopped: the
+                    // job still runs, outside the schedule, rather than never.
+                    Err(e) => {
+                        tracing::warn!(job = job_id, error = %e, "job runs outside the server");
+                    }
+                }
+            }
+        }
+    }
+
+    /// May the job run now?
+    fn open(&self) -> bool {
+        self.turn || self.attached.is_none()
+    }
+
+    /// `run()` returned: the turn is over.
+    fn ended(
+        &mut self,
+        stopped_at: Instant,
+        seen: Option<Instant>,
+        r: &Result<Outcome, HostError>,
+    ) {
+        self.turn = false;
+        let Some(a) = &self.attached else {
+            return;
+        };
+        let echo = match r {
+            Ok(o) => Ok(*o),
+            Err(HostError::Killed) => Err(HostError::Killed),
+            Err(e) => Err(HostError::Trap(e.to_string())),
+        };
+        a.turn_ended(stopped_at, seen, echo);
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        // The executor waits for every granted turn to end; the job is gone.
+        if self.turn {
+            self.ended(Instant::now(), None, &Ok(Outcome::Paused));
+        }
+    }
 }
 
 enum Next {
@@ -188,20 +273,53 @@ enum Next {
 }
 
 impl Runner {
+    /// Tells the gate (if any) whether the job wants the CPU.
+    fn want(&mut self, run: bool) {
+        let pause = self.job.pause_handle();
+        if let Some(g) = self.gate.as_mut() {
+            g.want(run, pause, &self.ctx.job_id);
+        }
+    }
+
     fn main(&mut self, mut running: bool) {
+        self.want(running);
         loop {
-            if !running {
+            let open = self.gate.as_ref().is_none_or(Gate::open);
+            if !running || !open {
                 match self.rx.recv() {
-                    Ok(cmd) => match self.obey(cmd, false) {
-                        Next::Run => running = true,
-                        Next::Wait => {}
+                    Ok(RunnerCmd::Turn) => {
+                        if let Some(g) = self.gate.as_mut() {
+                            g.turn = true;
+                            if !running {
+                                // Granted before the hold arrived: hand the turn back.
+                                g.ended(Instant::now(), None, &Ok(Outcome::Paused));
+                            }
+                        }
+                    }
+                    Ok(cmd) => match self.obey(cmd, running) {
+                        Next::Run => {
+                            if !running {
+                                running = true;
+                                self.want(true);
+                            }
+                        }
+                        Next::Wait => {
+                            if running {
+                                running = false;
+                                self.want(false);
+                            }
+                        }
                         Next::End => return,
                     },
                     Err(_) => return,
                 }
                 continue;
             }
-            match self.job.run() {
+            let result = self.job.run();
+            if let Some(g) = self.gate.as_mut() {
+                g.ended(Instant::now(), self.job.pause_seen_at(), &result);
+            }
+            match result {
                 Ok(Outcome::Exited(code)) => {
                     let w = self.job.wasi_state();
                     let _ = self.ctx.output.send(OutputEvent::Exited {
@@ -227,14 +345,25 @@ impl Runner {
                             Err(std_mpsc::TryRecvError::Empty) => break,
                             Err(std_mpsc::TryRecvError::Disconnected) => return,
                         };
-                        next = self.obey(cmd, true);
+                        next = match cmd {
+                            RunnerCmd::Turn => {
+                                if let Some(g) = self.gate.as_mut() {
+                                    g.turn = true;
+                                }
+                                Next::Run
+                            }
+                            cmd => self.obey(cmd, true),
+                        };
                         if !matches!(next, Next::Run) {
                             break;
                         }
                     }
                     match next {
                         Next::Run => {}
-                        Next::Wait => running = false,
+                        Next::Wait => {
+                            running = false;
+                            self.want(false);
+                        }
                         Next::End => return,
                     }
                 }
@@ -259,7 +388,7 @@ impl Runner {
                 RunnerCmd::Checkpoint(r) | RunnerCmd::Pause(r) => {
                     let _ = r.send(Err(why.to_string()));
                 }
-                RunnerCmd::Resume { .. } | RunnerCmd::Stop => {}
+                RunnerCmd::Resume { .. } | RunnerCmd::Stop | RunnerCmd::Turn => {}
             }
         }
     }
@@ -290,10 +419,29 @@ impl Runner {
                 Next::Run
             }
             RunnerCmd::Stop => Next::End,
+            // Handled by the main loop; a stray grant changes nothing.
+            RunnerCmd::Turn => {
+                if was_running {
+                    Next::Run
+                } else {
+                    Next::Wait
+                }
+            }
         }
     }
 
     fn checkpoint(&mut self) -> Result<Taken, String> {
+        if !self.job.is_paused() {
+            // A job behind the server may not have had its first turn yet: with the pause
+            // raised it stops at its first yield point (microseconds, outside the
+            // schedule), where it can be captured.
+            self.job.pause_handle().request();
+            match self.job.run() {
+                Ok(Outcome::Paused) => {}
+                Ok(Outcome::Exited(_)) => return Err("the job ended".into()),
+                Err(e) => return Err(format!("starting {}: {e}", self.ctx.job_id)),
+            }
+        }
         let stop = self
             .requested_at
             .lock()

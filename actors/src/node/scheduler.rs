@@ -3,8 +3,8 @@
 //! It starts jobs on their own threads ([`super::runner`]) and is the one place that
 //! knows whether a job here is running, paused for a move, or restored and waiting
 //! for the go of a handover. The migration cores ask it for checkpoints, pauses,
-//! resumes and drops. (Fixed-priority scheduling with a sporadic server for migrating
-//! jobs is a later layer; today every job gets its own thread.)
+//! resumes and drops. With `[sched]` on, the job threads run only in the turns the
+//! node's executor grants (see [`super::cpu`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -74,6 +74,7 @@ impl Scheduler {
             store: self.shared.store.clone(),
             output: self.shared.output.clone(),
             events: Box::new(move |e| me.do_send(Runner(e))),
+            cpu: self.shared.cpu.clone(),
         }
     }
 
@@ -345,6 +346,19 @@ impl Handler<Lookup> for Scheduler {
 
     fn handle(&mut self, m: Lookup, _: &mut Context<Self>) -> Self::Result {
         self.jobs.get(&m.0).map(|e| (e.generation, e.home, e.state))
+    }
+}
+
+/// Jobs that ended here (exited or failed), newest last: nobody must recover them.
+#[derive(Message)]
+#[rtype(result = "Vec<String>")]
+pub struct EndedJobs;
+
+impl Handler<EndedJobs> for Scheduler {
+    type Result = MessageResult<EndedJobs>;
+
+    fn handle(&mut self, _: EndedJobs, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.finished.iter().map(|j| j.job.clone()).collect())
     }
 }
 

@@ -27,7 +27,7 @@ use std::time::Instant;
 use placement::NodeId;
 use tokio::sync::mpsc;
 
-use super::admm::{node_id, Member, Proposal, ProposedJob};
+use super::admm::{node_id, AdmmTally, Member, Proposal, ProposedJob};
 use super::api::RunRequest;
 use super::checkpoint::{to_mesh_id, CheckpointActor, StoreChunksMsg};
 use super::link::{LinkMonitor, PeerView, Query, Resolve};
@@ -35,7 +35,7 @@ use super::migrator::{Migrator, MovePolicy, MoveReport, StartMove};
 use super::proto::{encode, valid_job_id, Heartbeat, JobLaunch, NodeMsg, NodeReply};
 use super::scheduler::{List, Lookup, Scheduler, Start};
 use super::Shared;
-use crate::placement_shell::{Input, Shell, ShellConfig};
+use crate::placement_shell::{Input, Shell, ShellConfig, ShellError};
 
 const OVERLOADED: f64 = 0.8;
 const LOAD_MARGIN: f64 = 0.3;
@@ -70,6 +70,8 @@ struct AdmmState {
     names: HashMap<PeerId, String>,
     /// Measured links from peers to this node (the source side of a move here).
     links: std::collections::BTreeMap<NodeId, placement::Link>,
+    /// What the rounds did, for `/metrics`.
+    tally: AdmmTally,
 }
 
 impl Solver {
@@ -95,7 +97,21 @@ impl Solver {
     }
 
     fn load(&self) -> f64 {
-        (self.injected_load + LOAD_PER_JOB * self.running_jobs as f64).min(1.0)
+        let per_job = LOAD_PER_JOB * self.shared.config.placement.capacity / self.capacity();
+        (self.injected_load + per_job * self.running_jobs as f64).min(1.0)
+    }
+
+    /// Jobs this node can take at once: `placement.capacity` for a whole CPU; behind a
+    /// sporadic server (`[sched]`), the server's share of it, as the executor reports.
+    fn capacity(&self) -> f64 {
+        let jobs = self.shared.config.placement.capacity;
+        match &self.shared.cpu {
+            None => jobs,
+            Some(cpu) => match cpu.executor.spare_capacity() {
+                Ok(spare) => (jobs * spare.server_share).max(1e-3),
+                Err(_) => 1e-3, // the executor stopped: take nothing
+            },
+        }
     }
 
     /// Heartbeat + rule, every period.
@@ -216,7 +232,7 @@ impl Solver {
             return;
         }
         let env = placement::NodeEnv {
-            capacity: cfg.placement.capacity,
+            capacity: self.capacity(),
             speed: cfg.speed,
             load: placement::LoadPenalty::default(),
             links: self.admm.links.clone(),
@@ -243,6 +259,8 @@ impl Solver {
         actix::spawn(async move {
             let mut shell = Shell::new(mesh, ShellConfig::default(), peers.clone());
             let r = shell.run(&mut core, &mut rx).await;
+            // Published bytes so far (the linger below answers stragglers only).
+            let sent_bytes = shell.stats().published_bytes;
             // Stay a moment to answer peers that lost this node's last messages.
             let _ = shell
                 .linger(
@@ -253,20 +271,36 @@ impl Solver {
                 .await;
             me_addr.do_send(RoundDone {
                 round,
-                result: r.map(|placed| placed.outcome).map_err(|e| e.to_string()),
+                result: r
+                    .map(|placed| (placed.outcome, placed.elapsed))
+                    .map_err(|e| (failure_kind(&e), e.to_string())),
+                sent_bytes,
                 proposal: p,
             });
         });
     }
 }
 
-/// A placement round ended here.
+/// A placement round ended here: its outcome and how long the shell ran for it, or
+/// why it gave none (a label of [`super::admm::ROUND_FAILURES`] and the error).
 #[derive(Message)]
 #[rtype(result = "()")]
 struct RoundDone {
     round: u64,
-    result: Result<placement::Outcome, String>,
+    result: Result<(placement::Outcome, Duration), (&'static str, String)>,
+    /// Placement payload bytes this node published for the round.
+    sent_bytes: u64,
     proposal: Proposal,
+}
+
+/// The `roam_admm_rounds_total` label of a round that gave no placement.
+fn failure_kind(e: &ShellError) -> &'static str {
+    match e {
+        ShellError::Disagreement { .. } => "disagreement",
+        ShellError::Failed { .. } => "infeasible",
+        ShellError::Timeout { .. } => "timeout",
+        _ => "error",
+    }
 }
 
 impl Handler<RoundDone> for Solver {
@@ -281,8 +315,12 @@ impl Handler<RoundDone> for Solver {
             self.admm.active = None;
         }
         let outcome = match m.result {
-            Ok(o) => o,
-            Err(e) => {
+            Ok((o, elapsed)) => {
+                self.admm.tally.placed(&o, elapsed, m.sent_bytes);
+                o
+            }
+            Err((kind, e)) => {
+                self.admm.tally.failed(kind, m.sent_bytes);
                 tracing::info!(round = m.round, %e, "placement round gave no placement");
                 return;
             }
@@ -386,11 +424,20 @@ impl Handler<Observed> for Solver {
 
     fn handle(&mut self, m: Observed, ctx: &mut Context<Self>) {
         self.running_jobs = m.jobs.iter().filter(|j| j.state == "running").count();
+        let published = self
+            .shared
+            .published
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_default();
         let hb = Heartbeat {
             name: self.shared.name.clone(),
             draining: self.draining,
             load: self.load(),
             speed: self.shared.config.speed,
+            incarnation: self.shared.incarnation,
+            holdings: published.holdings,
+            ended: published.ended,
             jobs: m
                 .jobs
                 .iter()
@@ -812,6 +859,18 @@ impl Handler<SetLoad> for Solver {
             0.0
         };
         self.tick(ctx);
+    }
+}
+
+/// The running totals of this node's placement rounds (`/metrics`).
+#[derive(Message)]
+#[rtype(result = "AdmmTally")]
+pub struct AdmmStats;
+
+impl Handler<AdmmStats> for Solver {
+    type Result = MessageResult<AdmmStats>;
+    fn handle(&mut self, _: AdmmStats, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.admm.tally.clone())
     }
 }
 

@@ -1,0 +1,879 @@
+//! The Recovery actor: nodes die, jobs do not.
+//!
+//! A thin shell around the sans-IO `recovery` crate:
+//!
+//! - **Replication** (owner side): every job running here is copied to its replica set
+//!   ([`recovery::replica_set`] over the live members) as an incremental checkpoint, at a
+//!   period [`recovery::copy_period`] adapts to the job's dirty rate and the link. A
+//!   replica pulls the chunks it lacks from the owner (the mesh's verified fetch), stores
+//!   the manifest and only then answers: that answer is the acknowledgement
+//!   ([`recovery::AckBook`]).
+//! - **Failure detection**: every heartbeat feeds a [`recovery::Detector`] keyed by node
+//!   name (a restarted node keeps its name; its new `incarnation` says its jobs are gone).
+//! - **Recovery**: when the node last seen running a job is dead (or came back without
+//!   it), every node builds the same [`recovery::View`] from the heartbeats — members,
+//!   live nodes, who holds which checkpoint — and [`recovery::decide`] names one live
+//!   holder on the majority side; that node restores the job from its replica with the
+//!   next generation and runs it. Output offsets travel in the checkpoint, so the home's
+//!   log book drops what the job writes again between the checkpoint and the crash.
+//! - **Fencing**: a node that sees a newer generation of a job it runs drops its copy
+//!   ([`recovery::on_generation`]); a node that no longer sees a strict majority pauses
+//!   its jobs and runs them again only when [`recovery::owner_action`] says so.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use mesh::PeerId;
+use migrate::MigrationId;
+use recovery::{
+    AckBook, CheckpointId, CheckpointRef, CopySchedule, Decision, Detector, DetectorEvent, Fence,
+    Liveness, NodeId, OwnerAction, RecoveryConfig, View,
+};
+use serde::{Deserialize, Serialize};
+use store::ChunkId;
+
+use super::checkpoint::{to_mesh_id, CheckpointActor, Restore};
+use super::link::{Estimate, LinkMonitor};
+use super::proto::{encode, Heartbeat, JobSummary, NodeMsg, NodeReply};
+use super::scheduler::{Control, EndedJobs, List, Op, Scheduler};
+use super::Shared;
+
+/// How often the actor looks at its jobs, its peers and what is due.
+const TICK: Duration = Duration::from_millis(100);
+/// Jobs remembered as ended (never recovered).
+const ENDED_KEPT: usize = 4096;
+/// Bandwidth assumed towards a replica before the mesh measured it.
+const DEFAULT_BANDWIDTH: u64 = 50_000_000;
+
+/// What this node publishes in its heartbeat for recovery (read by the Solver).
+#[derive(Clone, Debug, Default)]
+pub struct Published {
+    pub holdings: Vec<(String, CheckpointRef)>,
+    pub ended: Vec<String>,
+}
+
+/// One peer as its heartbeats describe it.
+struct Peer {
+    peer: PeerId,
+    incarnation: u64,
+    /// job → (generation, state).
+    jobs: HashMap<String, (u64, String)>,
+    holdings: HashMap<String, CheckpointRef>,
+    heard_at: u64,
+}
+
+/// Where a job was last seen running.
+#[derive(Clone, Debug)]
+struct Placed {
+    node: NodeId,
+    generation: u64,
+    /// The incarnation of `node` it was seen on.
+    incarnation: u64,
+}
+
+/// A replica held here.
+#[derive(Clone, Debug)]
+struct Held {
+    cref: CheckpointRef,
+    home: PeerId,
+}
+
+/// A recovery this node made (for the status and the chaos harness).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Recovered {
+    pub job: String,
+    pub generation: u64,
+    pub from_node: String,
+    pub at_ms: u64,
+    /// The checkpoint it resumed from: generation and copy number.
+    pub checkpoint: String,
+}
+
+/// Replication and recovery figures for `/status`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct RecoveryStatus {
+    pub members: Vec<String>,
+    pub alive: Vec<String>,
+    /// Replicas held here: (job, checkpoint).
+    pub holdings: Vec<(String, String)>,
+    /// Copies of jobs here acknowledged by replicas.
+    pub copies_acked: u64,
+    pub copies_failed: u64,
+    pub recovered: Vec<Recovered>,
+    /// Jobs paused because this node sees no majority.
+    pub quorum_paused: Vec<String>,
+}
+
+pub struct Recovery {
+    shared: Arc<Shared>,
+    scheduler: Addr<Scheduler>,
+    checkpoint: Addr<CheckpointActor>,
+    links: Addr<LinkMonitor>,
+    cfg: RecoveryConfig,
+    me: NodeId,
+    detector: Detector,
+    members: BTreeSet<NodeId>,
+    peers: HashMap<NodeId, Peer>,
+    placed: HashMap<String, Placed>,
+    ended: HashSet<String>,
+    ended_order: VecDeque<String>,
+    schedule: CopySchedule,
+    acks: AckBook,
+    seq: HashMap<String, u64>,
+    /// When the last copy of each job was taken, and its dirty bytes/s since the one before.
+    last_copy: HashMap<String, (u64, f64)>,
+    held: HashMap<String, Held>,
+    quorum_paused: HashMap<String, u64>,
+    resuming: HashSet<String>,
+    copies_acked: u64,
+    copies_failed: u64,
+    recovered: Vec<Recovered>,
+}
+
+impl Recovery {
+    pub fn new(
+        shared: Arc<Shared>,
+        scheduler: Addr<Scheduler>,
+        checkpoint: Addr<CheckpointActor>,
+        links: Addr<LinkMonitor>,
+    ) -> Recovery {
+        let cfg = shared.config.recovery.clone();
+        let me = NodeId(shared.name.clone());
+        // The config was validated at start; a detector from it cannot fail, but if it
+        // did, the defaults are a safe fallback.
+        let detector = Detector::new(&cfg)
+            .or_else(|_| Detector::new(&RecoveryConfig::default()))
+            .unwrap_or_else(|_| unreachable_detector());
+        let mut members = BTreeSet::new();
+        members.insert(me.clone());
+        Recovery {
+            shared,
+            scheduler,
+            checkpoint,
+            links,
+            cfg,
+            me,
+            detector,
+            members,
+            peers: HashMap::new(),
+            placed: HashMap::new(),
+            ended: HashSet::new(),
+            ended_order: VecDeque::new(),
+            schedule: CopySchedule::new(),
+            acks: AckBook::new(),
+            seq: HashMap::new(),
+            last_copy: HashMap::new(),
+            held: HashMap::new(),
+            quorum_paused: HashMap::new(),
+            resuming: HashSet::new(),
+            copies_acked: 0,
+            copies_failed: 0,
+            recovered: Vec::new(),
+        }
+    }
+
+    fn enabled(&self) -> bool {
+        self.cfg.replicas > 0
+    }
+
+    /// Members heard within `suspect_after_ms`, and this node.
+    fn alive(&self) -> BTreeSet<NodeId> {
+        let mut a: BTreeSet<NodeId> = self.detector.alive().cloned().collect();
+        a.insert(self.me.clone());
+        a
+    }
+
+    /// Members not declared dead, and this node.
+    fn live(&self) -> BTreeSet<NodeId> {
+        let mut a: BTreeSet<NodeId> = self.detector.not_dead().cloned().collect();
+        a.insert(self.me.clone());
+        a
+    }
+
+    fn remember_ended(&mut self, job: &str) {
+        if self.ended.insert(job.to_string()) {
+            self.ended_order.push_back(job.to_string());
+            if self.ended_order.len() > ENDED_KEPT {
+                if let Some(old) = self.ended_order.pop_front() {
+                    self.ended.remove(&old);
+                }
+            }
+        }
+        self.placed.remove(job);
+        self.held.remove(job);
+        self.acks.forget_job(job);
+    }
+
+    fn publish(&self, ended_here: &[String]) {
+        let mut holdings: Vec<(String, CheckpointRef)> =
+            self.held.iter().map(|(j, h)| (j.clone(), h.cref)).collect();
+        holdings.sort();
+        holdings.truncate(super::proto::MAX_HEARTBEAT_JOBS);
+        let mut ended: Vec<String> = ended_here.to_vec();
+        ended.truncate(super::proto::MAX_HEARTBEAT_ENDED);
+        if let Ok(mut p) = self.shared.published.lock() {
+            *p = Published { holdings, ended };
+        }
+    }
+
+    fn control(&self, job: &str, op: Op) {
+        let sched = self.scheduler.clone();
+        let job = job.to_string();
+        actix::spawn(async move {
+            if let Ok(Err(e)) = sched
+                .send(Control {
+                    job: job.clone(),
+                    op,
+                })
+                .await
+            {
+                tracing::debug!(%job, %e, "recovery control");
+            }
+        });
+    }
+
+    /// Copies due checkpoints of jobs running here to their replicas.
+    fn replicate(&mut self, running: &[&JobSummary], now: u64, ctx: &mut Context<Self>) {
+        let here: HashSet<&str> = running.iter().map(|j| j.job.as_str()).collect();
+        let tracked: Vec<String> = self.seq.keys().cloned().collect();
+        for job in tracked {
+            if !here.contains(job.as_str()) {
+                self.schedule.untrack(&job);
+                self.seq.remove(&job);
+                self.last_copy.remove(&job);
+            }
+        }
+        for j in running {
+            if !self.seq.contains_key(&j.job) {
+                self.seq.insert(j.job.clone(), 0);
+                self.schedule.track(&j.job, now, self.cfg.min_period_ms);
+            }
+        }
+        let alive = self.alive();
+        for job in self.schedule.due(now) {
+            let Some(summary) = running.iter().find(|j| j.job == job) else {
+                continue;
+            };
+            let targets: Vec<(NodeId, PeerId)> =
+                recovery::replica_set(&job, &alive, Some(&self.me), self.cfg.replicas)
+                    .into_iter()
+                    .filter(|n| *n != self.me)
+                    .filter_map(|n| self.peers.get(&n).map(|p| (n.clone(), p.peer)))
+                    .collect();
+            if targets.is_empty() {
+                continue;
+            }
+            self.schedule.started(&job, now);
+            let seq = self.seq.get(&job).copied().unwrap_or(0) + 1;
+            self.seq.insert(job.clone(), seq);
+            let copy = copy_once(
+                self.shared.clone(),
+                self.scheduler.clone(),
+                job.clone(),
+                summary.generation,
+                summary.home.clone(),
+                seq,
+                targets,
+            );
+            let links = self.links.clone();
+            ctx.spawn(copy.into_actor(self).then(move |r, act, _| {
+                let first_peer = r.acked.first().map(|(_, p)| *p);
+                act.copy_done(r);
+                async move {
+                    match first_peer {
+                        Some(p) => links.send(Estimate(p)).await.ok().and_then(|e| e.bandwidth),
+                        None => None,
+                    }
+                }
+                .into_actor(act)
+                .map(move |bw, act, _| act.adapt_period(&job, bw))
+            }));
+        }
+    }
+
+    fn copy_done(&mut self, r: CopyResult) {
+        self.schedule.finished(&r.job);
+        let now = self.shared.now_ms();
+        let Some(cref) = r.cref else {
+            self.copies_failed += 1;
+            return;
+        };
+        if r.acked.is_empty() {
+            self.copies_failed += 1;
+        }
+        for (holder, _) in &r.acked {
+            self.copies_acked += 1;
+            if let Err(e) = self.acks.ack(&r.job, holder, cref) {
+                tracing::warn!(job = %r.job, %e, "acknowledgement refused");
+            }
+        }
+        let rate = match self.last_copy.get(&r.job) {
+            Some((at, _)) if now > *at => r.dirty_bytes as f64 * 1000.0 / (now - at) as f64,
+            _ => 0.0,
+        };
+        self.last_copy.insert(r.job.clone(), (now, rate));
+    }
+
+    /// A new copy period from the job's dirty rate and the link to its replicas.
+    fn adapt_period(&mut self, job: &str, bandwidth: Option<u64>) {
+        let Some((_, rate)) = self.last_copy.get(job) else {
+            return;
+        };
+        let bw = bandwidth.unwrap_or(DEFAULT_BANDWIDTH) as f64;
+        let p = recovery::copy_period(&self.cfg, *rate as u64, bw as u64);
+        self.schedule.set_period(job, p.ms);
+    }
+
+    /// Pauses jobs here while no strict majority is in sight, and runs them again (or
+    /// drops them) when the owner rule says so.
+    fn guard_quorum(&mut self, running: &[&JobSummary], now: u64) {
+        let alive = self.alive();
+        // Pause when the members out of sight could resume our jobs without us (the
+        // same rule `owner_action` applies before running them again).
+        let out_of_sight = self.members.difference(&alive).count();
+        if out_of_sight * 2 > self.members.len() {
+            for j in running {
+                if self.quorum_paused.insert(j.job.clone(), now).is_none() {
+                    tracing::warn!(job = %j.job, node = %self.me.as_str(),
+                        "the nodes out of sight could resume this job: pausing it");
+                    self.control(&j.job, Op::Pause);
+                }
+            }
+        }
+        let paused: Vec<(String, u64)> = self
+            .quorum_paused
+            .iter()
+            .map(|(j, t)| (j.clone(), *t))
+            .collect();
+        for (job, since) in paused {
+            let generation = self.placed.get(&job).map_or(0, |p| p.generation);
+            let reported: BTreeMap<NodeId, u64> = self
+                .peers
+                .iter()
+                .filter(|(_, p)| p.heard_at > since)
+                .map(|(n, p)| (n.clone(), p.jobs.get(&job).map_or(0, |(g, _)| *g)))
+                .collect();
+            match recovery::owner_action(&self.members, &alive, generation, &reported) {
+                OwnerAction::Run => {
+                    tracing::info!(%job, "majority back: the job runs again");
+                    self.quorum_paused.remove(&job);
+                    self.control(&job, Op::Resume);
+                }
+                OwnerAction::Stop { newer } => {
+                    tracing::info!(%job, newer, "recovered elsewhere meanwhile: dropping this copy");
+                    self.quorum_paused.remove(&job);
+                    self.control(&job, Op::Drop);
+                }
+                OwnerAction::Pause => {}
+            }
+        }
+    }
+
+    /// Resumes the jobs this node must recover.
+    fn recover(&mut self, here: &HashSet<String>, ctx: &mut Context<Self>) {
+        let live = self.live();
+        let jobs: Vec<(String, Placed)> = self
+            .placed
+            .iter()
+            .filter(|(j, p)| p.node != self.me && !here.contains(*j))
+            .filter(|(j, _)| !self.ended.contains(*j) && !self.resuming.contains(*j))
+            .map(|(j, p)| (j.clone(), p.clone()))
+            .collect();
+        for (job, placed) in jobs {
+            let owner_peer = self.peers.get(&placed.node);
+            let still_owner = match owner_peer {
+                // Restarted since (new incarnation) and no longer lists the job: gone.
+                Some(p) => p.incarnation == placed.incarnation || p.jobs.contains_key(&job),
+                None => true,
+            };
+            let owner_dead = self.detector.state(&placed.node) == Some(Liveness::Dead);
+            if still_owner && !owner_dead {
+                continue;
+            }
+            let mut holdings: BTreeMap<NodeId, Option<CheckpointRef>> = BTreeMap::new();
+            for n in &live {
+                if *n == self.me {
+                    holdings.insert(n.clone(), self.held.get(&job).map(|h| h.cref));
+                } else if let Some(p) = self.peers.get(n) {
+                    holdings.insert(n.clone(), p.holdings.get(&job).copied());
+                }
+            }
+            let view = View {
+                job: job.clone(),
+                members: self.members.clone(),
+                live: live.clone(),
+                owner: still_owner.then(|| placed.node.clone()),
+                generation: placed.generation,
+                replicas: recovery::replica_set(
+                    &job,
+                    &self.members,
+                    Some(&placed.node),
+                    self.cfg.replicas,
+                ),
+                holdings,
+            };
+            match recovery::decide(&view) {
+                Decision::Resume {
+                    node,
+                    from,
+                    generation,
+                } if node == self.me => self.resume(job, from, generation, placed.node, ctx),
+                Decision::NoCheckpoint => {
+                    tracing::warn!(%job, owner = %placed.node.as_str(),
+                        "its node is gone and no live node holds a checkpoint: the job is lost");
+                    self.placed.remove(&job);
+                }
+                d => tracing::trace!(%job, ?d, "recovery decision"),
+            }
+        }
+    }
+
+    fn resume(
+        &mut self,
+        job: String,
+        from: CheckpointRef,
+        generation: u64,
+        owner: NodeId,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(held) = self.held.get(&job).filter(|h| h.cref == from).cloned() else {
+            return;
+        };
+        self.resuming.insert(job.clone());
+        tracing::warn!(%job, generation, from = %from, dead = %owner.as_str(),
+            "recovering a job from its replicated checkpoint");
+        let shared = self.shared.clone();
+        let cp = self.checkpoint.clone();
+        let sched = self.scheduler.clone();
+        let j = job.clone();
+        let fut = async move {
+            let id = ChunkId(from.id.0);
+            let manifest = shared
+                .store
+                .get_chunk(&id)
+                .map_err(|e| format!("reading the replica's manifest: {e}"))?;
+            cp.send(Restore {
+                migration: MigrationId(rand::random()),
+                job: j.clone(),
+                generation,
+                home: held.home,
+                manifest,
+                manifest_id: id,
+            })
+            .await
+            .map_err(|e| e.to_string())??;
+            sched
+                .send(Control {
+                    job: j,
+                    op: Op::Go { generation },
+                })
+                .await
+                .map_err(|e| e.to_string())??;
+            Ok::<(), String>(())
+        };
+        ctx.spawn(fut.into_actor(self).map(move |r, act, _| {
+            act.resuming.remove(&job);
+            match r {
+                Ok(()) => {
+                    let now = act.shared.now_ms();
+                    act.placed.insert(
+                        job.clone(),
+                        Placed {
+                            node: act.me.clone(),
+                            generation,
+                            incarnation: act.shared.incarnation,
+                        },
+                    );
+                    act.recovered.push(Recovered {
+                        job,
+                        generation,
+                        from_node: owner.0,
+                        at_ms: now,
+                        checkpoint: from.to_string(),
+                    });
+                }
+                Err(e) => tracing::warn!(%job, %e, "recovery failed"),
+            }
+        }));
+    }
+}
+
+/// Never used: the detector is built from a validated config.
+fn unreachable_detector() -> Detector {
+    let cfg = RecoveryConfig {
+        suspect_after_ms: 1,
+        dead_after_ms: 2,
+        ..RecoveryConfig::default()
+    };
+    match Detector::new(&cfg) {
+        Ok(d) => d,
+        Err(e) => panic!("detector from a minimal config: {e}"),
+    }
+}
+
+struct CopyResult {
+    job: String,
+    cref: Option<CheckpointRef>,
+    acked: Vec<(NodeId, PeerId)>,
+    dirty_bytes: u64,
+}
+
+/// One copy: an incremental checkpoint here, offered to every target.
+async fn copy_once(
+    shared: Arc<Shared>,
+    scheduler: Addr<Scheduler>,
+    job: String,
+    generation: u64,
+    home: Vec<u8>,
+    seq: u64,
+    targets: Vec<(NodeId, PeerId)>,
+) -> CopyResult {
+    let mut result = CopyResult {
+        job: job.clone(),
+        cref: None,
+        acked: Vec::new(),
+        dirty_bytes: 0,
+    };
+    let taken = match scheduler
+        .send(Control {
+            job: job.clone(),
+            op: Op::Checkpoint,
+        })
+        .await
+    {
+        Ok(Ok(Some(t))) => t,
+        other => {
+            tracing::debug!(%job, ?other, "no checkpoint to replicate");
+            return result;
+        }
+    };
+    let cref = CheckpointRef {
+        generation,
+        seq,
+        id: CheckpointId(taken.checkpoint.id.0),
+    };
+    result.cref = Some(cref);
+    result.dirty_bytes = taken.chunks_hashed * u64::from(shared.config.chunk_kib) * 1024;
+    let msg = encode(&NodeMsg::Replicate {
+        job: job.clone(),
+        generation,
+        seq,
+        home,
+        manifest: taken.manifest,
+    });
+    let asks = targets.into_iter().map(|(node, peer)| {
+        let mesh = shared.mesh.clone();
+        let msg = msg.clone();
+        async move {
+            match mesh.control_request(peer, msg).await {
+                Ok(reply) => match NodeReply::decode(&reply) {
+                    Ok(NodeReply::Ok) => Some((node, peer)),
+                    other => {
+                        tracing::debug!(node = %node.as_str(), ?other, "replica refused");
+                        None
+                    }
+                },
+                Err(e) => {
+                    tracing::debug!(node = %node.as_str(), %e, "replica unreachable");
+                    None
+                }
+            }
+        }
+    });
+    result.acked = futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    result
+}
+
+impl Actor for Recovery {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(TICK, |act, ctx| {
+            let sched = act.scheduler.clone();
+            let me = ctx.address();
+            actix::spawn(async move {
+                if let (Ok(jobs), Ok(ended)) = (sched.send(List).await, sched.send(EndedJobs).await)
+                {
+                    me.do_send(Observed { jobs, ended });
+                }
+            });
+        });
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Observed {
+    jobs: Vec<JobSummary>,
+    ended: Vec<String>,
+}
+
+impl Handler<Observed> for Recovery {
+    type Result = ();
+
+    fn handle(&mut self, m: Observed, ctx: &mut Context<Self>) {
+        let now = self.shared.now_ms();
+        self.detector.tick(now);
+        while let Some(ev) = self.detector.poll_event() {
+            match ev {
+                DetectorEvent::Dead { node, .. } => {
+                    tracing::warn!(node = %node.as_str(), "peer declared dead")
+                }
+                DetectorEvent::Suspected { node, .. } => {
+                    tracing::info!(node = %node.as_str(), "peer suspected")
+                }
+                DetectorEvent::Alive { node } => {
+                    tracing::info!(node = %node.as_str(), "peer alive")
+                }
+            }
+        }
+        for job in &m.ended {
+            self.remember_ended(job);
+        }
+        for j in &m.jobs {
+            let newer = self
+                .placed
+                .get(&j.job)
+                .is_none_or(|p| p.generation <= j.generation);
+            if newer && j.state == "running" {
+                self.placed.insert(
+                    j.job.clone(),
+                    Placed {
+                        node: self.me.clone(),
+                        generation: j.generation,
+                        incarnation: self.shared.incarnation,
+                    },
+                );
+            }
+        }
+        self.publish(&m.ended);
+        if !self.enabled() {
+            return;
+        }
+        let running: Vec<&JobSummary> = m.jobs.iter().filter(|j| j.state == "running").collect();
+        self.replicate(&running, now, ctx);
+        self.guard_quorum(&running, now);
+        let here: HashSet<String> = m.jobs.iter().map(|j| j.job.clone()).collect();
+        self.recover(&here, ctx);
+    }
+}
+
+/// A heartbeat from a peer.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Seen(pub PeerId, pub Heartbeat);
+
+impl Handler<Seen> for Recovery {
+    type Result = ();
+
+    fn handle(&mut self, m: Seen, _: &mut Context<Self>) {
+        let Seen(peer, hb) = m;
+        let node = NodeId(hb.name.clone());
+        if node == self.me {
+            return;
+        }
+        let now = self.shared.now_ms();
+        if self.detector.state(&node).is_none() {
+            self.detector.watch(node.clone(), now);
+        }
+        self.detector.heard(&node, now);
+        self.members.insert(node.clone());
+        for job in &hb.ended {
+            self.remember_ended(job);
+        }
+        let jobs: HashMap<String, (u64, String)> = hb
+            .jobs
+            .iter()
+            .map(|j| (j.job.clone(), (j.generation, j.state.clone())))
+            .collect();
+        for j in hb.jobs.iter().filter(|j| j.state == "running") {
+            if self.ended.contains(&j.job) {
+                continue;
+            }
+            let newer = self
+                .placed
+                .get(&j.job)
+                .is_none_or(|p| p.generation <= j.generation);
+            if newer {
+                self.placed.insert(
+                    j.job.clone(),
+                    Placed {
+                        node: node.clone(),
+                        generation: j.generation,
+                        incarnation: hb.incarnation,
+                    },
+                );
+            }
+            // Fencing: a copy here that is older (or the same generation, ranked
+            // lower) stops at once.
+            if let Some(mine) = self
+                .placed
+                .get(&j.job)
+                .filter(|_| self.quorum_paused.contains_key(&j.job) || self.running_here(&j.job))
+                .map(|p| p.generation)
+            {
+                match recovery::on_generation(&j.job, &self.me, mine, &node, j.generation) {
+                    Fence::Keep => {}
+                    f => {
+                        tracing::warn!(job = %j.job, mine, theirs = j.generation, ?f,
+                            other = %node.as_str(), "another node runs this job: dropping this copy");
+                        self.quorum_paused.remove(&j.job);
+                        self.control(&j.job, Op::Drop);
+                    }
+                }
+            }
+        }
+        // A job its owner (same incarnation) stopped listing was moved, ended or killed
+        // on purpose: nothing to recover.
+        self.placed.retain(|job, p| {
+            p.node != node || p.incarnation != hb.incarnation || jobs.contains_key(job)
+        });
+        self.peers.insert(
+            node,
+            Peer {
+                peer,
+                incarnation: hb.incarnation,
+                jobs,
+                holdings: hb.holdings.into_iter().collect(),
+                heard_at: now,
+            },
+        );
+    }
+}
+
+impl Recovery {
+    /// Whether this node last ran `job` itself (its own placement).
+    fn running_here(&self, job: &str) -> bool {
+        self.placed.get(job).is_some_and(|p| p.node == self.me)
+    }
+}
+
+/// A checkpoint offered by a job's owner for this node to keep.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct Replica {
+    pub from: PeerId,
+    pub job: String,
+    pub generation: u64,
+    pub seq: u64,
+    pub home: Vec<u8>,
+    pub manifest: Vec<u8>,
+}
+
+impl Handler<Replica> for Recovery {
+    type Result = ResponseActFuture<Self, Result<(), String>>;
+
+    fn handle(&mut self, m: Replica, _: &mut Context<Self>) -> Self::Result {
+        let shared = self.shared.clone();
+        let cp = self.checkpoint.clone();
+        let job = m.job.clone();
+        let fut = async move {
+            let home = PeerId::from_bytes(&m.home).map_err(|e| format!("home: {e}"))?;
+            let manifest = store::Manifest::decode(&m.manifest).map_err(|e| e.to_string())?;
+            if manifest.job != m.job || manifest.generation != m.generation {
+                return Err("the manifest is of another job or generation".to_string());
+            }
+            let ids: Vec<ChunkId> = manifest.referenced().map(|(id, _)| id).collect();
+            let missing: Vec<mesh::ChunkId> = shared
+                .store
+                .missing(ids.iter())
+                .iter()
+                .map(to_mesh_id)
+                .collect();
+            let (ok, _) = super::migrator::fetch_round(
+                shared.mesh.clone(),
+                shared.store.clone(),
+                cp,
+                m.from,
+                missing,
+                migrate::Compression::None,
+                |_| {},
+            )
+            .await;
+            if !ok {
+                return Err("fetching the checkpoint's chunks failed".into());
+            }
+            let store = shared.store.clone();
+            let bytes = m.manifest;
+            let cp = tokio::task::spawn_blocking(move || store.import_manifest(&bytes))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("storing the manifest: {e}"))?;
+            Ok((
+                CheckpointRef {
+                    generation: m.generation,
+                    seq: m.seq,
+                    id: CheckpointId(cp.id.0),
+                },
+                home,
+            ))
+        };
+        Box::pin(fut.into_actor(self).map(move |r, act, _| {
+            let (cref, home) = r?;
+            if act.ended.contains(&job) {
+                return Ok(());
+            }
+            let newer = act.held.get(&job).is_none_or(|h| h.cref < cref);
+            if newer {
+                act.held.insert(job, Held { cref, home });
+            }
+            Ok(())
+        }))
+    }
+}
+
+/// Replication and recovery figures.
+#[derive(Message)]
+#[rtype(result = "RecoveryStatus")]
+pub struct Status;
+
+impl Handler<Status> for Recovery {
+    type Result = MessageResult<Status>;
+
+    fn handle(&mut self, _: Status, _: &mut Context<Self>) -> Self::Result {
+        let mut holdings: Vec<(String, String)> = self
+            .held
+            .iter()
+            .map(|(j, h)| (j.clone(), h.cref.to_string()))
+            .collect();
+        holdings.sort();
+        let mut quorum_paused: Vec<String> = self.quorum_paused.keys().cloned().collect();
+        quorum_paused.sort();
+        MessageResult(RecoveryStatus {
+            members: self.members.iter().map(|n| n.0.clone()).collect(),
+            alive: self.alive().into_iter().map(|n| n.0).collect(),
+            holdings,
+            copies_acked: self.copies_acked,
+            copies_failed: self.copies_failed,
+            recovered: self.recovered.clone(),
+            quorum_paused,
+        })
+    }
+}
+
+/// Acknowledged copies of jobs that ran here: (job, holder, checkpoint) — facts for the
+/// chaos harness ("no acknowledged checkpoint lost").
+#[derive(Message)]
+#[rtype(result = "Vec<(String, String, CheckpointRef)>")]
+pub struct Acks;
+
+impl Handler<Acks> for Recovery {
+    type Result = MessageResult<Acks>;
+
+    fn handle(&mut self, _: Acks, _: &mut Context<Self>) -> Self::Result {
+        let mut v = Vec::new();
+        for job in self.seq.keys() {
+            for (holder, cref) in self.acks.holders(job) {
+                v.push((job.clone(), holder.0.clone(), *cref));
+            }
+        }
+        v.sort();
+        MessageResult(v)
+    }
+}

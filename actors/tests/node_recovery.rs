@@ -1,0 +1,141 @@
+//! Crash recovery in the node: a job whose node dies resumes on a replica holder from its
+//! newest replicated checkpoint, with the next generation; its output at the home is
+//! bit-identical to a straight run with every byte once; at no moment do two nodes run
+//! it. Three nodes in one process; "dies" = the node's mesh and jobs stop at once.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use actors::demo::straight_run_of;
+use actors::node::api::RunRequest;
+use actors::node::proto::StreamKind;
+use actors::node::{self, scheduler, NodeConfig, NodeHandle};
+use wasm_host::{Host, HostConfig};
+
+fn guest(name: &str) -> Vec<u8> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../guests/out")
+        .join(format!("{name}.wasm"));
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e} (run scripts/build-guests)", p.display()))
+}
+
+async fn running(n: &NodeHandle, job: &str) -> Option<u64> {
+    n.scheduler
+        .send(scheduler::List)
+        .await
+        .ok()?
+        .into_iter()
+        .find(|j| j.job == job && j.state == "running")
+        .map(|j| j.generation)
+}
+
+#[test]
+fn a_job_whose_node_dies_resumes_on_a_replica_exactly_once() {
+    node::actix_system().block_on(async {
+        let host = Host::new(HostConfig::default()).expect("host");
+        let nodes = node::local_swarm(&host, &["r1", "r2", "r3"], |cfg: &mut NodeConfig| {
+            cfg.migration.heartbeat_ms = 100;
+            cfg.recovery.suspect_after_ms = 600;
+            cfg.recovery.dead_after_ms = 1500;
+            cfg.recovery.min_period_ms = 150;
+            cfg.recovery.max_period_ms = 600;
+        })
+        .await
+        .expect("swarm");
+        let tracker = guest("tracker");
+        let args = vec!["30000".to_string()];
+        nodes[0]
+            .run(RunRequest {
+                module: tracker.clone(),
+                name: Some("tracker".into()),
+                id: Some("tracker".into()),
+                args: args.clone(),
+                seed: 5,
+                node: Some("r2".into()),
+                ..RunRequest::default()
+            })
+            .await
+            .expect("job starts on r2");
+
+        // Wait until both other nodes hold a replica the owner saw acknowledged.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let acks = nodes[1].replication_acks().await.expect("acks");
+            let holders: std::collections::BTreeSet<&str> =
+                acks.iter().map(|(_, h, _)| h.as_str()).collect();
+            if holders.contains("r1") && holders.contains("r3") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no replicas acknowledged: {acks:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(running(&nodes[1], "tracker").await, Some(0));
+
+        // r2 dies.
+        let killed_at = Instant::now();
+        nodes[1].shutdown().await;
+        let survivors = [&nodes[0], &nodes[2]];
+        let mut recovered_at = None;
+        let code = loop {
+            let mut on = Vec::new();
+            for n in survivors {
+                if let Some(g) = running(n, "tracker").await {
+                    on.push((n.name().to_string(), g));
+                }
+            }
+            assert!(on.len() <= 1, "the job runs on two nodes: {on:?}");
+            if let Some((_, g)) = on.first() {
+                assert_eq!(*g, 1, "recovered with the next generation");
+                recovered_at.get_or_insert_with(|| killed_at.elapsed());
+            }
+            if let Some(c) = nodes[0]
+                .logs("tracker", StreamKind::Stdout, u64::MAX, 0)
+                .await
+                .ok()
+                .and_then(|s| s.exit_code)
+            {
+                break c;
+            }
+            assert!(
+                killed_at.elapsed() < Duration::from_secs(90),
+                "the job did not finish after its node died"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let recovered_after = recovered_at.expect("the job ran again somewhere");
+        eprintln!("node death → job running again: {recovered_after:?}");
+        let (out, err, want) =
+            straight_run_of(&host, &tracker, "tracker", &args, 5).expect("straight");
+        assert_eq!(code, want);
+        let got = nodes[0]
+            .local_log("tracker", StreamKind::Stdout)
+            .unwrap_or_default();
+        assert!(!out.is_empty());
+        assert!(
+            got == out,
+            "stdout differs: {} vs {} bytes",
+            got.len(),
+            out.len()
+        );
+        let got_err = nodes[0]
+            .local_log("tracker", StreamKind::Stderr)
+            .unwrap_or_default();
+        assert!(got_err == err, "stderr differs");
+        let st = nodes[0].status().await.expect("status");
+        let st3 = nodes[2].status().await.expect("status");
+        let recoveries: Vec<_> = st
+            .recovery
+            .recovered
+            .iter()
+            .chain(&st3.recovery.recovered)
+            .collect();
+        assert_eq!(recoveries.len(), 1, "{recoveries:?}");
+        assert_eq!(recoveries[0].from_node, "r2");
+        for n in survivors {
+            n.shutdown().await;
+        }
+    });
+}
