@@ -202,7 +202,11 @@ pub async fn route_mesh_events(node: NodeHandle, mut events: mpsc::Receiver<Mesh
                 data,
                 ..
             } => node.solver.do_send(PlacementGossip { source, data }),
-            MeshEvent::Link { peer, report } => node.links.do_send(LinkUpdate(peer, report)),
+            MeshEvent::Link { peer, report } => {
+                // A ping answered is a sign of life, like a heartbeat.
+                node.recovery.do_send(super::recovery::Pinged(peer));
+                node.links.do_send(LinkUpdate(peer, report))
+            }
             MeshEvent::PeerDisconnected { peer } => node.links.do_send(PeerGone(peer)),
             MeshEvent::PeerConnected { peer, addr } => node.links.do_send(PeerAddr(peer, addr)),
             MeshEvent::PeerPenalised {

@@ -1048,6 +1048,19 @@ impl Handler<Moves> for Migrator {
     }
 }
 
+/// Whether a move is in progress here (either side): its chunks may not be listed in
+/// any checkpoint yet, so the store must not be collected meanwhile.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct Busy;
+
+impl Handler<Busy> for Migrator {
+    type Result = bool;
+    fn handle(&mut self, _: Busy, _: &mut Context<Self>) -> bool {
+        !self.sources.is_empty() || self.dests.values().any(|d| d.finished_at.is_none())
+    }
+}
+
 /// The moves this node is making as the source, while they run.
 #[derive(Message)]
 #[rtype(result = "Vec<MoveProgress>")]

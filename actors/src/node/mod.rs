@@ -324,6 +324,7 @@ pub async fn start(config: NodeConfig, host: Arc<Host>) -> anyhow::Result<NodeHa
         scheduler.clone(),
         checkpoint.clone(),
         links.clone(),
+        migrator.clone(),
     )
     .start();
     let mut handle = NodeHandle {

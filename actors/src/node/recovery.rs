@@ -36,6 +36,7 @@ use store::ChunkId;
 
 use super::checkpoint::{to_mesh_id, CheckpointActor, Restore};
 use super::link::{Estimate, LinkMonitor};
+use super::migrator::{Busy, Migrator};
 use super::proto::{encode, Heartbeat, JobSummary, NodeMsg, NodeReply};
 use super::scheduler::{Control, EndedJobs, List, Op, Scheduler};
 use super::Shared;
@@ -46,6 +47,8 @@ const TICK: Duration = Duration::from_millis(100);
 const ENDED_KEPT: usize = 4096;
 /// Bandwidth assumed towards a replica before the mesh measured it.
 const DEFAULT_BANDWIDTH: u64 = 50_000_000;
+/// At most one store collection this often.
+const GC_EVERY_MS: u64 = 2_000;
 
 /// What this node publishes in its heartbeat for recovery (read by the Solver).
 #[derive(Clone, Debug, Default)]
@@ -111,6 +114,7 @@ pub struct Recovery {
     scheduler: Addr<Scheduler>,
     checkpoint: Addr<CheckpointActor>,
     links: Addr<LinkMonitor>,
+    migrator: Addr<Migrator>,
     cfg: RecoveryConfig,
     me: NodeId,
     detector: Detector,
@@ -127,6 +131,9 @@ pub struct Recovery {
     held: HashMap<String, Held>,
     quorum_paused: HashMap<String, u64>,
     resuming: HashSet<String>,
+    /// Replica imports in progress (their chunks are not listed yet).
+    importing: usize,
+    last_gc_ms: u64,
     copies_acked: u64,
     copies_failed: u64,
     recovered: Vec<Recovered>,
@@ -138,6 +145,7 @@ impl Recovery {
         scheduler: Addr<Scheduler>,
         checkpoint: Addr<CheckpointActor>,
         links: Addr<LinkMonitor>,
+        migrator: Addr<Migrator>,
     ) -> Recovery {
         let cfg = shared.config.recovery.clone();
         let me = NodeId(shared.name.clone());
@@ -153,6 +161,7 @@ impl Recovery {
             scheduler,
             checkpoint,
             links,
+            migrator,
             cfg,
             me,
             detector,
@@ -168,6 +177,8 @@ impl Recovery {
             held: HashMap::new(),
             quorum_paused: HashMap::new(),
             resuming: HashSet::new(),
+            importing: 0,
+            last_gc_ms: 0,
             copies_acked: 0,
             copies_failed: 0,
             recovered: Vec::new(),
@@ -369,6 +380,39 @@ impl Recovery {
                 OwnerAction::Pause => {}
             }
         }
+    }
+
+    /// Replicas and moves leave old checkpoints behind: when the store is three quarters
+    /// full, and no move or replica import has chunks in flight, everything but the two
+    /// newest checkpoints of each job goes.
+    fn collect_garbage(&mut self, now: u64, ctx: &mut Context<Self>) {
+        if now < self.last_gc_ms + GC_EVERY_MS || self.importing > 0 {
+            return;
+        }
+        let stats = self.shared.store.stats();
+        if stats.limit_bytes == 0 || stats.stored_bytes * 4 < stats.limit_bytes * 3 {
+            return;
+        }
+        self.last_gc_ms = now;
+        let store = self.shared.store.clone();
+        let migrator = self.migrator.clone();
+        let fut = async move {
+            if migrator.send(Busy).await.unwrap_or(true) {
+                return None;
+            }
+            let policy = store::RetentionPolicy {
+                keep_per_job: 2,
+                ..store::RetentionPolicy::default()
+            };
+            tokio::task::spawn_blocking(move || store.gc(&policy))
+                .await
+                .ok()
+        };
+        ctx.spawn(fut.into_actor(self).map(|r, _, _| match r {
+            Some(Ok(report)) => tracing::info!(?report, "store collected"),
+            Some(Err(e)) => tracing::warn!(%e, "store collection failed"),
+            None => {}
+        }));
     }
 
     /// Resumes the jobs this node must recover.
@@ -653,6 +697,7 @@ impl Handler<Observed> for Recovery {
             }
         }
         self.publish(&m.ended);
+        self.collect_garbage(now, ctx);
         if !self.enabled() {
             return;
         }
@@ -754,6 +799,27 @@ impl Recovery {
     }
 }
 
+/// The mesh measured a link to `peer` (a ping answered): the node is alive.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Pinged(pub PeerId);
+
+impl Handler<Pinged> for Recovery {
+    type Result = ();
+
+    fn handle(&mut self, m: Pinged, _: &mut Context<Self>) {
+        let now = self.shared.now_ms();
+        let node = self
+            .peers
+            .iter()
+            .find(|(_, p)| p.peer == m.0)
+            .map(|(n, _)| n.clone());
+        if let Some(node) = node {
+            self.detector.heard(&node, now);
+        }
+    }
+}
+
 /// A checkpoint offered by a job's owner for this node to keep.
 #[derive(Message)]
 #[rtype(result = "Result<(), String>")]
@@ -773,6 +839,7 @@ impl Handler<Replica> for Recovery {
         let shared = self.shared.clone();
         let cp = self.checkpoint.clone();
         let job = m.job.clone();
+        self.importing += 1;
         let fut = async move {
             let home = PeerId::from_bytes(&m.home).map_err(|e| format!("home: {e}"))?;
             let manifest = store::Manifest::decode(&m.manifest).map_err(|e| e.to_string())?;
@@ -815,6 +882,7 @@ impl Handler<Replica> for Recovery {
             ))
         };
         Box::pin(fut.into_actor(self).map(move |r, act, _| {
+            act.importing = act.importing.saturating_sub(1);
             let (cref, home) = r?;
             if act.ended.contains(&job) {
                 return Ok(());
