@@ -139,3 +139,123 @@ fn a_job_whose_node_dies_resumes_on_a_replica_exactly_once() {
         }
     });
 }
+
+async fn block(nodes: &[&NodeHandle], peers: &[&NodeHandle]) {
+    for n in nodes {
+        let ids = peers.iter().map(|p| p.peer_id()).collect();
+        n.shared.mesh.set_blocked(ids).await.expect("block");
+    }
+}
+
+/// A partition cuts the job's node off: it pauses (the other side could resume without
+/// it), the majority resumes the job with the next generation, and after the heal the
+/// old copy is dropped. Output at the home stays bit-identical, each byte once, and at no
+/// moment do two nodes run the job.
+#[test]
+fn the_cut_off_owner_pauses_the_majority_resumes_the_heal_drops_the_old_copy() {
+    node::actix_system().block_on(async {
+        let host = Host::new(HostConfig::default()).expect("host");
+        let nodes = node::local_swarm(&host, &["p1", "p2", "p3"], |cfg: &mut NodeConfig| {
+            cfg.migration.heartbeat_ms = 100;
+            cfg.recovery.suspect_after_ms = 500;
+            cfg.recovery.dead_after_ms = 1500;
+            cfg.recovery.min_period_ms = 150;
+            cfg.recovery.max_period_ms = 600;
+        })
+        .await
+        .expect("swarm");
+        let tracker = guest("tracker");
+        let args = vec!["30000".to_string()];
+        nodes[0]
+            .run(RunRequest {
+                module: tracker.clone(),
+                name: Some("tracker".into()),
+                id: Some("tracker".into()),
+                args: args.clone(),
+                seed: 5,
+                node: Some("p3".into()),
+                ..RunRequest::default()
+            })
+            .await
+            .expect("job starts on p3");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while nodes[2].replication_acks().await.expect("acks").len() < 2 {
+            assert!(Instant::now() < deadline, "no replicas acknowledged");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        // Cut p3 off from p1 and p2.
+        block(&[&nodes[2]], &[&nodes[0], &nodes[1]]).await;
+        block(&[&nodes[0], &nodes[1]], &[&nodes[2]]).await;
+        let cut_at = Instant::now();
+        let mut p3_paused = false;
+        let mut resumed_on = None;
+        while resumed_on.is_none() {
+            let mut on = Vec::new();
+            for n in &nodes {
+                if let Some(g) = running(n, "tracker").await {
+                    on.push((n.name().to_string(), g));
+                }
+            }
+            assert!(on.len() <= 1, "the job runs on two nodes: {on:?}");
+            p3_paused |= running(&nodes[2], "tracker").await.is_none();
+            if let Some((name, g)) = on.first().filter(|(n, _)| n != "p3") {
+                assert_eq!(*g, 1);
+                resumed_on = Some(name.clone());
+            }
+            assert!(
+                cut_at.elapsed() < Duration::from_secs(30),
+                "nobody resumed the job"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(p3_paused, "the cut-off owner kept running");
+        eprintln!(
+            "cut → resumed on {resumed_on:?} after {:?}",
+            cut_at.elapsed()
+        );
+
+        // Heal: p3 learns of generation 1 and drops its paused copy.
+        block(&[&nodes[0], &nodes[1], &nodes[2]], &[]).await;
+        nodes[2].connect(&nodes[0]).await.expect("reconnect");
+        let healed_at = Instant::now();
+        loop {
+            let st = nodes[2].ps().await.expect("ps");
+            let still = st.iter().any(|j| j.job == "tracker" && j.node == "p3");
+            let listed = nodes[2]
+                .scheduler
+                .send(scheduler::List)
+                .await
+                .expect("list")
+                .into_iter()
+                .any(|j| j.job == "tracker");
+            if !still && !listed {
+                break;
+            }
+            assert!(
+                healed_at.elapsed() < Duration::from_secs(30),
+                "p3 kept its old copy"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let code = nodes[0]
+            .wait_job("tracker", Duration::from_secs(120))
+            .await
+            .expect("the job finishes");
+        let (out, _, want) =
+            straight_run_of(&host, &tracker, "tracker", &args, 5).expect("straight");
+        assert_eq!(code, want);
+        let got = nodes[0]
+            .local_log("tracker", StreamKind::Stdout)
+            .unwrap_or_default();
+        assert!(
+            got == out,
+            "stdout differs: {} vs {} bytes",
+            got.len(),
+            out.len()
+        );
+        for n in &nodes {
+            n.shutdown().await;
+        }
+    });
+}
