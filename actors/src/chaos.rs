@@ -545,6 +545,18 @@ pub fn draw(
                 && (m.end.as_millis() as i128 - at as i128).abs() < 5_000
         })
     };
+    // A job moved away (e.g. off a draining node) before the harness saw it start
+    // there started before that move did.
+    let seen_late = |job: &str, node: &str, at: u64| {
+        moves
+            .iter()
+            .filter(|m| m.report.outcome == "committed" && m.report.job == job)
+            .filter(|m| m.report.from == node)
+            .map(|m| m.at.as_millis() as u64)
+            .filter(|t| *t <= at && at - t < 5_000)
+            .min()
+            .map_or(at, |t| t.saturating_sub(1))
+    };
     for f in facts {
         match f {
             Fact::Started {
@@ -554,7 +566,7 @@ pub fn draw(
                 at_ms,
                 ..
             } if !by_move(job, node.as_str(), *generation, *at_ms) => t.push(
-                *at_ms as f64,
+                seen_late(job, node.as_str(), *at_ms) as f64,
                 What::Start {
                     job: job.clone(),
                     node: node.to_string(),
@@ -796,36 +808,46 @@ struct Swarm {
 impl Swarm {
     /// Gives every live node the block list the cut asks for.
     async fn apply_cut(&self) -> anyhow::Result<()> {
-        for (name, h) in &self.live {
+        let calls = self.live.iter().map(|(name, h)| {
             let blocked: Vec<PeerId> = self
                 .peers
                 .iter()
                 .filter(|(other, _)| self.cut.separated(name, other))
                 .map(|(_, p)| *p)
                 .collect();
-            h.shared
-                .mesh
-                .set_blocked(blocked)
-                .await
-                .with_context(|| format!("blocking peers of {name}"))?;
-        }
+            async move {
+                h.shared
+                    .mesh
+                    .set_blocked(blocked)
+                    .await
+                    .with_context(|| format!("blocking peers of {name}"))
+            }
+        });
+        futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .collect::<anyhow::Result<Vec<()>>>()?;
         Ok(())
     }
 
-    /// Dials every pair of live nodes the cut allows that is not connected.
+    /// Dials, all at once, every pair of live nodes the cut allows that is not
+    /// connected.
     async fn reconnect(&self) {
         let live: Vec<(&String, &NodeHandle)> = self.live.iter().collect();
+        let mut dials = Vec::new();
         for (i, (a, ha)) in live.iter().enumerate() {
             let connected = ha.shared.mesh.connected_peers().await.unwrap_or_default();
             for (b, hb) in &live[i + 1..] {
-                if self.cut.separated(a, b) || connected.contains(&hb.peer_id()) {
-                    continue;
-                }
-                if let Err(e) = ha.connect(hb).await {
-                    tracing::warn!(%a, %b, "reconnecting: {e:#}");
+                if !self.cut.separated(a, b) && !connected.contains(&hb.peer_id()) {
+                    dials.push(async move {
+                        if let Err(e) = ha.connect(hb).await {
+                            tracing::warn!(%a, %b, "reconnecting: {e:#}");
+                        }
+                    });
                 }
             }
         }
+        futures::future::join_all(dials).await;
     }
 }
 
@@ -887,8 +909,17 @@ async fn checkpoint_facts(
 /// Asks every live node what it holds, and follows every unfinished job's output at
 /// the home.
 async fn observe(swarm: &Swarm, home: &NodeHandle, obs: &mut Observer, at_ms: u64) {
-    for (name, h) in &swarm.live {
-        if let Ok(list) = h.scheduler.send(scheduler::List).await {
+    // All asked at once: the nodes' actors share this thread, so asking one by one
+    // would wait behind their backlog once per node.
+    let lists = futures::future::join_all(
+        swarm
+            .live
+            .iter()
+            .map(|(name, h)| async move { (name, h.scheduler.send(scheduler::List).await) }),
+    )
+    .await;
+    for (name, list) in lists {
+        if let Ok(list) = list {
             obs.saw(at_ms, name, &list);
         }
     }
@@ -1057,6 +1088,17 @@ pub async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosRun> {
             let te = &timeline[next];
             next += 1;
             let at = now(t0);
+            let took = Instant::now();
+            // Events are played when due; a busy process plays them late (restarts
+            // and kills take time too), and the facts carry the real times.
+            let late = at.saturating_sub(scale(te.at_ms));
+            if late > 250 {
+                say.line(format!(
+                    "{} due at {} ms, played {late} ms late",
+                    te.event,
+                    scale(te.at_ms)
+                ));
+            }
             match &te.event {
                 Event::Kill { node } => {
                     let name = node.to_string();
@@ -1148,13 +1190,16 @@ pub async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosRun> {
                     skipped.push(e.to_string());
                 }
             }
+            slow(took, || te.event.to_string());
         }
         let at = now(t0);
         if swept.elapsed() >= Duration::from_millis(200) {
             nice.sweep();
             swept = Instant::now();
         }
+        let took = Instant::now();
         observe(&swarm, &home, &mut obs, at).await;
+        slow(took, || "observing the nodes".into());
         checkpoint_facts(&swarm, at, &mut acked, &mut obs).await;
         if obs.all_finished() {
             not_played = timeline.len() - next;
@@ -1268,6 +1313,14 @@ pub async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosRun> {
         recovery_ms,
         elapsed: started.elapsed(),
     })
+}
+
+/// Logs what held up the harness's loop (events play late after it).
+fn slow(since: Instant, what: impl FnOnce() -> String) {
+    let ms = since.elapsed().as_millis();
+    if ms >= 250 {
+        tracing::info!(ms, "chaos harness: {} took {ms} ms", what());
+    }
 }
 
 /// Ends the open cut at index `i` of `marks`.

@@ -79,6 +79,8 @@ pub struct Shared {
     pub incarnation: u64,
     /// What recovery publishes in the heartbeat.
     pub published: Mutex<recovery::Published>,
+    /// Set once the node drains (it then takes no replica and resumes nothing).
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -300,6 +302,7 @@ pub async fn start(config: NodeConfig, host: Arc<Host>) -> anyhow::Result<NodeHa
         cpu,
         incarnation: rand::random(),
         published: Mutex::new(recovery::Published::default()),
+        draining: std::sync::atomic::AtomicBool::new(false),
     });
     let links = link::LinkMonitor::new(shared.clone()).start();
     let scheduler = scheduler::Scheduler::new(shared.clone()).start();

@@ -65,6 +65,7 @@ struct Peer {
     jobs: HashMap<String, (u64, String)>,
     holdings: HashMap<String, CheckpointRef>,
     heard_at: u64,
+    draining: bool,
 }
 
 /// Where a job was last seen running.
@@ -131,6 +132,11 @@ pub struct Recovery {
     held: HashMap<String, Held>,
     quorum_paused: HashMap<String, u64>,
     resuming: HashSet<String>,
+    /// Jobs on this node (running or paused) and their generation, from the scheduler.
+    mine: HashMap<String, u64>,
+    /// Restored copies this node claims, waiting out the claim period before they run:
+    /// job → (generation, claimed at ms).
+    claims: HashMap<String, (u64, u64)>,
     /// Replica imports in progress (their chunks are not listed yet).
     importing: usize,
     last_gc_ms: u64,
@@ -177,6 +183,8 @@ impl Recovery {
             held: HashMap::new(),
             quorum_paused: HashMap::new(),
             resuming: HashSet::new(),
+            mine: HashMap::new(),
+            claims: HashMap::new(),
             importing: 0,
             last_gc_ms: 0,
             copies_acked: 0,
@@ -187,6 +195,18 @@ impl Recovery {
 
     fn enabled(&self) -> bool {
         self.cfg.replicas > 0
+    }
+
+    fn draining(&self) -> bool {
+        self.shared
+            .draining
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How long a resumer announces its restored copy before running it: two heartbeat
+    /// periods, so that every other node's claim (or a move's destination) is heard.
+    fn claim_ms(&self) -> u64 {
+        2 * self.shared.config.migration.heartbeat_ms
     }
 
     /// Members heard within `suspect_after_ms`, and this node.
@@ -271,7 +291,9 @@ impl Recovery {
                 recovery::replica_set(&job, &alive, Some(&self.me), self.cfg.replicas)
                     .into_iter()
                     .filter(|n| *n != self.me)
-                    .filter_map(|n| self.peers.get(&n).map(|p| (n.clone(), p.peer)))
+                    .filter_map(|n| self.peers.get(&n).map(|p| (n.clone(), p.peer, p.draining)))
+                    .filter(|(_, _, draining)| !draining)
+                    .map(|(n, p, _)| (n, p))
                     .collect();
             if targets.is_empty() {
                 continue;
@@ -439,9 +461,12 @@ impl Recovery {
             let mut holdings: BTreeMap<NodeId, Option<CheckpointRef>> = BTreeMap::new();
             for n in &live {
                 if *n == self.me {
-                    holdings.insert(n.clone(), self.held.get(&job).map(|h| h.cref));
+                    // A draining node reports nothing: it must not resume jobs.
+                    let held = self.held.get(&job).map(|h| h.cref);
+                    holdings.insert(n.clone(), held.filter(|_| !self.draining()));
                 } else if let Some(p) = self.peers.get(n) {
-                    holdings.insert(n.clone(), p.holdings.get(&job).copied());
+                    let held = p.holdings.get(&job).copied();
+                    holdings.insert(n.clone(), held.filter(|_| !p.draining));
                 }
             }
             let view = View {
@@ -490,7 +515,6 @@ impl Recovery {
             "recovering a job from its replicated checkpoint");
         let shared = self.shared.clone();
         let cp = self.checkpoint.clone();
-        let sched = self.scheduler.clone();
         let j = job.clone();
         let fut = async move {
             let id = ChunkId(from.id.0);
@@ -508,20 +532,16 @@ impl Recovery {
             })
             .await
             .map_err(|e| e.to_string())??;
-            sched
-                .send(Control {
-                    job: j,
-                    op: Op::Go { generation },
-                })
-                .await
-                .map_err(|e| e.to_string())??;
             Ok::<(), String>(())
         };
         ctx.spawn(fut.into_actor(self).map(move |r, act, _| {
             act.resuming.remove(&job);
             match r {
                 Ok(()) => {
+                    // Restored, not running: announced in the heartbeat as a claim; it
+                    // runs once the claim period passed without a conflict.
                     let now = act.shared.now_ms();
+                    act.claims.insert(job.clone(), (generation, now));
                     act.placed.insert(
                         job.clone(),
                         Placed {
@@ -680,6 +700,13 @@ impl Handler<Observed> for Recovery {
         for job in &m.ended {
             self.remember_ended(job);
         }
+        self.mine = m
+            .jobs
+            .iter()
+            .filter(|j| j.state != "restored")
+            .map(|j| (j.job.clone(), j.generation))
+            .collect();
+        self.settle_claims(&m.jobs, now);
         for j in &m.jobs {
             let newer = self
                 .placed
@@ -758,10 +785,10 @@ impl Handler<Seen> for Recovery {
             // Fencing: a copy here that is older (or the same generation, ranked
             // lower) stops at once.
             if let Some(mine) = self
-                .placed
+                .mine
                 .get(&j.job)
-                .filter(|_| self.quorum_paused.contains_key(&j.job) || self.running_here(&j.job))
-                .map(|p| p.generation)
+                .copied()
+                .filter(|_| !self.claims.contains_key(&j.job))
             {
                 match recovery::on_generation(&j.job, &self.me, mine, &node, j.generation) {
                     Fence::Keep => {}
@@ -772,6 +799,23 @@ impl Handler<Seen> for Recovery {
                         self.control(&j.job, Op::Drop);
                     }
                 }
+            }
+        }
+        // A claim of ours meets another node's copy of the same job at our generation or
+        // newer: the newer one, a running one, or the one ranked first for the job wins;
+        // both sides apply the same rule.
+        for j in &hb.jobs {
+            let Some((claimed, _)) = self.claims.get(&j.job).copied() else {
+                continue;
+            };
+            let outranked = recovery::rank(&j.job, [&self.me, &node]).first() != Some(&self.me);
+            let yield_to_it = j.generation > claimed
+                || (j.generation == claimed && (j.state == "running" || outranked));
+            if yield_to_it {
+                tracing::warn!(job = %j.job, claimed, theirs = j.generation,
+                    other = %node.as_str(), "another node claims this job: withdrawing");
+                self.claims.remove(&j.job);
+                self.control(&j.job, Op::DiscardRestored);
             }
         }
         // A job its owner (same incarnation) stopped listing was moved, ended or killed
@@ -787,15 +831,34 @@ impl Handler<Seen> for Recovery {
                 jobs,
                 holdings: hb.holdings.into_iter().collect(),
                 heard_at: now,
+                draining: hb.draining,
             },
         );
     }
 }
 
 impl Recovery {
-    /// Whether this node last ran `job` itself (its own placement).
-    fn running_here(&self, job: &str) -> bool {
-        self.placed.get(job).is_some_and(|p| p.node == self.me)
+    /// Claims whose period passed without a conflict run now; claims whose restored copy
+    /// is gone (discarded, or the node lost it) are forgotten.
+    fn settle_claims(&mut self, jobs: &[JobSummary], now: u64) {
+        let wait = self.claim_ms();
+        let claims: Vec<(String, u64, u64)> = self
+            .claims
+            .iter()
+            .map(|(j, (g, t))| (j.clone(), *g, *t))
+            .collect();
+        for (job, generation, at) in claims {
+            let restored = jobs
+                .iter()
+                .any(|j| j.job == job && j.state == "restored" && j.generation == generation);
+            if !restored {
+                self.claims.remove(&job);
+            } else if now >= at + wait {
+                tracing::info!(%job, generation, "claim uncontested: the recovered job runs");
+                self.claims.remove(&job);
+                self.control(&job, Op::Go { generation });
+            }
+        }
     }
 }
 

@@ -820,6 +820,9 @@ impl Handler<DrainNode> for Solver {
     fn handle(&mut self, m: DrainNode, ctx: &mut Context<Self>) -> Self::Result {
         if m.0 == self.shared.name || m.0 == self.shared.peer_id.to_string() {
             self.draining = true;
+            self.shared
+                .draining
+                .store(true, std::sync::atomic::Ordering::SeqCst);
             tracing::info!(node = %self.shared.name, "draining");
             self.tick(ctx);
             return Box::pin(async { Ok(()) });
