@@ -1,13 +1,15 @@
 //! A heterogeneous swarm: one x86_64 `roam node` and one aarch64 `roam node` (cross-built
 //! by `scripts/cross-aarch64`, run under qemu-aarch64) on 127.0.0.1. `scripts/hetero-move`
-//! moves running autopilot and tracker jobs x86_64 → aarch64 → x86_64 twice each (eight
-//! moves) and compares their output with straight `roam exec` runs. This test runs it and
-//! checks that every move committed, that the outputs are bit-identical, that each node
-//! compiled its own code into the shared cache (one entry per module and target), and
-//! what the swarm reports of the slower node's speed.
+//! runs a short autopilot and tracker on the aarch64 node, then moves running autopilot
+//! and tracker jobs x86_64 → aarch64 → x86_64 twice each (eight moves), and compares all
+//! their output with straight `roam exec` runs on x86_64. This test runs it and checks
+//! that every move committed, that the outputs are bit-identical, that the aarch64 node
+//! compiled each module once (the instrumented bytes a move brings hash the same as its
+//! own) and each host's code sits in the shared cache under its own target, and what the
+//! swarm reports of the slower node's speed.
 //!
 //! Gated (README, "Heterogeneous swarms"): a cold cross build of wasmtime and libp2p
-//! takes ~10 minutes on the 2-core machine, which the suite's 30-minute budget on a fresh
+//! takes ~11 minutes on the 2-core machine, which the suite's 30-minute budget on a fresh
 //! clone cannot hold. So the test runs when `ROAM_HETERO=1` (installs and builds whatever
 //! is missing), or when this machine already has the toolchain, qemu and an aarch64 build
 //! (then the rebuild is incremental); `ROAM_HETERO=0` turns it off. Whenever it does not
@@ -25,7 +27,7 @@ const ARM_SPEED: f64 = 0.1;
 
 /// Why the test should not run here, if it should not.
 fn gate(root: &Path) -> Option<String> {
-    const HOW: &str = "a cold cross build takes ~10 min on 2 cores, over the suite's budget; \
+    const HOW: &str = "a cold cross build takes ~11 min on 2 cores, over the suite's budget; \
                        ROAM_HETERO=1 installs and builds it (or run scripts/cross-aarch64 once)";
     match std::env::var("ROAM_HETERO").as_deref() {
         Ok("0") => return Some("ROAM_HETERO=0".into()),
@@ -88,7 +90,7 @@ fn jobs_move_between_x86_64_and_aarch64_and_keep_their_output() {
     assert_eq!(
         arm_compiles.len(),
         2,
-        "the aarch64 node compiles autopilot and tracker once each: {last}"
+        "the aarch64 node compiles autopilot and tracker once each, moves reuse them: {last}"
     );
     assert!(v["recompile_ms"].as_u64().is_some(), "{last}");
     for k in ["downtime_ms_p50_x86_to_arm", "downtime_ms_p50_arm_to_x86"] {

@@ -56,8 +56,9 @@ pub struct ConfigError {
 impl RecoveryConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key, message: String| Err(ConfigError { key, message });
-        if self.replicas == 0 || self.replicas > 16 {
-            return bad("replicas", format!("{} is not in 1..=16", self.replicas));
+        // 0 turns replication (and with it recovery) off.
+        if self.replicas > 16 {
+            return bad("replicas", format!("{} is not in 0..=16", self.replicas));
         }
         if self.suspect_after_ms == 0 {
             return bad("suspect_after_ms", "must be positive".into());
@@ -106,7 +107,13 @@ mod tests {
     fn each_bad_value_names_its_key() {
         let d = RecoveryConfig::default;
         for (c, key) in [
-            (RecoveryConfig { replicas: 0, ..d() }, "replicas"),
+            (
+                RecoveryConfig {
+                    replicas: 17,
+                    ..d()
+                },
+                "replicas",
+            ),
             (
                 RecoveryConfig {
                     dead_after_ms: 1500,

@@ -17,6 +17,10 @@ skip() {
     exit 0
 }
 
+# Any command that fails unexpectedly (set -e) says where, instead of ending silently.
+set -E
+trap 'fail "line $LINENO: a command failed (exit $?)"' ERR
+
 # swarm_tmp: makes TMP (/tmp/$PROG.XXXXXX) and PIDS, and a trap that always ends the
 # processes in PIDS (started by the caller with &), runs swarm_on_exit and removes TMP.
 swarm_tmp() {

@@ -328,18 +328,19 @@ pub fn peers(a: ListArgs) -> anyhow::Result<i32> {
     }
     let rows: Vec<PeerRow> = r.json()?;
     println!(
-        "{:<12} {:<10} {:>8} {:>12} {:>5} {:>5} PEER",
-        "NAME", "CONNECTED", "RTT", "THROUGHPUT", "LOAD", "JOBS"
+        "{:<12} {:<10} {:>8} {:>12} {:>5} {:>5} {:>5} PEER",
+        "NAME", "CONNECTED", "RTT", "THROUGHPUT", "LOAD", "SPEED", "JOBS"
     );
     for p in rows {
         println!(
-            "{:<12} {:<10} {:>8} {:>12} {:>5} {:>5} {}",
+            "{:<12} {:<10} {:>8} {:>12} {:>5} {:>5} {:>5} {}",
             if p.name.is_empty() { "?" } else { &p.name },
             if p.connected { "yes" } else { "no" },
             p.rtt_ms.map_or("-".into(), |r| format!("{r:.2}ms")),
             p.throughput_mbit_s
                 .map_or("-".into(), |t| format!("{t:.1}Mbit/s")),
             p.load.map_or("-".into(), |l| format!("{l:.2}")),
+            p.speed.map_or("-".into(), |s| format!("{s:.2}")),
             p.jobs,
             p.peer
         );

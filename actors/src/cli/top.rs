@@ -308,6 +308,7 @@ mod tests {
                 load: Some(0.0),
                 draining: true,
                 jobs: 1,
+                speed: Some(1.0),
             }],
         };
         let f = frame(&snap, "127.0.0.1:7070".parse().unwrap(), 10, Style(false));

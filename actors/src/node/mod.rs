@@ -161,6 +161,9 @@ pub struct PeerRow {
     pub load: Option<f64>,
     pub draining: bool,
     pub jobs: usize,
+    /// The peer's relative speed (its config; placement divides work by it).
+    #[serde(default)]
+    pub speed: Option<f64>,
 }
 
 /// The node's own status (`GET /status`).
@@ -504,6 +507,7 @@ impl NodeHandle {
                     .and_then(|l| l.throughput_bps)
                     .map(|b| b * 8.0 / 1e6),
                 load: p.heartbeat.as_ref().map(|h| h.load),
+                speed: p.heartbeat.as_ref().map(|h| h.speed),
                 draining: p.heartbeat.as_ref().is_some_and(|h| h.draining),
                 jobs: p.heartbeat.as_ref().map_or(0, |h| h.jobs.len()),
             })
