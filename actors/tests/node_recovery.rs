@@ -4,6 +4,7 @@
 //! it. Three nodes in one process; "dies" = the node's mesh and jobs stop at once.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actors::demo::straight_run_of;
@@ -29,33 +30,44 @@ async fn running(n: &NodeHandle, job: &str) -> Option<u64> {
         .map(|j| j.generation)
 }
 
+/// Three nodes with quick failure detection and copies; a long tracker started on `on`
+/// from the first (its home). Returns the host, the nodes, the module and its args.
+async fn swarm_with_tracker(
+    names: [&str; 3],
+    suspect_after_ms: u64,
+    on: &str,
+) -> (Arc<Host>, Vec<NodeHandle>, Vec<u8>, Vec<String>) {
+    let host = Host::new(HostConfig::default()).expect("host");
+    let nodes = node::local_swarm(&host, &names, |cfg: &mut NodeConfig| {
+        cfg.migration.heartbeat_ms = 100;
+        cfg.recovery.suspect_after_ms = suspect_after_ms;
+        cfg.recovery.dead_after_ms = 1500;
+        cfg.recovery.min_period_ms = 150;
+        cfg.recovery.max_period_ms = 600;
+    })
+    .await
+    .expect("swarm");
+    let tracker = guest("tracker");
+    let args = vec!["30000".to_string()];
+    nodes[0]
+        .run(RunRequest {
+            module: tracker.clone(),
+            name: Some("tracker".into()),
+            id: Some("tracker".into()),
+            args: args.clone(),
+            seed: 5,
+            node: Some(on.into()),
+            ..RunRequest::default()
+        })
+        .await
+        .expect("the job starts");
+    (host, nodes, tracker, args)
+}
+
 #[test]
 fn a_job_whose_node_dies_resumes_on_a_replica_exactly_once() {
     node::actix_system().block_on(async {
-        let host = Host::new(HostConfig::default()).expect("host");
-        let nodes = node::local_swarm(&host, &["r1", "r2", "r3"], |cfg: &mut NodeConfig| {
-            cfg.migration.heartbeat_ms = 100;
-            cfg.recovery.suspect_after_ms = 600;
-            cfg.recovery.dead_after_ms = 1500;
-            cfg.recovery.min_period_ms = 150;
-            cfg.recovery.max_period_ms = 600;
-        })
-        .await
-        .expect("swarm");
-        let tracker = guest("tracker");
-        let args = vec!["30000".to_string()];
-        nodes[0]
-            .run(RunRequest {
-                module: tracker.clone(),
-                name: Some("tracker".into()),
-                id: Some("tracker".into()),
-                args: args.clone(),
-                seed: 5,
-                node: Some("r2".into()),
-                ..RunRequest::default()
-            })
-            .await
-            .expect("job starts on r2");
+        let (host, nodes, tracker, args) = swarm_with_tracker(["r1", "r2", "r3"], 600, "r2").await;
 
         // Wait until both other nodes hold a replica the owner saw acknowledged.
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -154,30 +166,7 @@ async fn block(nodes: &[&NodeHandle], peers: &[&NodeHandle]) {
 #[test]
 fn the_cut_off_owner_pauses_the_majority_resumes_the_heal_drops_the_old_copy() {
     node::actix_system().block_on(async {
-        let host = Host::new(HostConfig::default()).expect("host");
-        let nodes = node::local_swarm(&host, &["p1", "p2", "p3"], |cfg: &mut NodeConfig| {
-            cfg.migration.heartbeat_ms = 100;
-            cfg.recovery.suspect_after_ms = 500;
-            cfg.recovery.dead_after_ms = 1500;
-            cfg.recovery.min_period_ms = 150;
-            cfg.recovery.max_period_ms = 600;
-        })
-        .await
-        .expect("swarm");
-        let tracker = guest("tracker");
-        let args = vec!["30000".to_string()];
-        nodes[0]
-            .run(RunRequest {
-                module: tracker.clone(),
-                name: Some("tracker".into()),
-                id: Some("tracker".into()),
-                args: args.clone(),
-                seed: 5,
-                node: Some("p3".into()),
-                ..RunRequest::default()
-            })
-            .await
-            .expect("job starts on p3");
+        let (host, nodes, tracker, args) = swarm_with_tracker(["p1", "p2", "p3"], 500, "p3").await;
         let deadline = Instant::now() + Duration::from_secs(30);
         while nodes[2].replication_acks().await.expect("acks").len() < 2 {
             assert!(Instant::now() < deadline, "no replicas acknowledged");
