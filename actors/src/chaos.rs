@@ -304,12 +304,7 @@ impl Observer {
             .filter(|j| self.jobs.contains(&j.job))
             .map(|j| (j.job.as_str(), (j.generation, j.state == "running")))
             .collect();
-        let here: Vec<(String, u64, bool)> = self
-            .open
-            .iter()
-            .filter(|((_, n), _)| n == node)
-            .map(|((job, _), (g, run))| (job.clone(), *g, *run))
-            .collect();
+        let here = self.open_on(node);
         for (job, generation, running) in here {
             let now = listed.get(job.as_str()).copied();
             let same = now.is_some_and(|(g, _)| g == generation);
@@ -341,6 +336,15 @@ impl Observer {
         }
     }
 
+    /// The copies `node` was last seen with: (job, generation, running).
+    fn open_on(&self, node: &str) -> Vec<(String, u64, bool)> {
+        self.open
+            .iter()
+            .filter(|((_, n), _)| n == node)
+            .map(|((job, _), (g, run))| (job.clone(), *g, *run))
+            .collect()
+    }
+
     fn stop(&mut self, at_ms: u64, job: &str, node: &str, generation: u64) {
         self.facts.push(Fact::Stopped {
             job: job.to_string(),
@@ -353,12 +357,7 @@ impl Observer {
     /// `node` was killed at `at_ms`: every copy it ran stops, every copy it held
     /// is gone.
     pub fn killed(&mut self, at_ms: u64, node: &str) {
-        let here: Vec<(String, u64, bool)> = self
-            .open
-            .iter()
-            .filter(|((_, n), _)| n == node)
-            .map(|((job, _), (g, run))| (job.clone(), *g, *run))
-            .collect();
+        let here = self.open_on(node);
         for (job, generation, running) in here {
             if running {
                 self.stop(at_ms, &job, node, generation);

@@ -144,6 +144,12 @@ pub struct TaskStatus {
 }
 
 impl Cpu {
+    /// `Cs / Ts`: the CPU share migrating jobs get (fixed by the config; admission
+    /// checked it at start).
+    pub fn server_share(&self) -> f64 {
+        self.config.budget_ms / self.config.period_ms
+    }
+
     /// The figures for `/status` and `/metrics`.
     pub fn status(&self) -> CpuStatus {
         let stats = self.executor.stats().unwrap_or_default();

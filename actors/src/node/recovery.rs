@@ -155,11 +155,10 @@ impl Recovery {
     ) -> Recovery {
         let cfg = shared.config.recovery.clone();
         let me = NodeId(shared.name.clone());
-        // The config was validated at start; a detector from it cannot fail, but if it
-        // did, the defaults are a safe fallback.
+        // The config was validated at start; the defaults are valid by construction.
         let detector = Detector::new(&cfg)
             .or_else(|_| Detector::new(&RecoveryConfig::default()))
-            .unwrap_or_else(|_| unreachable_detector());
+            .expect("the default recovery config is valid");
         let mut members = BTreeSet::new();
         members.insert(me.clone());
         Recovery {
@@ -564,19 +563,6 @@ impl Recovery {
     }
 }
 
-/// Never used: the detector is built from a validated config.
-fn unreachable_detector() -> Detector {
-    let cfg = RecoveryConfig {
-        suspect_after_ms: 1,
-        dead_after_ms: 2,
-        ..RecoveryConfig::default()
-    };
-    match Detector::new(&cfg) {
-        Ok(d) => d,
-        Err(e) => panic!("detector from a minimal config: {e}"),
-    }
-}
-
 struct CopyResult {
     job: String,
     cref: Option<CheckpointRef>,
@@ -707,21 +693,9 @@ impl Handler<Observed> for Recovery {
             .map(|j| (j.job.clone(), j.generation))
             .collect();
         self.settle_claims(&m.jobs, now);
-        for j in &m.jobs {
-            let newer = self
-                .placed
-                .get(&j.job)
-                .is_none_or(|p| p.generation <= j.generation);
-            if newer && j.state == "running" {
-                self.placed.insert(
-                    j.job.clone(),
-                    Placed {
-                        node: self.me.clone(),
-                        generation: j.generation,
-                        incarnation: self.shared.incarnation,
-                    },
-                );
-            }
+        for j in m.jobs.iter().filter(|j| j.state == "running") {
+            let me = self.me.clone();
+            self.place(&j.job, me, j.generation, self.shared.incarnation);
         }
         self.publish(&m.ended);
         self.collect_garbage(now, ctx);
@@ -768,20 +742,7 @@ impl Handler<Seen> for Recovery {
             if self.ended.contains(&j.job) {
                 continue;
             }
-            let newer = self
-                .placed
-                .get(&j.job)
-                .is_none_or(|p| p.generation <= j.generation);
-            if newer {
-                self.placed.insert(
-                    j.job.clone(),
-                    Placed {
-                        node: node.clone(),
-                        generation: j.generation,
-                        incarnation: hb.incarnation,
-                    },
-                );
-            }
+            self.place(&j.job, node.clone(), j.generation, hb.incarnation);
             // Fencing: a copy here that is older (or the same generation, ranked
             // lower) stops at once.
             if let Some(mine) = self
@@ -838,6 +799,25 @@ impl Handler<Seen> for Recovery {
 }
 
 impl Recovery {
+    /// `node` (in `incarnation`) runs `job` at `generation`: remembered unless a newer
+    /// generation is known to run elsewhere.
+    fn place(&mut self, job: &str, node: NodeId, generation: u64, incarnation: u64) {
+        let newer = self
+            .placed
+            .get(job)
+            .is_none_or(|p| p.generation <= generation);
+        if newer {
+            self.placed.insert(
+                job.to_string(),
+                Placed {
+                    node,
+                    generation,
+                    incarnation,
+                },
+            );
+        }
+    }
+
     /// Claims whose period passed without a conflict run now; claims whose restored copy
     /// is gone (discarded, or the node lost it) are forgotten.
     fn settle_claims(&mut self, jobs: &[JobSummary], now: u64) {

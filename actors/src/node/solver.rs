@@ -102,15 +102,12 @@ impl Solver {
     }
 
     /// Jobs this node can take at once: `placement.capacity` for a whole CPU; behind a
-    /// sporadic server (`[sched]`), the server's share of it, as the executor reports.
+    /// sporadic server (`[sched]`), the server's share `Cs/Ts` of it.
     fn capacity(&self) -> f64 {
         let jobs = self.shared.config.placement.capacity;
         match &self.shared.cpu {
             None => jobs,
-            Some(cpu) => match cpu.executor.spare_capacity() {
-                Ok(spare) => (jobs * spare.server_share).max(1e-3),
-                Err(_) => 1e-3, // the executor stopped: take nothing
-            },
+            Some(cpu) => (jobs * cpu.server_share()).max(1e-3),
         }
     }
 
