@@ -88,7 +88,7 @@ pub fn load(path: &Path) -> anyhow::Result<NodeConfig> {
         Err(ConfigError::Invalid { path, key, message }) => {
             let line = std::fs::read_to_string(&path)
                 .ok()
-                .and_then(|t| value_line(&t, key, &message));
+                .and_then(|t| value_line(&t, &key, &message));
             match line {
                 Some(n) => anyhow::bail!("{}: line {n}: `{key}`: {message}", path.display()),
                 None => anyhow::bail!("{}: `{key}`: {message}", path.display()),

@@ -112,20 +112,6 @@ impl Default for SchedConfig {
     }
 }
 
-/// `[recovery]` keys as the node's errors name them.
-fn recovery_key(key: &str) -> &'static str {
-    match key {
-        "replicas" => "recovery.replicas",
-        "suspect_after_ms" => "recovery.suspect_after_ms",
-        "dead_after_ms" => "recovery.dead_after_ms",
-        "min_period_ms" => "recovery.min_period_ms",
-        "max_period_ms" => "recovery.max_period_ms",
-        "link_share" => "recovery.link_share",
-        "copy_overhead_ms" => "recovery.copy_overhead_ms",
-        _ => "recovery",
-    }
-}
-
 /// Milliseconds (config) to the scheduler's microseconds.
 pub fn us(ms: f64) -> sched::Time {
     (ms * 1000.0).round().max(0.0) as sched::Time
@@ -339,7 +325,7 @@ pub enum ConfigError {
     #[error("{path}: `{key}`: {message}")]
     Invalid {
         path: PathBuf,
-        key: &'static str,
+        key: String,
         message: String,
     },
 }
@@ -372,9 +358,9 @@ impl NodeConfig {
     }
 
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let bad = |key, message: String| ConfigError::Invalid {
+        let bad = |key: &str, message: String| ConfigError::Invalid {
             path: path.to_path_buf(),
-            key,
+            key: key.to_string(),
             message,
         };
         if self.name.is_empty()
@@ -453,7 +439,7 @@ impl NodeConfig {
         self.sched.validate().map_err(|(k, m)| bad(k, m))?;
         self.recovery
             .validate()
-            .map_err(|e| bad(recovery_key(e.key), e.message))?;
+            .map_err(|e| bad(&format!("recovery.{}", e.key), e.message))?;
         Ok(())
     }
 
