@@ -188,6 +188,8 @@ pub struct JobData {
     pub(crate) pause_seen: Option<Instant>,
     /// The main memory's dirty tracking, when the host owns memory (see `memory.rs`).
     pub(crate) dirty: Option<Arc<Region>>,
+    /// Set while memory is filled lazily (post-copy, see `lazy.rs`).
+    lazy: Option<crate::lazy::LazyMemory>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,6 +222,10 @@ pub struct Job {
 
 impl Drop for Job {
     fn drop(&mut self) {
+        // Before the memory is unmapped: stop filling it (failing an incomplete one).
+        if let Some(lazy) = self.store.data_mut().lazy.take() {
+            lazy.close();
+        }
         if let Ok(mut p) = self.pause.slot.ptr.lock() {
             *p = 0;
         }
@@ -364,6 +370,7 @@ impl Job {
             aborted: None,
             pause_seen: None,
             dirty: None,
+            lazy: None,
         };
         let mut store = Store::new(engine, data);
         store.limiter(|d| &mut d.limits);
@@ -645,6 +652,65 @@ impl Job {
             .data()
             .memory
             .ok_or(HostError::State("job has no memory"))
+    }
+
+    /// Makes the `missing` slots (of `chunk_size` bytes) of linear memory lazy: their
+    /// bytes are dropped, and the first access to one blocks the job until the chunk is
+    /// installed through the returned handle; `on_demand` hears of each such slot once.
+    /// From now on every host call of the job checks the handle's poison flag, so a job
+    /// whose memory could not be completed ([`LazyMemory::fail`]) has no further effect.
+    /// See [`crate::lazy`]. Call it on a paused job, before it runs.
+    ///
+    /// [`LazyMemory::fail`]: crate::lazy::LazyMemory::fail
+    pub fn make_lazy(
+        &mut self,
+        missing: std::collections::BTreeSet<u64>,
+        chunk_size: u32,
+        on_demand: crate::lazy::DemandFn,
+    ) -> Result<crate::lazy::LazyMemory, crate::lazy::LazyError> {
+        if self.store.data().lazy.is_some() {
+            return Err(crate::lazy::LazyError::Io {
+                what: "making memory lazy",
+                source: std::io::Error::other("it is lazy already"),
+            });
+        }
+        let memory = self.memory().map_err(|e| crate::lazy::LazyError::Io {
+            what: "making memory lazy",
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let base = memory.data_ptr(&self.store) as usize;
+        let len = memory.data_size(&self.store);
+        let poisoned = Arc::new(AtomicBool::new(false));
+        // SAFETY: the job's main memory is a private anonymous mapping the host owns
+        // (`memory.rs`), mapped until the store drops, and `Job::drop` closes the lazy
+        // memory before that. The job is paused: nothing reads the dropped slots until
+        // they are installed (or the job is poisoned).
+        let lazy = unsafe {
+            crate::lazy::LazyMemory::start(
+                base,
+                len,
+                chunk_size as usize,
+                missing,
+                on_demand,
+                poisoned.clone(),
+                self.pause.clone(),
+            )?
+        };
+        self.store.call_hook(move |_, hook| {
+            if matches!(hook, wasmtime::CallHook::CallingHost) && poisoned.load(Ordering::SeqCst) {
+                return Err(wasmtime::Error::msg(
+                    "the job's memory could not be completed after its move (post-copy failed)",
+                ));
+            }
+            Ok(())
+        });
+        self.store.data_mut().lazy = Some(lazy.clone());
+        Ok(lazy)
+    }
+
+    /// The lazy memory of a post-copy restore, while it is being filled or after.
+    pub fn lazy_memory(&self) -> Option<&crate::lazy::LazyMemory> {
+        self.store.data().lazy.as_ref()
     }
 
     /// Captures the state of a paused job. The job stays paused and can run on.

@@ -10,7 +10,8 @@
 //! restored from it ([`checkpoint`]); host-owned, write-protected linear memory
 //! ([`memory`]) makes each incremental checkpoint cost what the job wrote since the last.
 //! A restore can be staged ahead of the checkpoint it finishes with ([`staged`]), so a
-//! migration's downtime pays only for the chunks that changed since.
+//! migration's downtime pays only for the chunks that changed since. A post-copy restore
+//! resumes before all of memory is there and fills it on first touch ([`lazy`]).
 //!
 //! This crate knows nothing of the network.
 
@@ -20,6 +21,7 @@ pub mod error;
 pub mod host;
 pub mod instrument;
 pub mod job;
+pub mod lazy;
 pub mod memory;
 pub mod snapshot;
 pub mod staged;
@@ -29,6 +31,7 @@ pub use checkpoint::CheckpointError;
 pub use error::{HostError, SnapshotError};
 pub use host::{Host, HostConfig, LoadedModule};
 pub use job::{Job, JobSpec, Limits, Outcome, PauseHandle};
+pub use lazy::{DemandFn, LazyError, LazyMemory};
 pub use snapshot::Snapshot;
-pub use staged::StagedRestore;
+pub use staged::{LazyRestore, StagedRestore};
 pub use wasi::{BufferSink, OutputSink, Preopen, StdioSink, Stream};

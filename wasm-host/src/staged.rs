@@ -124,6 +124,19 @@ impl StagedRestore {
             .into());
         }
         self.job.grow_memory(memory.len)?;
+        self.write_slots(store, memory, &changed)?;
+        self.memory = memory.clone();
+        self.exact = true;
+        Ok(changed.len())
+    }
+
+    /// Writes the `changed` slots of `memory` (ids from the store, `None` = zero).
+    fn write_slots(
+        &mut self,
+        store: &Store,
+        memory: &ChunkMap,
+        changed: &[(u64, Option<ChunkId>)],
+    ) -> Result<(), CheckpointError> {
         // A failed read may leave a slot half written; the next update rewrites all.
         self.exact = false;
         // Each run of consecutive changed slots is one fill (one un-protect, and the
@@ -146,9 +159,78 @@ impl StagedRestore {
                 .memory_for_write(range.start as usize, range.end as usize)?;
             fill_map(store, part, dst)?;
         }
-        self.memory = memory.clone();
+        Ok(())
+    }
+
+    /// Post-copy: finishes the restore from the checkpoint whose manifest is `manifest`
+    /// (bytes, hashing to `id`) although the store may lack some of its memory chunks.
+    /// Memory is brought up to the checkpoint's map with the chunks the store has;
+    /// globals, stack, WASI state and files are applied as [`finish`](Self::finish) does
+    /// (module, files and the manifest's own fields must be complete). Returns the job,
+    /// the checkpoint (not listed in the store: it cannot be, until every chunk is
+    /// there) and the memory slots still to fill, with their ids, for
+    /// [`Job::make_lazy`].
+    pub fn finish_lazy(
+        mut self,
+        store: &Store,
+        manifest: &[u8],
+        id: &ChunkId,
+    ) -> Result<LazyRestore, CheckpointError> {
+        if ChunkId::of(manifest) != *id {
+            return Err(CheckpointError::Staged(
+                "the manifest does not hash to its id".into(),
+            ));
+        }
+        let cp = Checkpoint {
+            id: *id,
+            manifest: Manifest::decode(manifest)?,
+        };
+        cp.manifest.memory.validate("memory map")?;
+        let last = FinalState::read(store, &cp, self.files_limit)?;
+        let m = &cp.manifest;
+        let invalid = |reason: String| CheckpointError::Invalid { id: cp.id, reason };
+        if last.state.module_hash != self.job.module().hash {
+            return Err(invalid("it is of another module than was staged".into()));
+        }
+        if m.memory.len < self.memory.len || m.memory.len > MAX_MEMORY {
+            return Err(invalid(format!(
+                "its memory has {} bytes, {} were staged",
+                m.memory.len, self.memory.len
+            )));
+        }
+        let changed = if self.exact && m.memory.chunk_size == self.memory.chunk_size {
+            changed_slots(&self.memory, &m.memory)
+        } else {
+            // Rewrite all: every slot of the new map, and zeros elsewhere.
+            let mut all: BTreeMap<u64, Option<ChunkId>> =
+                (0..self.memory.chunk_count()).map(|i| (i, None)).collect();
+            all.extend(m.memory.chunks.iter().map(|(i, id)| (*i, Some(*id))));
+            all.into_iter().collect()
+        };
+        let (present, lazy): (Vec<_>, Vec<_>) = changed
+            .into_iter()
+            .partition(|(_, id)| id.as_ref().is_none_or(|id| store.contains(id)));
+        self.job.grow_memory(m.memory.len)?;
+        self.write_slots(store, &m.memory, &present)?;
+        self.memory = m.memory.clone();
         self.exact = true;
-        Ok(changed.len())
+        let lazy: Vec<(u64, ChunkId)> = lazy
+            .into_iter()
+            .filter_map(|(i, id)| Some((i, id?)))
+            .collect();
+        let mut job = self.job;
+        job.install_wasi(last.state.wasi, &last.files)?;
+        job.set_globals(&last.globals)?;
+        job.set_paused(last.state.stack.into_vec());
+        if job.take_dirty_raw(m.memory.chunk_size).is_some() {
+            job.tracking_base = Some(cp.id);
+        }
+        tracing::debug!(id = %cp.id, written = present.len(), lazy = lazy.len(), "lazy restore finished");
+        Ok(LazyRestore {
+            job,
+            checkpoint: cp,
+            missing: lazy,
+        })
     }
 
     /// Finishes the restore from checkpoint `id` of `store`: memory is brought up to its
@@ -211,6 +293,36 @@ impl StagedRestore {
     /// finish, which then rewrites every chunk.
     pub fn memory_map(&self) -> &ChunkMap {
         &self.memory
+    }
+}
+
+/// A post-copy restore: the paused job, its checkpoint (not listed in the store until
+/// every chunk is there) and the memory slots still to fill, with their chunk ids.
+pub struct LazyRestore {
+    pub job: Job,
+    pub checkpoint: Checkpoint,
+    pub missing: Vec<(u64, ChunkId)>,
+}
+
+impl Job {
+    /// Post-copy restore with nothing staged: instantiates the checkpoint's module, fills
+    /// memory with the chunks `store` has and returns the job (paused) with the slots
+    /// still to fill; see [`StagedRestore::finish_lazy`].
+    pub fn restore_lazily(
+        host: &Host,
+        store: &Store,
+        manifest: &[u8],
+        id: &ChunkId,
+        preopens: Vec<Preopen>,
+        limits: &Limits,
+        sink: Box<dyn OutputSink>,
+    ) -> Result<LazyRestore, CheckpointError> {
+        let m = Manifest::decode(manifest)?;
+        let mut present = m.memory.clone();
+        present.chunks.retain(|(_, id)| store.contains(id));
+        let staged =
+            StagedRestore::stage(host, store, &m.module, &present, preopens, limits, sink)?;
+        staged.finish_lazy(store, manifest, id)
     }
 }
 
