@@ -479,12 +479,17 @@ fn on_big_stack<T: Send + 'static>(
 /// One line per move.
 pub fn line(r: &MoveReport) -> String {
     format!(
-        "{} {}→{} gen {} {}: downtime {:.1} ms, {} rounds ({}), {} sent, {} total {:.0} ms",
+        "{} {}→{} gen {} {} ({}): downtime {:.1} ms, {} rounds ({}), {} sent, {} total {:.0} ms",
         r.job,
         r.from,
         r.to,
         r.generation,
         r.outcome,
+        if r.mode.is_empty() {
+            "pre-copy"
+        } else {
+            &r.mode
+        },
         r.downtime_ms,
         r.rounds,
         if r.stop_reason.is_empty() {

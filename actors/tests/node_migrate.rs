@@ -90,7 +90,7 @@ fn assert_output(home: &NodeHandle, host: &Arc<Host>, wasm: &[u8], name: &str, a
     assert!(got_err == err, "{name}: stderr differs");
 }
 
-/// A job moved back and forth at random moments, pre-copy and stop-and-copy mixed,
+/// A job moved back and forth at random moments, every copy mode mixed,
 /// gives the same output as a straight run, collected at its home, each byte once.
 #[test]
 fn random_moves_back_and_forth_keep_output_identical() {
@@ -111,6 +111,7 @@ fn random_moves_back_and_forth_keep_output_identical() {
             rng
         };
         let mut committed = 0;
+        let mut post_copied = 0;
         for round in 0..12 {
             tokio::time::sleep(Duration::from_millis(20 + next() % 200)).await;
             let job = if round % 2 == 0 {
@@ -122,17 +123,27 @@ fn random_moves_back_and_forth_keep_output_identical() {
             let Some(&from) = on.first() else { continue };
             assert_eq!(on.len(), 1, "{job} runs on {on:?}");
             let to = (from + 1 + (next() % 2) as usize) % 3;
+            // Pre-copy, stop-and-copy, post-copy and hybrid mixed (post-copy falls
+            // back to pre-copy where userfaultfd is missing).
+            let mode = ["pre-copy", "post-copy", "hybrid"][(next() % 3) as usize];
             let policy = MovePolicy {
                 max_rounds: Some(if next() % 3 == 0 { 0 } else { 8 }),
                 compression: None,
+                mode: Some(mode.into()),
             };
             let to_name = nodes[to].name().to_string();
             if let Ok(r) = nodes[from].migrate_with(job, &to_name, policy).await {
                 assert_eq!(r.outcome, "committed");
                 committed += 1;
+                if r.mode == "post-copy" && r.deferred_bytes > 0 {
+                    post_copied += 1;
+                }
             }
         }
         assert!(committed >= 6, "only {committed} moves committed");
+        if actors::node::migrator::postcopy_available() {
+            assert!(post_copied >= 1, "no post-copy move deferred any memory");
+        }
         for job in ["tracker", "autopilot"] {
             let code = nodes[0]
                 .wait_job(job, Duration::from_secs(120))

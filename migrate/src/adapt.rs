@@ -144,6 +144,8 @@ pub enum StopReason {
     /// The job dirties memory about as fast as the link moves it: another
     /// round would not shrink the dirty set.
     DirtyRateTooHigh,
+    /// Post-copy or hybrid: the rounds it wanted are done (none for post-copy).
+    PostCopy,
 }
 
 /// The stop rule's knobs (part of `SourceConfig`).
@@ -296,5 +298,139 @@ mod tests {
         assert_eq!(transfer_ms(1000, 1000), 1000);
         assert_eq!(transfer_ms(1, 0), 1000);
         assert_eq!(transfer_ms(u64::MAX, 1), u64::MAX);
+    }
+}
+
+/// How a move copies memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum MoveMode {
+    /// Rounds while the job runs, then the rest while it is paused.
+    #[default]
+    PreCopy,
+    /// The job resumes at the destination after its hottest chunks; the rest follow
+    /// on demand (first touch) and in the background.
+    PostCopy,
+    /// Up to `hybrid_rounds` pre-copy rounds (the cold bulk), then post-copy.
+    Hybrid,
+}
+
+impl MoveMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            MoveMode::PreCopy => "pre-copy",
+            MoveMode::PostCopy => "post-copy",
+            MoveMode::Hybrid => "hybrid",
+        }
+    }
+}
+
+/// What the shell asks for: a fixed mode, or a choice by [`choose_mode`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RequestedMode {
+    #[default]
+    Auto,
+    Fixed(MoveMode),
+}
+
+/// Post-copy knobs (part of `SourceConfig`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PostcopyPolicy {
+    pub requested: RequestedMode,
+    /// The destination can restore lazily (the shell knows: userfaultfd). Without it
+    /// every move is pre-copy, whatever was requested.
+    pub available: bool,
+    /// Pre-copy rounds of a hybrid move.
+    pub hybrid_rounds: u32,
+}
+
+impl Default for PostcopyPolicy {
+    fn default() -> Self {
+        PostcopyPolicy {
+            requested: RequestedMode::Auto,
+            available: false,
+            hybrid_rounds: 2,
+        }
+    }
+}
+
+/// Dirty rate ÷ link rate (per mille) from which pre-copy rounds stop paying: each
+/// round re-sends at least this share of what it sent.
+pub const HYBRID_FROM_PERMILLE: u64 = 300;
+/// Dirty rate ÷ link rate (per mille) from which no round can shrink the dirty set.
+pub const POSTCOPY_FROM_PERMILLE: u64 = 1_000;
+
+/// The mode for a move of `state_bytes` that the job dirties at `dirty_rate` (bytes/s)
+/// over a link of `throughput` (bytes/s).
+///
+/// - Everything fits in the downtime target at the link rate: pre-copy (its final
+///   stop-and-copy is short anyway, and nothing depends on the source afterwards).
+/// - dirty < 30 % of the link: pre-copy converges in a few rounds.
+/// - dirty ≥ the link: no round shrinks the dirty set; post-copy moves each chunk once.
+/// - between: hybrid — the first rounds move the cold bulk cheaply, then post-copy
+///   avoids re-sending the hot set round after round.
+pub fn choose_mode(
+    policy: &PostcopyPolicy,
+    state_bytes: u64,
+    dirty_rate: u64,
+    throughput: u64,
+    downtime_target_ms: u64,
+) -> MoveMode {
+    if !policy.available {
+        return MoveMode::PreCopy;
+    }
+    if let RequestedMode::Fixed(m) = policy.requested {
+        return m;
+    }
+    if state_bytes <= downtime_budget_bytes(throughput, downtime_target_ms) {
+        return MoveMode::PreCopy;
+    }
+    let permille = (dirty_rate as u128 * 1000 / throughput.max(1) as u128) as u64;
+    if permille >= POSTCOPY_FROM_PERMILLE {
+        MoveMode::PostCopy
+    } else if permille >= HYBRID_FROM_PERMILLE {
+        MoveMode::Hybrid
+    } else {
+        MoveMode::PreCopy
+    }
+}
+
+#[cfg(test)]
+mod mode_tests {
+    use super::*;
+
+    const MB: u64 = 1_000_000;
+
+    fn auto() -> PostcopyPolicy {
+        PostcopyPolicy {
+            available: true,
+            ..PostcopyPolicy::default()
+        }
+    }
+
+    #[test]
+    fn the_mode_follows_dirty_rate_over_link_rate() {
+        let p = auto();
+        let link = 12 * MB + 500_000; // 100 Mbit/s
+        let big = 256 << 20;
+        assert_eq!(choose_mode(&p, big, MB, link, 50), MoveMode::PreCopy);
+        assert_eq!(choose_mode(&p, big, 6 * MB, link, 50), MoveMode::Hybrid);
+        assert_eq!(choose_mode(&p, big, 40 * MB, link, 50), MoveMode::PostCopy);
+        // A small job moves in the downtime target whatever it dirties.
+        assert_eq!(
+            choose_mode(&p, 256 << 10, 40 * MB, link, 50),
+            MoveMode::PreCopy
+        );
+    }
+
+    #[test]
+    fn unavailable_post_copy_or_a_fixed_mode_wins() {
+        let mut p = auto();
+        p.requested = RequestedMode::Fixed(MoveMode::Hybrid);
+        assert_eq!(choose_mode(&p, 1 << 30, 0, MB, 50), MoveMode::Hybrid);
+        p.available = false;
+        assert_eq!(
+            choose_mode(&p, 1 << 30, 100 * MB, MB, 50),
+            MoveMode::PreCopy
+        );
     }
 }

@@ -63,6 +63,10 @@ pub enum DestAction {
         manifest: Vec<u8>,
         manifest_id: ChunkId,
     },
+    /// Post-copy: restore without these memory chunks (the next action is the
+    /// `VerifyAndRestore`) and fetch them after `ResumeJob`, in this order, with the
+    /// ones the job touches first. Their absence is not a verification failure.
+    Defer(Vec<ChunkRef>),
     /// Record `job` at `generation` (the source's + 1) as owned here,
     /// durably, then run the restored job.
     ResumeJob {
@@ -139,6 +143,8 @@ pub struct Destination {
     pending: Vec<ChunkRef>,
     acked: u32,
     final_manifest: Option<(Vec<u8>, ChunkId)>,
+    /// Post-copy: memory chunks restored lazily (from the Final).
+    deferred: Vec<ChunkRef>,
     /// VerifyAndRestore was asked: an abort must discard.
     restore_asked: bool,
     abort_reason: Option<AbortReason>,
@@ -201,6 +207,7 @@ impl Destination {
             pending: Vec::new(),
             acked: 0,
             final_manifest: None,
+            deferred: Vec::new(),
             restore_asked: false,
             abort_reason: None,
             deadline: Some(now.saturating_add(cfg.idle_timeout_ms)),
@@ -327,6 +334,10 @@ impl Destination {
         if let Some((manifest, manifest_id)) = self.final_manifest.clone() {
             self.restore_asked = true;
             self.phase = DestPhase::Verifying;
+            if !self.deferred.is_empty() {
+                self.actions
+                    .push_back(DestAction::Defer(std::mem::take(&mut self.deferred)));
+            }
             self.actions.push_back(DestAction::VerifyAndRestore {
                 manifest,
                 manifest_id,
@@ -404,6 +415,7 @@ impl Destination {
                 compression,
                 manifest,
                 manifest_id,
+                deferred,
             } => match phase {
                 DestPhase::Offered | DestPhase::Idle { .. } => {
                     if after_round != self.acked {
@@ -413,6 +425,7 @@ impl Destination {
                         });
                     }
                     self.final_manifest = Some((manifest, manifest_id));
+                    self.deferred = deferred;
                     self.phase = DestPhase::FetchingFinal;
                     if !self.fetch(after_round + 1, chunks, compression) {
                         self.verify();

@@ -124,7 +124,10 @@ mod error;
 mod msg;
 mod source;
 
-pub use adapt::{choose_compression, LevelProfile, PrecopyPolicy, StopReason, ZSTD_PROFILES};
+pub use adapt::{
+    choose_compression, choose_mode, LevelProfile, MoveMode, PostcopyPolicy, PrecopyPolicy,
+    RequestedMode, StopReason, ZSTD_PROFILES,
+};
 pub use dest::{DestAction, DestConfig, DestEvent, DestPhase, DestReport, Destination};
 pub use error::MigrateError;
 pub use msg::{

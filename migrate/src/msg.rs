@@ -263,6 +263,11 @@ pub enum Body {
         #[serde(with = "crate::bytes")]
         manifest: Vec<u8>,
         manifest_id: ChunkId,
+        /// Post-copy: memory chunks of the manifest the destination fetches after it
+        /// resumed the job (on first touch, and in this order in the background); it
+        /// restores without them. Empty for pre-copy (and absent from the encoding).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        deferred: Vec<ChunkRef>,
     },
     /// D→S: I restored the job (paused) and will start it on Go.
     Ready,
@@ -399,10 +404,19 @@ impl Message {
                 compression,
                 manifest,
                 manifest_id,
+                deferred,
             } => {
                 check_round("final", *after_round, 0)?;
                 check_compression("final", *compression)?;
                 check_chunks("final chunk list", chunks)?;
+                check_chunks("deferred chunk list", deferred)?;
+                if chunks.len() + deferred.len() > MAX_STATE_CHUNKS {
+                    return Err(MessageError::TooMany {
+                        what: "final and deferred chunks",
+                        len: (chunks.len() + deferred.len()) as u64,
+                        limit: MAX_STATE_CHUNKS as u64,
+                    });
+                }
                 if manifest.is_empty() {
                     return Err(MessageError::Malformed {
                         what: "final",

@@ -5,13 +5,14 @@ use std::collections::{HashSet, VecDeque};
 use store::ChunkId;
 
 use crate::adapt::{
-    choose_compression_with, effective_rate, precopy_stop, transfer_ms, LevelProfile,
-    PrecopyPolicy, RoundFacts, StopReason, ZSTD_PROFILES,
+    choose_compression_with, choose_mode, downtime_budget_bytes, effective_rate, precopy_stop,
+    transfer_ms, LevelProfile, MoveMode, PostcopyPolicy, PrecopyPolicy, RoundFacts, StopReason,
+    ZSTD_PROFILES,
 };
 use crate::error::MigrateError;
 use crate::msg::{
     AbortReason, Body, ChunkRef, Compression, Message, MigrationId, Offer, Outcome, StateMap,
-    MAX_ROUNDS,
+    MAX_ROUNDS, MAX_STATE_CHUNKS,
 };
 
 /// Knobs of the source. `Default` suits a LAN of edge nodes.
@@ -35,6 +36,8 @@ pub struct SourceConfig {
     pub reply_timeout_ms: u64,
     /// How long to retransmit Go before escalating.
     pub handover_timeout_ms: u64,
+    /// Pre-copy, post-copy or hybrid, and whether the destination can do post-copy.
+    pub postcopy: PostcopyPolicy,
 }
 
 impl Default for SourceConfig {
@@ -54,6 +57,7 @@ impl Default for SourceConfig {
             max_retransmit_ms: 1_600,
             reply_timeout_ms: 3_000,
             handover_timeout_ms: 5_000,
+            postcopy: PostcopyPolicy::default(),
         }
     }
 }
@@ -115,6 +119,11 @@ pub enum SourceEvent {
     /// Call the migration off. Refused with [`MigrateError::TooLateToCancel`]
     /// once Go was sent.
     Cancel,
+    /// The chunks the job wrote most recently, most recent first (the shell's dirty
+    /// tracking knows). A post-copy sends these before the job resumes (as many as
+    /// fit the downtime target) and defers the rest in this order, then by address.
+    /// Optional; send it before [`SourceEvent::Paused`].
+    HotChunks(Vec<ChunkId>),
 }
 
 /// What the source core asks its shell to do, in order.
@@ -208,6 +217,11 @@ pub struct SourceReport {
     /// Effective throughput and dirty-rate estimates at the end (bytes/s).
     pub throughput: u64,
     pub dirty_rate: u64,
+    /// How memory was copied (chosen at the start, revised after round 1).
+    pub mode: MoveMode,
+    /// Post-copy: chunks and bytes the destination fetches after it resumed the job.
+    pub deferred_chunks: usize,
+    pub deferred_bytes: u64,
 }
 
 /// The source's state machine. Feed it messages, shell events and timeouts;
@@ -248,6 +262,9 @@ pub struct Source {
     deadline: Option<u64>,
     actions: VecDeque<SourceAction>,
     report: SourceReport,
+    mode: MoveMode,
+    /// From [`SourceEvent::HotChunks`].
+    hot: Vec<ChunkId>,
 }
 
 fn ewma(old: Option<u64>, new: u64) -> u64 {
@@ -305,9 +322,12 @@ impl Source {
                 offered_bytes: 0,
                 ..SourceReport::default()
             },
+            mode: MoveMode::PreCopy,
+            hot: Vec::new(),
             cfg,
         };
         s.report.offered_bytes = s.offered.iter().map(|c| c.len as u64).sum();
+        s.mode = s.choose_mode();
         let deadline = now.saturating_add(s.cfg.reply_timeout_ms);
         s.send_tracked(now, offer, deadline, 0);
         Ok(s)
@@ -328,6 +348,7 @@ impl Source {
     pub fn report(&self) -> SourceReport {
         let mut r = self.report.clone();
         r.throughput = self.throughput();
+        r.mode = self.mode;
         r.dirty_rate = self.dirty_rate;
         r
     }
@@ -443,6 +464,68 @@ impl Source {
     }
 
     /// Distinct chunks of `state` the destination lacks.
+    fn choose_mode(&self) -> MoveMode {
+        choose_mode(
+            &self.cfg.postcopy,
+            self.report.offered_bytes,
+            self.dirty_rate,
+            self.throughput(),
+            self.cfg.precopy.downtime_target_ms,
+        )
+    }
+
+    /// The chunks the Final carries, and (post-copy, hybrid) the memory chunks it
+    /// defers: the module and files always go first; of memory, the hottest chunks as
+    /// far as the downtime target allows.
+    fn final_split(&self, state: &StateMap) -> (Vec<ChunkRef>, Vec<ChunkRef>) {
+        let all = self.missing(state);
+        if self.mode == MoveMode::PreCopy {
+            return (all, Vec::new());
+        }
+        let memory: HashSet<ChunkId> = state.memory.chunks.iter().map(|(_, id)| *id).collect();
+        let elsewhere: HashSet<ChunkId> = std::iter::once(&state.module.map)
+            .chain(state.extra.iter().map(|b| &b.map))
+            .flat_map(|m| m.chunks.iter().map(|(_, id)| *id))
+            .collect();
+        let (now, mem): (Vec<ChunkRef>, Vec<ChunkRef>) = all
+            .into_iter()
+            .partition(|c| elsewhere.contains(&c.id) || !memory.contains(&c.id));
+        // Hot first (in the shell's order), then by address.
+        let rank: std::collections::HashMap<ChunkId, usize> = self
+            .hot
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (*id, i))
+            .collect();
+        let slot: std::collections::HashMap<ChunkId, u64> = state
+            .memory
+            .chunks
+            .iter()
+            .map(|(i, id)| (*id, *i))
+            .collect();
+        let mut mem = mem;
+        mem.sort_by_key(|c| {
+            (
+                rank.get(&c.id).copied().unwrap_or(usize::MAX),
+                slot.get(&c.id).copied().unwrap_or(u64::MAX),
+            )
+        });
+        let budget = downtime_budget_bytes(self.throughput(), self.cfg.precopy.downtime_target_ms);
+        let mut sent = 0u64;
+        let mut chunks = now;
+        let mut deferred = Vec::new();
+        for c in mem {
+            let hot = rank.contains_key(&c.id);
+            if hot && sent + c.len as u64 <= budget {
+                sent += c.len as u64;
+                chunks.push(c);
+            } else {
+                deferred.push(c);
+            }
+        }
+        (chunks, deferred)
+    }
+
     fn missing(&self, state: &StateMap) -> Vec<ChunkRef> {
         state
             .distinct_chunks()
@@ -481,7 +564,13 @@ impl Source {
                             .collect();
                         let sent: u64 = missing.iter().map(|c| c.len as u64).sum();
                         self.report.present_bytes = self.report.offered_bytes - sent;
-                        if self.cfg.precopy.max_rounds == 0 {
+                        if self.mode == MoveMode::PostCopy {
+                            // No rounds: pause now, defer most of memory.
+                            self.stop_timers();
+                            self.report.stop = Some(StopReason::PostCopy);
+                            self.phase = SourcePhase::Pausing;
+                            self.actions.push_back(SourceAction::PauseJob);
+                        } else if self.cfg.precopy.max_rounds == 0 {
                             // Pure stop-and-copy: everything moves while paused.
                             self.stop_timers();
                             self.report.stop = Some(StopReason::RoundLimit);
@@ -647,8 +736,10 @@ impl Source {
             } => match phase {
                 SourcePhase::Pausing => {
                     self.paused = true;
-                    let chunks = self.missing(&state);
+                    let (chunks, deferred) = self.final_split(&state);
                     let bytes: u64 = chunks.iter().map(|c| c.len as u64).sum();
+                    self.report.deferred_chunks = deferred.len();
+                    self.report.deferred_bytes = deferred.iter().map(|c| c.len as u64).sum();
                     let compression = self.compression();
                     let fin = self.msg(Body::Final {
                         after_round: self.rounds_sent,
@@ -656,6 +747,7 @@ impl Source {
                         compression,
                         manifest,
                         manifest_id,
+                        deferred,
                     });
                     if let Err(e) = state.validate().and_then(|()| fin.validate()) {
                         // The shell gave us something we cannot send: the
@@ -695,6 +787,11 @@ impl Source {
                 }
                 _ => Err(unexpected("PauseFailed")),
             },
+            SourceEvent::HotChunks(hot) => {
+                self.hot = hot;
+                self.hot.truncate(MAX_STATE_CHUNKS);
+                Ok(())
+            }
             SourceEvent::Cancel => match phase {
                 SourcePhase::HandedOver | SourcePhase::Escalated => {
                     Err(MigrateError::TooLateToCancel)
@@ -727,7 +824,21 @@ impl Source {
             throughput: self.throughput(),
             dirty_rate: self.dirty_rate,
         };
-        match precopy_stop(&self.cfg.precopy, &facts) {
+        if round == 1 {
+            // The first round measured the dirty rate: revise an automatic choice.
+            self.mode = self.choose_mode();
+        }
+        let stop = match self.mode {
+            MoveMode::PreCopy => precopy_stop(&self.cfg.precopy, &facts),
+            MoveMode::Hybrid if round >= self.cfg.postcopy.hybrid_rounds.max(1) => {
+                Some(StopReason::PostCopy)
+            }
+            MoveMode::Hybrid => {
+                precopy_stop(&self.cfg.precopy, &facts).filter(|r| *r == StopReason::Converged)
+            }
+            MoveMode::PostCopy => Some(StopReason::PostCopy),
+        };
+        match stop {
             None => self.start_round(now, round + 1, dirty),
             Some(reason) => {
                 self.report.stop = Some(reason);

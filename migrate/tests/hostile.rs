@@ -184,6 +184,7 @@ fn oversized_or_forged_manifests_are_refused() {
             chunks: vec![],
             compression: Compression::None,
             manifest_id: ChunkId::of(&big),
+            deferred: Vec::new(),
             manifest: big,
         }),
     );
@@ -206,6 +207,7 @@ fn oversized_or_forged_manifests_are_refused() {
             compression: Compression::None,
             manifest: b"the real manifest".to_vec(),
             manifest_id: id("some other manifest"),
+            deferred: Vec::new(),
         }),
     );
     assert!(
@@ -224,6 +226,7 @@ fn oversized_or_forged_manifests_are_refused() {
             compression: Compression::None,
             manifest: vec![],
             manifest_id: ChunkId::of(&[]),
+            deferred: Vec::new(),
         }),
     );
     assert!(
@@ -436,6 +439,7 @@ fn rounds_out_of_order_are_refused() {
             chunks: vec![],
             compression: Compression::None,
             manifest_id: ChunkId::of(&manifest),
+            deferred: Vec::new(),
             manifest,
         }),
     );
@@ -503,6 +507,7 @@ fn ready_destination() -> Destination {
             chunks: vec![],
             compression: Compression::None,
             manifest_id: ChunkId::of(&manifest),
+            deferred: Vec::new(),
             manifest,
         }),
     )
@@ -646,6 +651,7 @@ fn messages_round_trip_through_cbor() {
             chunks: refs(1),
             compression: Compression::None,
             manifest_id: ChunkId::of(&manifest),
+            deferred: Vec::new(),
             manifest: manifest.clone(),
         },
         Body::Ready,

@@ -320,6 +320,11 @@ impl LazyMemory {
         self.inner.lock().missing.iter().copied().collect()
     }
 
+    /// Whether `slot` is still to be installed.
+    pub fn is_missing(&self, slot: u64) -> bool {
+        self.inner.lock().missing.contains(&slot)
+    }
+
     /// Number of slots not in yet.
     pub fn remaining(&self) -> usize {
         self.inner.lock().missing.len()

@@ -82,6 +82,10 @@ pub struct MigrateArgs {
     pub job: String,
     /// Destination node (name or peer id).
     pub node: String,
+    /// How memory moves: auto, pre-copy, post-copy or hybrid (default: the node's
+    /// `[migration] mode`).
+    #[arg(long)]
+    pub mode: Option<String>,
     /// Print the full report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -349,7 +353,11 @@ pub fn peers(a: ListArgs) -> anyhow::Result<i32> {
 }
 
 pub fn migrate(a: MigrateArgs) -> anyhow::Result<i32> {
-    let q = http::encode_query(&[("job", &a.job), ("to", &a.node)]);
+    let mut query = vec![("job", a.job.as_str()), ("to", a.node.as_str())];
+    if let Some(mode) = &a.mode {
+        query.push(("mode", mode.as_str()));
+    }
+    let q = http::encode_query(&query);
     let started = Instant::now();
     let (api, path) = (a.api.api, format!("/migrate?{q}"));
     let progress = Progress::spinner(format!("moving {} → {}", a.job, a.node));

@@ -277,6 +277,8 @@ mod tests {
             final_bytes: 0,
             compression: "none".into(),
             throughput_bytes_per_s: 0,
+            mode: "pre-copy".into(),
+            deferred_bytes: 0,
         };
         let snap = Snapshot {
             status: NodeStatus {

@@ -121,7 +121,13 @@ async fn handle(node: NodeHandle, req: Request) -> Response {
             let (Some(job), Some(to)) = (req.query_value("job"), req.query_value("to")) else {
                 return err(400, "need ?job=JOB&to=NODE");
             };
-            match node.migrate(job, to).await {
+            let mode = req.query_value("mode").map(str::to_string);
+            if let Some(m) = &mode {
+                if let Err(e) = super::config::parse_move_mode(m) {
+                    return err(400, format!("mode: {e}"));
+                }
+            }
+            match node.migrate_mode(job, to, mode).await {
                 Ok(r) => Response::json(200, &r),
                 Err(e) => err(409, format!("{e:#}")),
             }
@@ -325,10 +331,10 @@ fn control(node: &NodeHandle, peer: mesh::PeerId, msg: NodeMsg, reply: mesh::Con
                 reply.send(answer(r));
             });
         }
-        NodeMsg::MoveJob { job, to } => {
+        NodeMsg::MoveJob { job, to, mode } => {
             let solver = node.solver.clone();
             actix::spawn(async move {
-                let r = match solver.send(MoveTo { job, to }).await {
+                let r = match solver.send(MoveTo { job, to, mode }).await {
                     Ok(Ok(report)) => match serde_json::to_string(&report) {
                         Ok(j) => NodeReply::Moved(j),
                         Err(e) => NodeReply::Error(e.to_string()),
@@ -831,6 +837,8 @@ pub mod metrics {
                 final_bytes: 100,
                 compression: "none".into(),
                 throughput_bytes_per_s: 0,
+                mode: "pre-copy".into(),
+                deferred_bytes: 0,
             }
         }
 

@@ -181,7 +181,7 @@ impl Handler<Has> for CheckpointActor {
 /// Restore a moved job (paused) from its final manifest and hand it to the
 /// scheduler. Answers with the time the restore took.
 #[derive(Message)]
-#[rtype(result = "Result<Duration, String>")]
+#[rtype(result = "Result<Restored, String>")]
 pub struct Restore {
     pub migration: MigrationId,
     pub job: String,
@@ -189,10 +189,31 @@ pub struct Restore {
     pub home: PeerId,
     pub manifest: Vec<u8>,
     pub manifest_id: ChunkId,
+    /// Post-copy: the store may lack these memory chunks; memory is restored lazily.
+    pub deferred: bool,
+}
+
+/// A finished restore.
+pub struct Restored {
+    pub took: Duration,
+    /// Post-copy: the memory still to fill (installed by the Migrator's pull).
+    pub lazy: Option<LazyFill>,
+}
+
+/// The lazy part of a post-copy restore: what is missing and where demands arrive.
+pub struct LazyFill {
+    pub memory: wasm_host::LazyMemory,
+    /// Missing slots and their chunks.
+    pub missing: Vec<(u64, ChunkId)>,
+    /// Slots the job touched (each once), for priority fetches.
+    pub demands: tokio::sync::mpsc::UnboundedReceiver<u64>,
+    /// The final manifest, imported into the store once every chunk is there.
+    pub manifest: Vec<u8>,
+    pub chunk_size: u32,
 }
 
 impl Handler<Restore> for CheckpointActor {
-    type Result = ResponseFuture<Result<Duration, String>>;
+    type Result = ResponseFuture<Result<Restored, String>>;
 
     fn handle(&mut self, m: Restore, _: &mut Context<Self>) -> Self::Result {
         let shared = self.shared.clone();
@@ -207,8 +228,14 @@ impl Handler<Restore> for CheckpointActor {
                 Some(s) => s.lock().await.take(),
                 None => None,
             };
-            let (job, cp) = tokio::task::spawn_blocking(move || {
-                restore(&sh, &m.job, home, &m.manifest, &m.manifest_id, staged)
+            let deferred = m.deferred;
+            let (job, cp, lazy) = tokio::task::spawn_blocking(move || {
+                if deferred {
+                    restore_lazily(&sh, &m.job, home, m.manifest, &m.manifest_id, staged)
+                } else {
+                    restore(&sh, &m.job, home, &m.manifest, &m.manifest_id, staged)
+                        .map(|(job, cp)| (job, cp, None))
+                }
             })
             .await
             .map_err(|e| e.to_string())??;
@@ -228,9 +255,75 @@ impl Handler<Restore> for CheckpointActor {
                 })
                 .await
                 .map_err(|e| e.to_string())??;
-            Ok(started.elapsed())
+            Ok(Restored {
+                took: started.elapsed(),
+                lazy,
+            })
         })
     }
+}
+
+/// Post-copy restore: the manifest is verified but not imported (the store lacks some
+/// of its chunks); memory is restored from the chunks the store has and the rest is
+/// made lazy.
+fn restore_lazily(
+    shared: &Shared,
+    job: &str,
+    home: PeerId,
+    manifest: Vec<u8>,
+    id: &ChunkId,
+    staged: Option<StagedRestore>,
+) -> Result<(Job, store::Checkpoint, Option<LazyFill>), String> {
+    if ChunkId::of(&manifest) != *id {
+        return Err("the manifest does not hash to its id".into());
+    }
+    let restored = match staged {
+        Some(staged) => staged.finish_lazy(&shared.store, &manifest, id),
+        None => {
+            let sink = ForwardSink {
+                job: job.to_string(),
+                home,
+                tx: shared.output.clone(),
+            };
+            Job::restore_lazily(
+                &shared.host,
+                &shared.store,
+                &manifest,
+                id,
+                Vec::new(),
+                &Scheduler::limits(shared),
+                Box::new(sink),
+            )
+        }
+    }
+    .map_err(|e| format!("restoring {job} lazily: {e}"))?;
+    let wasm_host::LazyRestore {
+        mut job,
+        checkpoint,
+        missing,
+    } = restored;
+    let chunk_size = checkpoint.manifest.memory.chunk_size;
+    let (tx, demands) = tokio::sync::mpsc::unbounded_channel();
+    let memory = job
+        .make_lazy(
+            missing.iter().map(|(slot, _)| *slot).collect(),
+            chunk_size,
+            std::sync::Arc::new(move |slot| {
+                let _ = tx.send(slot);
+            }),
+        )
+        .map_err(|e| format!("post-copy restore of {}: {e}", checkpoint.manifest.job))?;
+    Ok((
+        job,
+        checkpoint,
+        Some(LazyFill {
+            memory,
+            missing,
+            demands,
+            manifest,
+            chunk_size,
+        }),
+    ))
 }
 
 fn restore(

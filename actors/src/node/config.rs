@@ -248,6 +248,12 @@ pub struct MigrationConfig {
     pub reply_timeout_ms: u64,
     /// Heartbeat period (gossip of this node's jobs and load).
     pub heartbeat_ms: u64,
+    /// How memory moves: "auto" (from the measured dirty rate and bandwidth),
+    /// "pre-copy", "post-copy" or "hybrid". Post-copy needs userfaultfd; without it
+    /// every move is pre-copy.
+    pub mode: String,
+    /// Pre-copy rounds of a hybrid move before it switches to post-copy.
+    pub hybrid_rounds: u32,
 }
 
 /// Limits every job on this node gets unless it asks for less.
@@ -290,6 +296,8 @@ impl Default for MigrationConfig {
             compression: "auto".into(),
             reply_timeout_ms: 3_000,
             heartbeat_ms: 500,
+            mode: "auto".into(),
+            hybrid_rounds: 2,
         }
     }
 }
@@ -436,11 +444,23 @@ impl NodeConfig {
         }
         self.compression()
             .map_err(|m| bad("migration.compression", m))?;
+        parse_move_mode(&self.migration.mode).map_err(|m| bad("migration.mode", m))?;
+        if !(1..=migrate::MAX_ROUNDS).contains(&self.migration.hybrid_rounds) {
+            return Err(bad(
+                "migration.hybrid_rounds",
+                format!("must be 1..={}", migrate::MAX_ROUNDS),
+            ));
+        }
         self.sched.validate().map_err(|(k, m)| bad(k, m))?;
         self.recovery
             .validate()
             .map_err(|e| bad(&format!("recovery.{}", e.key), e.message))?;
         Ok(())
+    }
+
+    /// `[migration] mode` as the migration core takes it.
+    pub fn move_mode(&self) -> migrate::RequestedMode {
+        parse_move_mode(&self.migration.mode).unwrap_or_default()
     }
 
     pub fn compression(&self) -> Result<CompressionChoice, String> {
@@ -555,5 +575,19 @@ mod example_config {
                 );
             }
         }
+    }
+}
+
+/// "auto", "pre-copy", "post-copy" or "hybrid" (also `roam migrate --mode`).
+pub fn parse_move_mode(s: &str) -> Result<migrate::RequestedMode, String> {
+    use migrate::{MoveMode, RequestedMode};
+    match s.trim() {
+        "auto" => Ok(RequestedMode::Auto),
+        "pre-copy" | "precopy" => Ok(RequestedMode::Fixed(MoveMode::PreCopy)),
+        "post-copy" | "postcopy" => Ok(RequestedMode::Fixed(MoveMode::PostCopy)),
+        "hybrid" => Ok(RequestedMode::Fixed(MoveMode::Hybrid)),
+        other => Err(format!(
+            "{other:?}: expected \"auto\", \"pre-copy\", \"post-copy\" or \"hybrid\""
+        )),
     }
 }

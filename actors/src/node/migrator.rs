@@ -44,6 +44,8 @@ pub struct MovePolicy {
     /// Pre-copy rounds (0 = stop-and-copy).
     pub max_rounds: Option<u32>,
     pub compression: Option<String>,
+    /// "auto", "pre-copy", "post-copy" or "hybrid" (default: `[migration] mode`).
+    pub mode: Option<String>,
 }
 
 /// What a move did, as the source saw it (plus the destination's figures when the
@@ -78,6 +80,12 @@ pub struct MoveReport {
     pub final_bytes: u64,
     pub compression: String,
     pub throughput_bytes_per_s: u64,
+    /// "pre-copy", "post-copy" or "hybrid".
+    #[serde(default)]
+    pub mode: String,
+    /// Post-copy: bytes the destination fetches after the job resumed there.
+    #[serde(default)]
+    pub deferred_bytes: u64,
 }
 
 /// A fault a test or a chaos run injects into this node's migrations, at the first
@@ -167,6 +175,10 @@ struct DestRun {
     finished_at: Option<Instant>,
     /// The offered state: staged into a restore once round 1 is here.
     offered: Option<StateMap>,
+    /// Post-copy: the deferred chunks (the source's order), and the lazy memory of the
+    /// restored job until Go starts the pull.
+    deferred: Vec<migrate::ChunkRef>,
+    lazy: Option<super::checkpoint::LazyFill>,
 }
 
 pub struct Migrator {
@@ -179,6 +191,8 @@ pub struct Migrator {
     /// Newest generation of each job this node was handed (destination fencing).
     owned: HashMap<String, u64>,
     moves: Vec<MoveReport>,
+    /// Post-copy pulls this node ran as a destination.
+    pulls: super::postcopy::Pulls,
     /// The destination's wire bytes per migration (fetches it ran).
     wire_bytes: HashMap<MigrationId, u64>,
     faults: FaultState,
@@ -200,6 +214,7 @@ impl Migrator {
             dests: HashMap::new(),
             owned: HashMap::new(),
             moves: Vec::new(),
+            pulls: Default::default(),
             wire_bytes: HashMap::new(),
             faults: FaultState::default(),
         }
@@ -271,6 +286,14 @@ impl Migrator {
         };
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         cfg.compression_cores = (cpus - 1.0).max(0.25);
+        cfg.postcopy.requested = match &policy.mode {
+            Some(mode) => super::config::parse_move_mode(mode)?,
+            None => self.shared.config.move_mode(),
+        };
+        cfg.postcopy.hybrid_rounds = m.hybrid_rounds;
+        // The destination runs this same software: it can restore lazily where this
+        // node can (if it cannot, its restore fails and the move aborts safely).
+        cfg.postcopy.available = postcopy_available();
         cfg.validate().map_err(|e| e.to_string())?;
         Ok(cfg)
     }
@@ -343,12 +366,15 @@ impl Migrator {
                 }
                 SourceAction::PauseJob => {
                     run.pause_at = Some(Instant::now());
+                    let store = self.shared.store.clone();
                     let sched = self.scheduler.clone();
                     let me = ctx.address();
                     actix::spawn(async move {
                         let ev = match sched.send(Control { job, op: Op::Pause }).await {
                             Ok(Ok(Some(t))) => {
                                 me.do_send(PauseCost(id, t.stop + t.write));
+                                let hot = hot_chunks(&store, &t.checkpoint);
+                                me.do_send(SourceFeed(id, SourceEvent::HotChunks(hot)));
                                 SourceEvent::Paused {
                                     state: StateMap::from_manifest(&t.checkpoint.manifest),
                                     manifest: t.manifest,
@@ -470,6 +496,8 @@ impl Migrator {
                 Compression::Zstd(l) => format!("zstd:{l}"),
             },
             throughput_bytes_per_s: r.throughput,
+            mode: r.mode.name().into(),
+            deferred_bytes: r.deferred_bytes,
         }
     }
 
@@ -517,12 +545,14 @@ impl Migrator {
                         me.do_send(DestFeed(id, ev));
                     });
                 }
+                DestAction::Defer(chunks) => run.deferred = chunks,
                 DestAction::VerifyAndRestore {
                     manifest,
                     manifest_id,
                 } => {
                     let cp = self.checkpoint.clone();
                     let me = ctx.address();
+                    let deferred = !run.deferred.is_empty();
                     actix::spawn(async move {
                         let r = cp
                             .send(Restore {
@@ -532,15 +562,23 @@ impl Migrator {
                                 home,
                                 manifest,
                                 manifest_id,
+                                deferred,
                             })
                             .await;
                         let ev = match r {
-                            Ok(Ok(took)) => {
-                                tracing::debug!(%job, ?took, "restored for a move");
+                            Ok(Ok(restored)) => {
+                                tracing::debug!(%job, took = ?restored.took, lazy = restored.lazy.is_some(), "restored for a move");
+                                if let Some(fill) = restored.lazy {
+                                    me.do_send(LazyReady(id, fill));
+                                }
                                 DestEvent::Restored
                             }
-                            other => {
-                                tracing::warn!(%job, ?other, "restore for a move failed");
+                            Ok(Err(e)) => {
+                                tracing::warn!(%job, %e, "restore for a move failed");
+                                DestEvent::RestoreFailed
+                            }
+                            Err(e) => {
+                                tracing::warn!(%job, %e, "restore for a move failed");
                                 DestEvent::RestoreFailed
                             }
                         };
@@ -551,7 +589,28 @@ impl Migrator {
                     job, generation, ..
                 } => {
                     self.owned.insert(job.clone(), generation);
-                    self.control(job, Op::Go { generation });
+                    let fill = run.lazy.take();
+                    let order: Vec<store::ChunkId> = run.deferred.iter().map(|c| c.id).collect();
+                    let (peer, bytes) = (run.peer, run.deferred.iter().map(|c| c.len as u64).sum());
+                    self.control(job.clone(), Op::Go { generation });
+                    if let Some(fill) = fill {
+                        let status = super::postcopy::PullStatus {
+                            job: job.clone(),
+                            from: peer.to_string(),
+                            chunks: fill.missing.len(),
+                            bytes,
+                            started_ms: self.shared.now_ms(),
+                            ..Default::default()
+                        };
+                        actix::spawn(super::postcopy::pull(
+                            self.shared.clone(),
+                            peer,
+                            fill,
+                            order,
+                            self.pulls.clone(),
+                            status,
+                        ));
+                    }
                 }
                 DestAction::DiscardRestored => self.control(job, Op::DiscardRestored),
                 DestAction::Finished(outcome) => {
@@ -667,6 +726,8 @@ impl Migrator {
                         home,
                         finished_at: None,
                         offered,
+                        deferred: Vec::new(),
+                        lazy: None,
                     },
                 );
                 self.drive_dest(id, ctx);
@@ -1154,5 +1215,65 @@ impl Handler<CancelMoves> for Migrator {
             }
             self.drive_source(id, ctx);
         }
+    }
+}
+
+/// Whether this node can restore a job lazily (post-copy): userfaultfd works here.
+/// Checked once.
+pub fn postcopy_available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(wasm_host::lazy::available)
+}
+
+/// The memory chunks the job wrote since the checkpoint before `cp` (its parent): what
+/// a post-copy sends before the job resumes. In address order; empty when there is no
+/// parent to compare with.
+fn hot_chunks(store: &store::Store, cp: &store::Checkpoint) -> Vec<store::ChunkId> {
+    let Some(parent) = cp
+        .manifest
+        .parent
+        .and_then(|p| store.load_checkpoint(&p).ok())
+    else {
+        return Vec::new();
+    };
+    let before: HashMap<u64, store::ChunkId> =
+        parent.manifest.memory.chunks.iter().copied().collect();
+    cp.manifest
+        .memory
+        .chunks
+        .iter()
+        .filter(|(slot, id)| before.get(slot) != Some(id))
+        .map(|(_, id)| *id)
+        .collect()
+}
+
+/// The lazy memory of a post-copy restore, kept until Go starts its pull.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct LazyReady(MigrationId, super::checkpoint::LazyFill);
+
+impl Handler<LazyReady> for Migrator {
+    type Result = ();
+    fn handle(&mut self, m: LazyReady, _: &mut Context<Self>) {
+        if let Some(run) = self.dests.get_mut(&m.0) {
+            run.lazy = Some(m.1);
+        }
+    }
+}
+
+/// The post-copy pulls this node ran as a destination (newest last).
+#[derive(Message)]
+#[rtype(result = "Vec<super::postcopy::PullStatus>")]
+pub struct Pulls;
+
+impl Handler<Pulls> for Migrator {
+    type Result = MessageResult<Pulls>;
+    fn handle(&mut self, _: Pulls, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(
+            self.pulls
+                .lock()
+                .map(|p| p.clone())
+                .unwrap_or_else(|e| e.into_inner().clone()),
+        )
     }
 }

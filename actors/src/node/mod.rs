@@ -38,6 +38,7 @@ pub mod link;
 pub mod logbook;
 pub mod migrator;
 pub mod output;
+pub mod postcopy;
 pub mod proto;
 pub mod recovery;
 pub mod runner;
@@ -407,10 +408,21 @@ impl NodeHandle {
 
     /// Moves `job` (wherever it runs) to the node named `to`.
     pub async fn migrate(&self, job: &str, to: &str) -> anyhow::Result<MoveReport> {
+        self.migrate_mode(job, to, None).await
+    }
+
+    /// [`migrate`](Self::migrate) with a `[migration] mode` for this move.
+    pub async fn migrate_mode(
+        &self,
+        job: &str,
+        to: &str,
+        mode: Option<String>,
+    ) -> anyhow::Result<MoveReport> {
         self.solver
             .send(solver::MoveTo {
                 job: job.to_string(),
                 to: to.to_string(),
+                mode,
             })
             .await?
             .map_err(anyhow::Error::msg)

@@ -73,8 +73,14 @@ pub enum NodeMsg {
     /// Start a job here; its (original) module is the blob `module`, fetch it from the
     /// sender.
     Start { launch: JobLaunch, module: BlobRef },
-    /// Move `job` (running at the receiver) to the node named `to`.
-    MoveJob { job: String, to: String },
+    /// Move `job` (running at the receiver) to the node named `to`; `mode` as
+    /// `[migration] mode` (None: the receiver's config).
+    MoveJob {
+        job: String,
+        to: String,
+        #[serde(default)]
+        mode: Option<String>,
+    },
     /// Move every job away and accept no new ones.
     Drain,
     /// Read a job's log from its home.
@@ -238,10 +244,13 @@ impl NodeMsg {
                 }
             }
             NodeMsg::Exited { job, .. } | NodeMsg::ReadLog { job, .. } => check_job(job)?,
-            NodeMsg::MoveJob { job, to } => {
+            NodeMsg::MoveJob { job, to, mode } => {
                 check_job(job)?;
                 if to.len() > 128 {
                     return Err(ProtoError::Invalid("node name too long".into()));
+                }
+                if mode.as_ref().is_some_and(|m| m.len() > 16) {
+                    return Err(ProtoError::Invalid("move mode too long".into()));
                 }
             }
             NodeMsg::Start { launch, module } => {

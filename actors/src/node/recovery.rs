@@ -528,6 +528,7 @@ impl Recovery {
                 home: held.home,
                 manifest,
                 manifest_id: id,
+                deferred: false,
             })
             .await
             .map_err(|e| e.to_string())??;

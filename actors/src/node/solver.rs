@@ -742,6 +742,8 @@ impl Handler<RemoteStart> for Solver {
 pub struct MoveTo {
     pub job: String,
     pub to: String,
+    /// `[migration] mode` for this move (None: the config's).
+    pub mode: Option<String>,
 }
 
 impl Handler<MoveTo> for Solver {
@@ -772,7 +774,10 @@ impl Handler<MoveTo> for Solver {
                         job: m.job,
                         to,
                         to_name: m.to,
-                        policy: MovePolicy::default(),
+                        policy: MovePolicy {
+                            mode: m.mode,
+                            ..MovePolicy::default()
+                        },
                     })
                     .await
                     .map_err(|e| e.to_string())?;
@@ -791,6 +796,7 @@ impl Handler<MoveTo> for Solver {
             let msg = NodeMsg::MoveJob {
                 job: m.job.clone(),
                 to: m.to.clone(),
+                mode: m.mode.clone(),
             };
             let reply = shared
                 .mesh

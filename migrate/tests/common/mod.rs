@@ -556,6 +556,13 @@ impl Sim {
             DestAction::VerifyAndRestore { manifest_id, .. } => {
                 self.push_shell(now + 1, Shell::Verify { manifest_id });
             }
+            // The simulated moves are pre-copy (post-copy is not offered to them).
+            DestAction::Defer(chunks) => {
+                self.violations.push(format!(
+                    "{now}: {} chunks deferred in a pre-copy move",
+                    chunks.len()
+                ));
+            }
             DestAction::ResumeJob { generation, .. } => {
                 if !self.d_restored {
                     self.violations
