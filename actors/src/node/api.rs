@@ -857,6 +857,7 @@ pub mod metrics {
                 uptime_ms: 1500,
                 sched: None,
                 recovery: Default::default(),
+                postcopy: Vec::new(),
             }
         }
 

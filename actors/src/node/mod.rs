@@ -191,6 +191,9 @@ pub struct NodeStatus {
     /// Replicas held here, copies acknowledged, recoveries made.
     #[serde(default)]
     pub recovery: recovery::RecoveryStatus,
+    /// Post-copy pulls this node ran as a destination (memory arriving after resume).
+    #[serde(default)]
+    pub postcopy: Vec<postcopy::PullStatus>,
 }
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -569,6 +572,7 @@ impl NodeHandle {
             peers_connected,
             sched: self.shared.cpu.as_ref().map(|c| c.status()),
             recovery: self.recovery.send(recovery::Status).await?,
+            postcopy: self.migrator.send(migrator::Pulls).await?,
             uptime_ms: self.shared.now_ms(),
         })
     }

@@ -25,7 +25,7 @@ use super::checkpoint::{to_mesh_id, to_store_id, LazyFill};
 const BACKGROUND_BATCH: usize = 8;
 
 /// How one pull went (for `/status`, the timeline and the bench).
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
 pub struct PullStatus {
     pub job: String,
     pub from: String,
