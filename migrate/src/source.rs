@@ -5,9 +5,8 @@ use std::collections::{HashSet, VecDeque};
 use store::ChunkId;
 
 use crate::adapt::{
-    choose_compression_with, choose_mode, downtime_budget_bytes, effective_rate, precopy_stop,
-    transfer_ms, LevelProfile, MoveMode, PostcopyPolicy, PrecopyPolicy, RoundFacts, StopReason,
-    ZSTD_PROFILES,
+    choose_compression_with, choose_mode, effective_rate, precopy_stop, transfer_ms, LevelProfile,
+    MoveMode, PostcopyPolicy, PrecopyPolicy, RoundFacts, StopReason, ZSTD_PROFILES,
 };
 use crate::error::MigrateError;
 use crate::msg::{
@@ -120,8 +119,7 @@ pub enum SourceEvent {
     /// once Go was sent.
     Cancel,
     /// The chunks the job wrote most recently, most recent first (the shell's dirty
-    /// tracking knows). A post-copy sends these before the job resumes (as many as
-    /// fit the downtime target) and defers the rest in this order, then by address.
+    /// tracking knows). A post-copy defers memory in this order, then by address.
     /// Optional; send it before [`SourceEvent::Paused`].
     HotChunks(Vec<ChunkId>),
 }
@@ -475,8 +473,9 @@ impl Source {
     }
 
     /// The chunks the Final carries, and (post-copy, hybrid) the memory chunks it
-    /// defers: the module and files always go first; of memory, the hottest chunks as
-    /// far as the downtime target allows.
+    /// defers: the module and files go before the job resumes; memory goes after, the
+    /// hottest chunks first (the job's first touches pull them even sooner). Sending
+    /// hot chunks before the resume would only add their transfer to the downtime.
     fn final_split(&self, state: &StateMap) -> (Vec<ChunkRef>, Vec<ChunkRef>) {
         let all = self.missing(state);
         if self.mode == MoveMode::PreCopy {
@@ -510,20 +509,7 @@ impl Source {
                 slot.get(&c.id).copied().unwrap_or(u64::MAX),
             )
         });
-        let budget = downtime_budget_bytes(self.throughput(), self.cfg.precopy.downtime_target_ms);
-        let mut sent = 0u64;
-        let mut chunks = now;
-        let mut deferred = Vec::new();
-        for c in mem {
-            let hot = rank.contains_key(&c.id);
-            if hot && sent + c.len as u64 <= budget {
-                sent += c.len as u64;
-                chunks.push(c);
-            } else {
-                deferred.push(c);
-            }
-        }
-        (chunks, deferred)
+        (now, mem)
     }
 
     fn missing(&self, state: &StateMap) -> Vec<ChunkRef> {
