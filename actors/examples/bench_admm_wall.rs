@@ -18,13 +18,16 @@
 //! objects). Prints a table, then one JSON object (keyed by size) as the last line.
 //!
 //! Run: `cargo run --release -p actors --example bench_admm_wall -- [--sizes 32x256,…]
-//! [--runs N] [--tick-ms N] [--max-tick-ms N] [--topology full|star] [--mesh-degree D]`
+//! [--runs N] [--tick-ms N] [--max-tick-ms N] [--topology full|star]
+//! [--transport direct|gossip] [--mesh-degree D]`
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actors::placement_shell::{Input, Placed, Shell, ShellConfig, ShellError, DEFAULT_TICK};
+use actors::placement_shell::{
+    Input, Placed, Shell, ShellConfig, ShellError, ShellTransport, DEFAULT_TICK,
+};
 use anyhow::{bail, Context as _};
 use mesh::{
     Identity, MeshConfig, MeshEvent, MeshHandle, Multiaddr, NoChunks, PeerId, SwarmKey, Topic,
@@ -62,6 +65,7 @@ struct Opts {
     tick: Duration,
     max_tick: Duration,
     topology: Topology,
+    transport: ShellTransport,
     /// Gossipsub mesh degree (target, low, high); the mesh's default if None.
     degree: Option<(usize, usize, usize)>,
 }
@@ -73,6 +77,7 @@ fn parse_args() -> anyhow::Result<Opts> {
         tick: DEFAULT_TICK,
         max_tick: BENCH_MAX_TICK,
         topology: Topology::Full,
+        transport: ShellTransport::default(),
         degree: None,
     };
     let mut it = std::env::args().skip(1);
@@ -111,6 +116,13 @@ fn parse_args() -> anyhow::Result<Opts> {
                     t => bail!("--topology: full or star, not {t:?}"),
                 }
             }
+            "--transport" => {
+                o.transport = match val("--transport")?.as_str() {
+                    "direct" => ShellTransport::Direct,
+                    "gossip" => ShellTransport::Gossip,
+                    t => bail!("--transport: direct or gossip, not {t:?}"),
+                }
+            }
             "--mesh-degree" => {
                 let d: usize = val("--mesh-degree")?.parse().context("--mesh-degree")?;
                 if d == 0 {
@@ -119,7 +131,7 @@ fn parse_args() -> anyhow::Result<Opts> {
                 o.degree = Some((d, d.div_ceil(2).max(1), 2 * d));
             }
             "-h" | "--help" => {
-                println!("bench_admm_wall [--sizes 3x1,8x32,32x256,64x512] [--runs N] [--tick-ms N] [--max-tick-ms N] [--topology full|star] [--mesh-degree D]");
+                println!("bench_admm_wall [--sizes 3x1,8x32,32x256,64x512] [--runs N] [--tick-ms N] [--max-tick-ms N] [--topology full|star] [--transport direct|gossip] [--mesh-degree D]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?}"),
@@ -215,6 +227,11 @@ async fn swarm(
                         source,
                         data,
                         ..
+                    }
+                    | MeshEvent::Direct {
+                        topic: Topic::Placement,
+                        peer: source,
+                        data,
                     } => {
                         if let Some(rest) = data.strip_prefix(PROBE) {
                             let id = rest
@@ -226,7 +243,7 @@ async fn swarm(
                                 s.heard[i] = heard.len();
                                 *s.probes.entry(id).or_default() += 1;
                             });
-                        } else if tx.send(Input::Gossip { source, data }).await.is_err() {
+                        } else if tx.send(Input::Message { source, data }).await.is_err() {
                             return;
                         }
                     }
@@ -285,14 +302,24 @@ async fn swarm(
 /// One all-to-all exchange with no solver: every node publishes one probe of `size`
 /// bytes at once; the time until every node received every other's (what one
 /// bulk-synchronous iteration costs on this mesh, compute aside).
-async fn exchange(mesh: &mut Mesh, id_base: u64, size: usize) -> anyhow::Result<f64> {
+async fn exchange(
+    mesh: &mut Mesh,
+    id_base: u64,
+    size: usize,
+    transport: ShellTransport,
+) -> anyhow::Result<f64> {
     let n = mesh.nodes.len();
+    let peers: Vec<PeerId> = mesh.nodes.iter().map(|m| m.peer).collect();
     let t = Instant::now();
     let publishes = mesh.nodes.iter().enumerate().map(|(i, node)| {
         let h = node.handle.clone();
+        let others: Vec<PeerId> = peers.iter().copied().filter(|&p| p != node.peer).collect();
         async move {
-            h.publish(Topic::Placement, probe(id_base + i as u64, size))
-                .await
+            let p = probe(id_base + i as u64, size);
+            match transport {
+                ShellTransport::Direct => h.send_direct(others, Topic::Placement, p).await,
+                ShellTransport::Gossip => h.publish(Topic::Placement, p).await,
+            }
         }
     });
     for r in futures::future::join_all(publishes).await {
@@ -450,6 +477,7 @@ struct Row {
 async fn bench(nodes: usize, jobs: usize, runs: u64, o: &Opts) -> anyhow::Result<Row> {
     let (mut mesh, formation) = swarm(nodes, o.topology, o.degree).await?;
     let shell_cfg = ShellConfig {
+        transport: o.transport,
         tick: o.tick,
         max_tick: o.max_tick,
         // Until the first iteration sets the pace: the start messages of 64 nodes take
@@ -466,7 +494,7 @@ async fn bench(nodes: usize, jobs: usize, runs: u64, o: &Opts) -> anyhow::Result
     let size = median(rs.iter().map(|r| r.bytes_per_node_per_iter).collect());
     let mut ex = Vec::new();
     for k in 0..EXCHANGES {
-        ex.push(exchange(&mut mesh, k * nodes as u64, size as usize).await?);
+        ex.push(exchange(&mut mesh, k * nodes as u64, size as usize, o.transport).await?);
     }
     for m in &mesh.nodes {
         let _ = m.handle.shutdown().await;
@@ -516,8 +544,9 @@ async fn main() -> anyhow::Result<()> {
         rows.push(bench(n, j, o.runs.unwrap_or(runs), &o).await?);
     }
     println!(
-        "ADMM placement on a real mesh, all nodes in this process on 127.0.0.1 ({:?} topology, tick {}–{} ms, {threads} cores; medians over seeds)",
+        "ADMM placement on a real mesh, all nodes in this process on 127.0.0.1 ({:?} topology, {:?} transport, tick {}–{} ms, {threads} cores; medians over seeds)",
         o.topology,
+        o.transport,
         o.tick.as_millis(),
         o.max_tick.as_millis()
     );

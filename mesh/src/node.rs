@@ -58,6 +58,7 @@ struct Behaviour {
     gossip: gossipsub::Behaviour,
     chunks: request_response::Behaviour<ChunkCodec>,
     ctl: request_response::Behaviour<CtlCodec>,
+    direct: crate::direct::Behaviour,
 }
 
 /// Something that happened on the mesh.
@@ -91,6 +92,13 @@ pub enum MeshEvent {
         topic: Topic,
         source: PeerId,
         via: PeerId,
+        data: Vec<u8>,
+    },
+    /// A direct message (see [`MeshHandle::send_direct`]); `peer` is its author, the
+    /// authenticated remote of the connection it came on.
+    Direct {
+        peer: PeerId,
+        topic: Topic,
         data: Vec<u8>,
     },
     /// A peer sent an application control request; answer it with `reply`.
@@ -191,6 +199,7 @@ enum Command {
     Peers(oneshot::Sender<Vec<PeerId>>),
     TopicPeers(Topic, oneshot::Sender<Vec<PeerId>>),
     Publish(Topic, Vec<u8>, Reply<()>),
+    Direct(Vec<PeerId>, Topic, Vec<u8>),
     Have(PeerId, Vec<ChunkId>, Reply<Vec<Option<u32>>>),
     Fetch(Vec<ChunkId>, Sources, FetchOptions, mpsc::Sender<FetchItem>),
     Control(PeerId, Vec<u8>, Reply<Vec<u8>>),
@@ -249,6 +258,29 @@ impl MeshHandle {
             });
         }
         self.call(|r| Command::Publish(topic, data, r)).await?
+    }
+
+    /// Sends `data` on `topic` straight to each of `peers` (see [`crate::direct`]): no
+    /// signature, no forwarding; the receiver learns the author from the connection.
+    /// Best effort: peers without a connection, or blocked, are skipped, and frames are
+    /// lost if a stream fails — the caller recovers losses. Returns once the mesh task
+    /// has the message (it does not wait for the sends).
+    pub async fn send_direct(
+        &self,
+        peers: Vec<PeerId>,
+        topic: Topic,
+        data: Vec<u8>,
+    ) -> Result<(), MeshError> {
+        if data.len() > self.max_gossip {
+            return Err(MeshError::TooLarge {
+                size: data.len(),
+                max: self.max_gossip,
+            });
+        }
+        self.tx
+            .send(Command::Direct(peers, topic, data))
+            .await
+            .map_err(|_| MeshError::Stopped)
     }
 
     /// Asks one peer which of `ids` it holds; returns each chunk's size or `None`.
@@ -494,6 +526,10 @@ fn build_behaviour(identity: &Identity, cfg: &MeshConfig) -> Result<Behaviour, M
         gossip,
         chunks,
         ctl,
+        direct: crate::direct::Behaviour::new(crate::direct::Config {
+            max_payload: cfg.max_gossip_bytes,
+            ..Default::default()
+        }),
     })
 }
 
@@ -907,6 +943,17 @@ impl Node {
                             .map_err(|e| MeshError::Publish(e.to_string()))
                     });
                 let _ = r.send(res);
+            }
+            Command::Direct(peers, topic, data) => {
+                let peers: Vec<PeerId> = peers.into_iter().filter(|p| !self.refused(p)).collect();
+                let sent = self
+                    .swarm
+                    .behaviour_mut()
+                    .direct
+                    .send_many(&peers, topic, &data);
+                if sent < peers.len() {
+                    trace!(unsent = peers.len() - sent, %topic, "direct message: peers not connected");
+                }
             }
             Command::Have(peer, _, r) if self.refused(&peer) => {
                 let _ = r.send(Err(MeshError::Request(format!("{peer} is blocked"))));
@@ -1445,6 +1492,21 @@ impl Node {
             BehaviourEvent::Gossip(g) => self.on_gossip(g),
             BehaviourEvent::Chunks(e) => self.on_chunks_event(e),
             BehaviourEvent::Ctl(e) => self.on_ctl_event(e),
+            BehaviourEvent::Direct(e) => self.on_direct_event(e),
+        }
+    }
+
+    fn on_direct_event(&mut self, ev: crate::direct::Event) {
+        match ev {
+            crate::direct::Event::Received { peer, topic, data } => {
+                if !self.refused(&peer) {
+                    self.emit(MeshEvent::Direct { peer, topic, data });
+                }
+            }
+            crate::direct::Event::Malformed { peer, reason } => self.penalise(peer, &reason),
+            crate::direct::Event::Dropped { peer, frames } => {
+                debug!(%peer, frames, "direct frames dropped");
+            }
         }
     }
 
