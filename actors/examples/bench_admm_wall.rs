@@ -349,6 +349,11 @@ struct Run {
     sim_core_ms: f64,
     resent: u64,
     errors: Vec<String>,
+    /// Medians over nodes: until iteration 1 (the starts), per later iteration, and from
+    /// the last iteration to the outcome (rounding and final digests).
+    start_ms: f64,
+    iter_ms: f64,
+    finish_ms: f64,
 }
 
 /// One round on every node of `nodes` for the instance of `seed`.
@@ -408,6 +413,7 @@ async fn run_round(
         }));
     }
     let mut outcomes = Vec::with_capacity(n);
+    let (mut starts, mut iters, mut finishes) = (Vec::new(), Vec::new(), Vec::new());
     let mut errors = Vec::new();
     let (mut last, mut bytes, mut core_cpu, mut resent) = (t0, 0u64, Duration::ZERO, 0u64);
     for (i, t) in tasks.into_iter().enumerate() {
@@ -418,7 +424,18 @@ async fn run_round(
         core_cpu += shell_stats.core_time;
         resent += core_stats.resent;
         match res {
-            Ok(p) => outcomes.push(p.outcome),
+            Ok(p) => {
+                let ms = |d: Duration| d.as_secs_f64() * 1e3;
+                if let (Some(&first), Some(&last)) = (p.iteration_at.first(), p.iteration_at.last())
+                {
+                    starts.push(ms(first));
+                    if p.iteration_at.len() > 1 {
+                        iters.push(ms(last - first) / (p.iteration_at.len() - 1) as f64);
+                    }
+                    finishes.push(ms(p.elapsed.saturating_sub(last)));
+                }
+                outcomes.push(p.outcome)
+            }
             Err(e) => errors.push(format!("node {}: {e}", ids[i])),
         }
     }
@@ -443,6 +460,9 @@ async fn run_round(
         sim_core_ms,
         resent,
         errors,
+        start_ms: median(starts),
+        iter_ms: median(iters),
+        finish_ms: median(finishes),
     })
 }
 
@@ -472,6 +492,9 @@ struct Row {
     resent: f64,
     errors: Vec<String>,
     exchange_ms: f64,
+    start_ms: f64,
+    iter_ms: f64,
+    finish_ms: f64,
 }
 
 async fn bench(nodes: usize, jobs: usize, runs: u64, o: &Opts) -> anyhow::Result<Row> {
@@ -518,6 +541,9 @@ async fn bench(nodes: usize, jobs: usize, runs: u64, o: &Opts) -> anyhow::Result
         resent: f(|r| r.resent as f64),
         errors: rs.iter().flat_map(|r| r.errors.iter().cloned()).collect(),
         exchange_ms: median(ex),
+        start_ms: f(|r| r.start_ms),
+        iter_ms: f(|r| r.iter_ms),
+        finish_ms: f(|r| r.finish_ms),
     })
 }
 
@@ -551,12 +577,15 @@ async fn main() -> anyhow::Result<()> {
         o.max_tick.as_millis()
     );
     println!(
-        "{:>8} {:>5} {:>8} {:>9} {:>9} {:>6} {:>5} {:>12} {:>8} {:>12} {:>10} {:>8} {:>11} {:>7} {:>6} {:>6}",
+        "{:>8} {:>5} {:>8} {:>9} {:>9} {:>8} {:>7} {:>8} {:>6} {:>5} {:>12} {:>8} {:>12} {:>10} {:>8} {:>11} {:>7} {:>6} {:>6}",
         "size",
         "runs",
         "form_s",
         "wall_ms",
         "wall_max",
+        "start_ms",
+        "iter_ms",
+        "final_ms",
         "iters",
         "max",
         "B/node/iter",
@@ -571,12 +600,15 @@ async fn main() -> anyhow::Result<()> {
     );
     for r in &rows {
         println!(
-            "{:>8} {:>5} {:>8.2} {:>9.1} {:>9.1} {:>6.0} {:>5} {:>12.0} {:>8.2} {:>12.1} {:>10.1} {:>8.2} {:>11.1} {:>7.0} {:>6} {:>6}",
+            "{:>8} {:>5} {:>8.2} {:>9.1} {:>9.1} {:>8.1} {:>7.2} {:>8.1} {:>6.0} {:>5} {:>12.0} {:>8.2} {:>12.1} {:>10.1} {:>8.2} {:>11.1} {:>7.0} {:>6} {:>6}",
             r.name,
             r.runs,
             r.formation_s,
             r.wall_ms,
             r.wall_ms_max,
+            r.start_ms,
+            r.iter_ms,
+            r.finish_ms,
             r.iterations,
             r.max_iterations,
             r.bytes_per_node_per_iter,
@@ -594,12 +626,13 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     println!("cpu_floor = core_cpu_ms ÷ cores: every node's core shares this machine (one node per machine has no such floor)");
+    println!("start_ms / iter_ms / final_ms (medians over nodes): until iteration 1 (every member's start in), per later iteration, last iteration to the outcome (rounding, final digests)");
     println!("exch_ms = one all-to-all exchange of a column-sized message with no solver: what an iteration costs on this mesh, compute aside");
     let body: Vec<String> = rows
         .iter()
         .map(|r| {
             format!(
-                "\"{}\": {{\"gap_pct\": null, \"iterations\": {}, \"max_iterations\": {}, \"at_cap_pct\": {:.1}, \"bytes_per_node_per_iter\": {:.0}, \"core_ms\": {:.3}, \"warm_iterations\": null, \"wall_ms\": {}, \"agree\": {}, \"same_as_sim\": {}, \"wall_ms_max\": {}, \"core_cpu_ms\": {}, \"cpu_floor_ms\": {}, \"exchange_ms\": {}, \"resent\": {}, \"formation_s\": {}, \"runs\": {}}}",
+                "\"{}\": {{\"gap_pct\": null, \"iterations\": {}, \"max_iterations\": {}, \"at_cap_pct\": {:.1}, \"bytes_per_node_per_iter\": {:.0}, \"core_ms\": {:.3}, \"warm_iterations\": null, \"wall_ms\": {}, \"agree\": {}, \"same_as_sim\": {}, \"wall_ms_max\": {}, \"core_cpu_ms\": {}, \"cpu_floor_ms\": {}, \"exchange_ms\": {}, \"start_ms\": {}, \"iter_ms\": {}, \"final_ms\": {}, \"resent\": {}, \"formation_s\": {}, \"runs\": {}}}",
                 r.name,
                 r.iterations,
                 r.max_iterations,
@@ -613,6 +646,9 @@ async fn main() -> anyhow::Result<()> {
                 num(r.core_cpu_ms, 1),
                 num(r.core_cpu_ms / threads as f64, 1),
                 num(r.exchange_ms, 2),
+                num(r.start_ms, 1),
+                num(r.iter_ms, 2),
+                num(r.finish_ms, 1),
                 num(r.resent, 0),
                 num(r.formation_s, 3),
                 r.runs

@@ -32,7 +32,7 @@ use mesh::{MeshError, MeshHandle, PeerId, Topic};
 use placement::{Event, Msg, Node, NodeId, NodeStats, Outcome, PlacementError};
 use tokio::sync::mpsc;
 
-/// Default shortest tick period. The core re-sends its last two messages when a whole
+/// Default shortest tick period. The core re-sends its last messages when a whole
 /// period passed without progress (see [`Node::tick`]), so the period must exceed one
 /// normal iteration (gossip to the slowest member plus the local step: a few ms to a few
 /// tens of ms on loopback or a LAN); shorter only adds spurious re-sends. A lost message
@@ -175,6 +175,10 @@ pub struct Placed {
     pub outcome: Outcome,
     /// From the call of [`Shell::run`] to the outcome.
     pub elapsed: Duration,
+    /// From the call of [`Shell::run`] to the completion of each ADMM iteration here
+    /// (`[k - 1]`: iteration `k`; iteration 1 needs every member's start). The rest of
+    /// `elapsed` after the last is the rounding and the exchange of final digests.
+    pub iteration_at: Vec<Duration>,
     pub shell: ShellStats,
     pub core: NodeStats,
 }
@@ -298,10 +302,12 @@ impl Shell {
         let deadline = tokio::time::Instant::now() + self.cfg.timeout;
         let mut next_tick = tokio::time::Instant::now() + self.period();
         let (mut iteration, mut advanced) = (core.iteration(), Instant::now());
+        let mut iteration_at = Vec::new();
         loop {
             self.flush(core).await?;
             if core.iteration() != iteration {
                 iteration = core.iteration();
+                iteration_at.push(started.elapsed());
                 self.sample_pace(advanced.elapsed());
                 advanced = Instant::now();
             }
@@ -310,6 +316,7 @@ impl Shell {
                     Event::Placed(outcome) => Ok(Placed {
                         outcome,
                         elapsed: started.elapsed(),
+                        iteration_at,
                         shell: self.stats.clone(),
                         core: core.stats().clone(),
                     }),
