@@ -56,8 +56,14 @@ impl Default for Config {
         Config {
             rho0: 1.0,
             max_iters: 100,
-            eps_abs: 5e-4,
-            eps_rel: 5e-3,
+            // Loose on purpose: the rounding follows the capacity prices, which settle
+            // long before the rows do. Against 5e-4 / 5e-3 (seeds 1–9 of bench_admm's
+            // instances): 32×256 stops after 8 iterations instead of 16 with the gap to
+            // the LP bound unchanged (median 0.24 %, max 0.28 %); 64×512 after 8
+            // instead of 17 (0.23 %); 8×32 after 8 instead of 22 (median 0.54 %, max
+            // 0.96 %).
+            eps_abs: 2e-3,
+            eps_rel: 2e-2,
             adaptive_rho: true,
             rho_mu: 5.0,
             rho_tau: 2.0,
