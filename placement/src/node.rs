@@ -621,11 +621,16 @@ impl Node {
                     .is_ok_and(|i| i < task_holders(r.members.len()));
                 if !holder {
                     self.stats.rejected += 1;
-                } else if r.candidates.contains_key(&msg.from) {
-                    self.stats.duplicates += 1;
-                    r.peer_lagging |= msg.probe;
-                } else {
-                    r.candidates.insert(msg.from, (msg.iter, c));
+                    return;
+                }
+                match r.candidates.entry(msg.from) {
+                    std::collections::btree_map::Entry::Occupied(_) => {
+                        self.stats.duplicates += 1;
+                        r.peer_lagging |= msg.probe;
+                    }
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        v.insert((msg.iter, c));
+                    }
                 }
             }
             Body::Final(d) => {
