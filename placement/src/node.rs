@@ -188,6 +188,7 @@ struct Solver {
     w: Vec<f64>,
     out: Vec<f64>,
     row: Vec<f64>,
+    sorted: Vec<f64>,
     projector: Projector,
     primal: f64,
     dual: f64,
@@ -840,14 +841,14 @@ impl Node {
         let Some(r) = self.round.as_mut() else { return };
         let Some(s) = r.solver.as_mut() else { return };
         let nj = s.problem.n_jobs();
-        let (mut dy2, mut r2, mut xx, mut yy) = (0.0, 0.0, 0.0, 0.0);
+        let (mut dy2, mut r2, mut xx, mut yy, mut uu) = (0.0, 0.0, 0.0, 0.0, 0.0);
         {
             // Y^k = Π_rows(X^k + U^{k-1}); U^k = U^{k-1} + X^k − Y^k.
             for j in 0..nj {
                 let nodes = &s.job_nodes[j];
                 s.row.clear();
                 s.row.extend(nodes.iter().map(|&n| s.x[n][j] + s.u[n][j]));
-                project_simplex(&mut s.row);
+                project_simplex(&mut s.row, &mut s.sorted);
                 for (t, &n) in nodes.iter().enumerate() {
                     let (xv, yv) = (s.x[n][j], s.row[t]);
                     dy2 += (yv - s.y[n][j]).powi(2);
@@ -855,12 +856,15 @@ impl Node {
                     xx += xv * xv;
                     yy += yv * yv;
                     s.y[n][j] = yv;
-                    s.u[n][j] += xv - yv;
+                    let u = s.u[n][j] + xv - yv;
+                    s.u[n][j] = u;
+                    uu += u * u;
                 }
             }
         }
         let nnz = s.job_nodes.iter().map(Vec::len).sum::<usize>().max(1) as f64;
-        let unorm = s.u.iter().flatten().map(|v| v * v).sum::<f64>().sqrt();
+        // Only allowed pairs have a non-zero dual.
+        let unorm = uu.sqrt();
         let primal = r2.sqrt();
         let dual = s.rho * dy2.sqrt();
         let eps_pri = nnz.sqrt() * cfg.eps_abs + cfg.eps_rel * xx.sqrt().max(yy.sqrt());
@@ -1002,13 +1006,14 @@ fn sanitise_columns(p: &Problem, x: &mut [Vec<f64>]) {
 }
 
 /// Euclidean projection of `v` onto the simplex `{v ≥ 0, Σ v = 1}` (sort-based,
-/// O(n log n)).
-fn project_simplex(v: &mut [f64]) {
+/// O(n log n)); `s` is scratch space.
+fn project_simplex(v: &mut [f64], s: &mut Vec<f64>) {
     if v.is_empty() {
         return;
     }
-    let mut s: Vec<f64> = v.to_vec();
-    s.sort_by(|a, b| b.total_cmp(a));
+    s.clear();
+    s.extend_from_slice(v);
+    s.sort_unstable_by(|a, b| b.total_cmp(a));
     let (mut cum, mut theta) = (0.0, 0.0);
     for (i, &x) in s.iter().enumerate() {
         cum += x;
@@ -1143,6 +1148,7 @@ fn build_solver(r: &Round, me_id: NodeId, cfg: &Config) -> Result<Solver, Placem
         w: vec![0.0; na],
         out: vec![0.0; na],
         row: Vec::with_capacity(nn),
+        sorted: Vec::with_capacity(nn),
         projector: Projector::default(),
         primal: f64::INFINITY,
         dual: f64::INFINITY,
