@@ -73,7 +73,8 @@ pub enum Input {
 /// How the shell sends.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ShellTransport {
-    /// Straight to every other member (`MeshHandle::send_direct`).
+    /// Straight to every other member (`MeshHandle::send_direct_else_gossip`: members
+    /// this node has no connection to get the message by gossip).
     #[default]
     Direct,
     /// Published on the `Topic::Placement` gossip topic.
@@ -459,7 +460,7 @@ impl Shell {
             let sent = match self.cfg.transport {
                 ShellTransport::Direct => {
                     self.mesh
-                        .send_direct(self.recipients.clone(), Topic::Placement, bytes)
+                        .send_direct_else_gossip(self.recipients.clone(), Topic::Placement, bytes)
                         .await
                 }
                 ShellTransport::Gossip => self.mesh.publish(Topic::Placement, bytes).await,

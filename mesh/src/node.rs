@@ -199,7 +199,9 @@ enum Command {
     Peers(oneshot::Sender<Vec<PeerId>>),
     TopicPeers(Topic, oneshot::Sender<Vec<PeerId>>),
     Publish(Topic, Vec<u8>, Reply<()>),
-    Direct(Vec<PeerId>, Topic, Vec<u8>),
+    /// Recipients, topic, payload, and whether peers without a connection get it by
+    /// gossip instead.
+    Direct(Vec<PeerId>, Topic, Vec<u8>, bool),
     Have(PeerId, Vec<ChunkId>, Reply<Vec<Option<u32>>>),
     Fetch(Vec<ChunkId>, Sources, FetchOptions, mpsc::Sender<FetchItem>),
     Control(PeerId, Vec<u8>, Reply<Vec<u8>>),
@@ -271,6 +273,29 @@ impl MeshHandle {
         topic: Topic,
         data: Vec<u8>,
     ) -> Result<(), MeshError> {
+        self.direct(peers, topic, data, false).await
+    }
+
+    /// Like [`Self::send_direct`], but if any of `peers` has no connection (a swarm
+    /// larger than the connection target, a link being re-established), the message is
+    /// also published once on `topic`'s gossip (signed, reaching everyone subscribed):
+    /// receivers must tolerate duplicates.
+    pub async fn send_direct_else_gossip(
+        &self,
+        peers: Vec<PeerId>,
+        topic: Topic,
+        data: Vec<u8>,
+    ) -> Result<(), MeshError> {
+        self.direct(peers, topic, data, true).await
+    }
+
+    async fn direct(
+        &self,
+        peers: Vec<PeerId>,
+        topic: Topic,
+        data: Vec<u8>,
+        gossip: bool,
+    ) -> Result<(), MeshError> {
         if data.len() > self.max_gossip {
             return Err(MeshError::TooLarge {
                 size: data.len(),
@@ -278,7 +303,7 @@ impl MeshHandle {
             });
         }
         self.tx
-            .send(Command::Direct(peers, topic, data))
+            .send(Command::Direct(peers, topic, data, gossip))
             .await
             .map_err(|_| MeshError::Stopped)
     }
@@ -898,6 +923,18 @@ impl Node {
 
     // ---- commands -----------------------------------------------------------------------
 
+    fn publish(&mut self, t: Topic, data: Vec<u8>) -> Result<(), MeshError> {
+        self.gossip_seq += 1;
+        let env = crate::gossip::seal(&self.keypair, t, self.gossip_seq, data)
+            .map_err(|e| MeshError::Publish(e.to_string()))?;
+        self.swarm
+            .behaviour_mut()
+            .gossip
+            .publish(t.ident(), env)
+            .map(|_| ())
+            .map_err(|e| MeshError::Publish(e.to_string()))
+    }
+
     fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::Dial(addr, reply) => {
@@ -931,20 +968,10 @@ impl Node {
                 let _ = r.send(peers);
             }
             Command::Publish(t, data, r) => {
-                self.gossip_seq += 1;
-                let res = crate::gossip::seal(&self.keypair, t, self.gossip_seq, data)
-                    .map_err(|e| MeshError::Publish(e.to_string()))
-                    .and_then(|env| {
-                        self.swarm
-                            .behaviour_mut()
-                            .gossip
-                            .publish(t.ident(), env)
-                            .map(|_| ())
-                            .map_err(|e| MeshError::Publish(e.to_string()))
-                    });
+                let res = self.publish(t, data);
                 let _ = r.send(res);
             }
-            Command::Direct(peers, topic, data) => {
+            Command::Direct(peers, topic, data, gossip) => {
                 let peers: Vec<PeerId> = peers.into_iter().filter(|p| !self.refused(p)).collect();
                 let sent = self
                     .swarm
@@ -952,7 +979,12 @@ impl Node {
                     .direct
                     .send_many(&peers, topic, &data);
                 if sent < peers.len() {
-                    trace!(unsent = peers.len() - sent, %topic, "direct message: peers not connected");
+                    trace!(unsent = peers.len() - sent, %topic, gossip, "direct message: peers not connected");
+                    if gossip {
+                        self.publish(topic, data).unwrap_or_else(
+                            |e| debug!(%e, %topic, "direct message: gossip fallback failed"),
+                        );
+                    }
                 }
             }
             Command::Have(peer, _, r) if self.refused(&peer) => {

@@ -122,3 +122,81 @@ async fn direct_messages_reach_exactly_the_named_peers_in_order() {
     .await;
     assert_eq!(first, b"after unblock", "a blocked peer got a direct frame");
 }
+
+/// `send_direct_else_gossip`: a connected recipient gets the frame directly; one this
+/// node has no connection to gets it by gossip, relayed by a common neighbour, with the
+/// sender as its verified author.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unconnected_recipients_get_the_message_by_gossip() {
+    init_tracing();
+    let key = SwarmKey::generate();
+    let mut a = node(key, Arc::new(NoChunks), |c| c.target_peers = 1).await;
+    let mut b = node(key, Arc::new(NoChunks), |_| {}).await;
+    let mut c = node(key, Arc::new(NoChunks), |c| c.target_peers = 1).await;
+    let (aid, bid, cid) = (
+        a.handle.local_peer_id(),
+        b.handle.local_peer_id(),
+        c.handle.local_peer_id(),
+    );
+    // a — b — c: a and c never dial each other (each is content with one peer).
+    a.handle.dial(b.addr.clone()).await.expect("dial b");
+    c.handle.dial(b.addr.clone()).await.expect("c dials b");
+    for (events, want) in [(&mut a.events, bid), (&mut c.events, bid)] {
+        wait_for(events, 20, "b's subscription", |e| match e {
+            MeshEvent::Subscribed {
+                peer,
+                topic: Topic::Placement,
+            } if *peer == want => Some(()),
+            _ => None,
+        })
+        .await;
+    }
+    // b forwards to c once c is in its gossipsub mesh (after a heartbeat or two): send
+    // until c hears one, each message distinct.
+    let mut heard = None;
+    for k in 0..20 {
+        let body = format!("to b and c #{k}").into_bytes();
+        a.handle
+            .send_direct_else_gossip(vec![bid, cid], Topic::Placement, body)
+            .await
+            .expect("send");
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(500);
+        while let Ok(Some(e)) = tokio::time::timeout_at(deadline, c.events.recv()).await {
+            match e {
+                MeshEvent::Gossip {
+                    topic: Topic::Placement,
+                    source,
+                    data,
+                    ..
+                } => {
+                    heard = Some((source, data));
+                    break;
+                }
+                MeshEvent::Direct { .. } => panic!("c has no connection to a"),
+                _ => {}
+            }
+        }
+        if heard.is_some() {
+            break;
+        }
+    }
+    assert!(
+        !a.handle
+            .connected_peers()
+            .await
+            .expect("peers")
+            .contains(&cid),
+        "a connected to c: the test needs them apart"
+    );
+    let (source, data) = heard.expect("c heard a's message by gossip");
+    assert_eq!(source, aid, "author");
+    assert!(data.starts_with(b"to b and c #"), "{data:?}");
+    // b, connected, got the first one directly.
+    let first = wait_for(&mut b.events, 10, "the direct frame", |e| match e {
+        MeshEvent::Direct { peer, data, .. } if *peer == aid => Some(data.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(first, b"to b and c #0");
+    drop(a.events);
+}
