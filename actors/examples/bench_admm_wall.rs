@@ -18,13 +18,16 @@
 //! objects). Prints a table, then one JSON object (keyed by size) as the last line.
 //!
 //! Run: `cargo run --release -p actors --example bench_admm_wall -- [--sizes 32x256,…]
-//! [--runs N] [--tick-ms N] [--max-tick-ms N] [--topology full|star] [--mesh-degree D]`
+//! [--runs N] [--tick-ms N] [--max-tick-ms N] [--topology full|star]
+//! [--transport direct|gossip] [--mesh-degree D]`
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actors::placement_shell::{Input, Placed, Shell, ShellConfig, ShellError, DEFAULT_TICK};
+use actors::placement_shell::{
+    Input, Placed, Shell, ShellConfig, ShellError, ShellTransport, DEFAULT_TICK,
+};
 use anyhow::{bail, Context as _};
 use mesh::{
     Identity, MeshConfig, MeshEvent, MeshHandle, Multiaddr, NoChunks, PeerId, SwarmKey, Topic,
@@ -62,6 +65,7 @@ struct Opts {
     tick: Duration,
     max_tick: Duration,
     topology: Topology,
+    transport: ShellTransport,
     /// Gossipsub mesh degree (target, low, high); the mesh's default if None.
     degree: Option<(usize, usize, usize)>,
 }
@@ -73,6 +77,7 @@ fn parse_args() -> anyhow::Result<Opts> {
         tick: DEFAULT_TICK,
         max_tick: BENCH_MAX_TICK,
         topology: Topology::Full,
+        transport: ShellTransport::default(),
         degree: None,
     };
     let mut it = std::env::args().skip(1);
@@ -111,6 +116,13 @@ fn parse_args() -> anyhow::Result<Opts> {
                     t => bail!("--topology: full or star, not {t:?}"),
                 }
             }
+            "--transport" => {
+                o.transport = match val("--transport")?.as_str() {
+                    "direct" => ShellTransport::Direct,
+                    "gossip" => ShellTransport::Gossip,
+                    t => bail!("--transport: direct or gossip, not {t:?}"),
+                }
+            }
             "--mesh-degree" => {
                 let d: usize = val("--mesh-degree")?.parse().context("--mesh-degree")?;
                 if d == 0 {
@@ -119,7 +131,7 @@ fn parse_args() -> anyhow::Result<Opts> {
                 o.degree = Some((d, d.div_ceil(2).max(1), 2 * d));
             }
             "-h" | "--help" => {
-                println!("bench_admm_wall [--sizes 3x1,8x32,32x256,64x512] [--runs N] [--tick-ms N] [--max-tick-ms N] [--topology full|star] [--mesh-degree D]");
+                println!("bench_admm_wall [--sizes 3x1,8x32,32x256,64x512] [--runs N] [--tick-ms N] [--max-tick-ms N] [--topology full|star] [--transport direct|gossip] [--mesh-degree D]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?}"),
@@ -215,6 +227,11 @@ async fn swarm(
                         source,
                         data,
                         ..
+                    }
+                    | MeshEvent::Direct {
+                        topic: Topic::Placement,
+                        peer: source,
+                        data,
                     } => {
                         if let Some(rest) = data.strip_prefix(PROBE) {
                             let id = rest
@@ -226,7 +243,7 @@ async fn swarm(
                                 s.heard[i] = heard.len();
                                 *s.probes.entry(id).or_default() += 1;
                             });
-                        } else if tx.send(Input::Gossip { source, data }).await.is_err() {
+                        } else if tx.send(Input::Message { source, data }).await.is_err() {
                             return;
                         }
                     }
@@ -285,14 +302,24 @@ async fn swarm(
 /// One all-to-all exchange with no solver: every node publishes one probe of `size`
 /// bytes at once; the time until every node received every other's (what one
 /// bulk-synchronous iteration costs on this mesh, compute aside).
-async fn exchange(mesh: &mut Mesh, id_base: u64, size: usize) -> anyhow::Result<f64> {
+async fn exchange(
+    mesh: &mut Mesh,
+    id_base: u64,
+    size: usize,
+    transport: ShellTransport,
+) -> anyhow::Result<f64> {
     let n = mesh.nodes.len();
+    let peers: Vec<PeerId> = mesh.nodes.iter().map(|m| m.peer).collect();
     let t = Instant::now();
     let publishes = mesh.nodes.iter().enumerate().map(|(i, node)| {
         let h = node.handle.clone();
+        let others: Vec<PeerId> = peers.iter().copied().filter(|&p| p != node.peer).collect();
         async move {
-            h.publish(Topic::Placement, probe(id_base + i as u64, size))
-                .await
+            let p = probe(id_base + i as u64, size);
+            match transport {
+                ShellTransport::Direct => h.send_direct(others, Topic::Placement, p).await,
+                ShellTransport::Gossip => h.publish(Topic::Placement, p).await,
+            }
         }
     });
     for r in futures::future::join_all(publishes).await {
@@ -322,6 +349,11 @@ struct Run {
     sim_core_ms: f64,
     resent: u64,
     errors: Vec<String>,
+    /// Medians over nodes: until iteration 1 (the starts), per later iteration, and from
+    /// the last iteration to the outcome (rounding and final digests).
+    start_ms: f64,
+    iter_ms: f64,
+    finish_ms: f64,
 }
 
 /// One round on every node of `nodes` for the instance of `seed`.
@@ -381,6 +413,7 @@ async fn run_round(
         }));
     }
     let mut outcomes = Vec::with_capacity(n);
+    let (mut starts, mut iters, mut finishes) = (Vec::new(), Vec::new(), Vec::new());
     let mut errors = Vec::new();
     let (mut last, mut bytes, mut core_cpu, mut resent) = (t0, 0u64, Duration::ZERO, 0u64);
     for (i, t) in tasks.into_iter().enumerate() {
@@ -391,7 +424,18 @@ async fn run_round(
         core_cpu += shell_stats.core_time;
         resent += core_stats.resent;
         match res {
-            Ok(p) => outcomes.push(p.outcome),
+            Ok(p) => {
+                let ms = |d: Duration| d.as_secs_f64() * 1e3;
+                if let (Some(&first), Some(&last)) = (p.iteration_at.first(), p.iteration_at.last())
+                {
+                    starts.push(ms(first));
+                    if p.iteration_at.len() > 1 {
+                        iters.push(ms(last - first) / (p.iteration_at.len() - 1) as f64);
+                    }
+                    finishes.push(ms(p.elapsed.saturating_sub(last)));
+                }
+                outcomes.push(p.outcome)
+            }
             Err(e) => errors.push(format!("node {}: {e}", ids[i])),
         }
     }
@@ -416,6 +460,9 @@ async fn run_round(
         sim_core_ms,
         resent,
         errors,
+        start_ms: median(starts),
+        iter_ms: median(iters),
+        finish_ms: median(finishes),
     })
 }
 
@@ -445,11 +492,15 @@ struct Row {
     resent: f64,
     errors: Vec<String>,
     exchange_ms: f64,
+    start_ms: f64,
+    iter_ms: f64,
+    finish_ms: f64,
 }
 
 async fn bench(nodes: usize, jobs: usize, runs: u64, o: &Opts) -> anyhow::Result<Row> {
     let (mut mesh, formation) = swarm(nodes, o.topology, o.degree).await?;
     let shell_cfg = ShellConfig {
+        transport: o.transport,
         tick: o.tick,
         max_tick: o.max_tick,
         // Until the first iteration sets the pace: the start messages of 64 nodes take
@@ -466,7 +517,7 @@ async fn bench(nodes: usize, jobs: usize, runs: u64, o: &Opts) -> anyhow::Result
     let size = median(rs.iter().map(|r| r.bytes_per_node_per_iter).collect());
     let mut ex = Vec::new();
     for k in 0..EXCHANGES {
-        ex.push(exchange(&mut mesh, k * nodes as u64, size as usize).await?);
+        ex.push(exchange(&mut mesh, k * nodes as u64, size as usize, o.transport).await?);
     }
     for m in &mesh.nodes {
         let _ = m.handle.shutdown().await;
@@ -490,6 +541,9 @@ async fn bench(nodes: usize, jobs: usize, runs: u64, o: &Opts) -> anyhow::Result
         resent: f(|r| r.resent as f64),
         errors: rs.iter().flat_map(|r| r.errors.iter().cloned()).collect(),
         exchange_ms: median(ex),
+        start_ms: f(|r| r.start_ms),
+        iter_ms: f(|r| r.iter_ms),
+        finish_ms: f(|r| r.finish_ms),
     })
 }
 
@@ -516,18 +570,22 @@ async fn main() -> anyhow::Result<()> {
         rows.push(bench(n, j, o.runs.unwrap_or(runs), &o).await?);
     }
     println!(
-        "ADMM placement on a real mesh, all nodes in this process on 127.0.0.1 ({:?} topology, tick {}–{} ms, {threads} cores; medians over seeds)",
+        "ADMM placement on a real mesh, all nodes in this process on 127.0.0.1 ({:?} topology, {:?} transport, tick {}–{} ms, {threads} cores; medians over seeds)",
         o.topology,
+        o.transport,
         o.tick.as_millis(),
         o.max_tick.as_millis()
     );
     println!(
-        "{:>8} {:>5} {:>8} {:>9} {:>9} {:>6} {:>5} {:>12} {:>8} {:>12} {:>10} {:>8} {:>11} {:>7} {:>6} {:>6}",
+        "{:>8} {:>5} {:>8} {:>9} {:>9} {:>8} {:>7} {:>8} {:>6} {:>5} {:>12} {:>8} {:>12} {:>10} {:>8} {:>11} {:>7} {:>6} {:>6}",
         "size",
         "runs",
         "form_s",
         "wall_ms",
         "wall_max",
+        "start_ms",
+        "iter_ms",
+        "final_ms",
         "iters",
         "max",
         "B/node/iter",
@@ -542,12 +600,15 @@ async fn main() -> anyhow::Result<()> {
     );
     for r in &rows {
         println!(
-            "{:>8} {:>5} {:>8.2} {:>9.1} {:>9.1} {:>6.0} {:>5} {:>12.0} {:>8.2} {:>12.1} {:>10.1} {:>8.2} {:>11.1} {:>7.0} {:>6} {:>6}",
+            "{:>8} {:>5} {:>8.2} {:>9.1} {:>9.1} {:>8.1} {:>7.2} {:>8.1} {:>6.0} {:>5} {:>12.0} {:>8.2} {:>12.1} {:>10.1} {:>8.2} {:>11.1} {:>7.0} {:>6} {:>6}",
             r.name,
             r.runs,
             r.formation_s,
             r.wall_ms,
             r.wall_ms_max,
+            r.start_ms,
+            r.iter_ms,
+            r.finish_ms,
             r.iterations,
             r.max_iterations,
             r.bytes_per_node_per_iter,
@@ -565,12 +626,13 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     println!("cpu_floor = core_cpu_ms ÷ cores: every node's core shares this machine (one node per machine has no such floor)");
+    println!("start_ms / iter_ms / final_ms (medians over nodes): until iteration 1 (every member's start in), per later iteration, last iteration to the outcome (rounding, final digests)");
     println!("exch_ms = one all-to-all exchange of a column-sized message with no solver: what an iteration costs on this mesh, compute aside");
     let body: Vec<String> = rows
         .iter()
         .map(|r| {
             format!(
-                "\"{}\": {{\"gap_pct\": null, \"iterations\": {}, \"max_iterations\": {}, \"at_cap_pct\": {:.1}, \"bytes_per_node_per_iter\": {:.0}, \"core_ms\": {:.3}, \"warm_iterations\": null, \"wall_ms\": {}, \"agree\": {}, \"same_as_sim\": {}, \"wall_ms_max\": {}, \"core_cpu_ms\": {}, \"cpu_floor_ms\": {}, \"exchange_ms\": {}, \"resent\": {}, \"formation_s\": {}, \"runs\": {}}}",
+                "\"{}\": {{\"gap_pct\": null, \"iterations\": {}, \"max_iterations\": {}, \"at_cap_pct\": {:.1}, \"bytes_per_node_per_iter\": {:.0}, \"core_ms\": {:.3}, \"warm_iterations\": null, \"wall_ms\": {}, \"agree\": {}, \"same_as_sim\": {}, \"wall_ms_max\": {}, \"core_cpu_ms\": {}, \"cpu_floor_ms\": {}, \"exchange_ms\": {}, \"start_ms\": {}, \"iter_ms\": {}, \"final_ms\": {}, \"resent\": {}, \"formation_s\": {}, \"runs\": {}}}",
                 r.name,
                 r.iterations,
                 r.max_iterations,
@@ -584,6 +646,9 @@ async fn main() -> anyhow::Result<()> {
                 num(r.core_cpu_ms, 1),
                 num(r.core_cpu_ms / threads as f64, 1),
                 num(r.exchange_ms, 2),
+                num(r.start_ms, 1),
+                num(r.iter_ms, 2),
+                num(r.finish_ms, 1),
                 num(r.resent, 0),
                 num(r.formation_s, 3),
                 r.runs

@@ -1,18 +1,26 @@
-//! The gossip shell of the ADMM placement core: moves [`placement::Msg`]s between a
-//! [`placement::Node`] and the mesh's `Topic::Placement`, ticks the core on a timer and
+//! The network shell of the ADMM placement core: moves [`placement::Msg`]s between a
+//! [`placement::Node`] and the mesh on `Topic::Placement`, ticks the core on a timer and
 //! resolves with the core's outcome.
+//!
+//! Transport ([`ShellTransport`]): by default every message goes straight to each other
+//! member over the mesh's direct protocol (`mesh::direct`: one long-lived stream per
+//! connection, authenticated by the connection, no signature, no forwarding). The round's
+//! members are known, so gossip's flooding, duplicates and per-message signature checks
+//! buy nothing here; on 32 in-process nodes they made one all-to-all exchange of 350-byte
+//! messages cost ~150–230 ms against a few ms direct. Gossip stays available (a swarm
+//! without full connectivity between members).
 //!
 //! The core does the solving, the loss recovery (re-sends on [`Node::tick`]), the
 //! de-duplication and the agreement check; this module only encodes (CBOR), publishes,
 //! decodes and authenticates what arrives, and waits. Everything from the network is
 //! untrusted: payloads are bounded before decoding, decoding errors are typed and
 //! counted, and a message is fed to the core only if its `from` is the node id bound to
-//! the mesh peer that signed it (the mesh verifies the gossip author), so no peer can
-//! speak for another member.
+//! the mesh peer that sent it (the gossip author the mesh verified, or the authenticated
+//! remote of the direct connection), so no peer can speak for another member.
 //!
-//! Used by the benchmark (`examples/bench_admm_wall.rs`) and the tests now, by the Solver
-//! actor later: the caller routes this node's `Topic::Placement` gossip (and membership
-//! changes) into an [`Input`] channel, starts a round on the core and calls
+//! Used by the Solver actor, the benchmark (`examples/bench_admm_wall.rs`) and the
+//! tests: the caller routes this node's `Topic::Placement` messages, direct and gossip
+//! (and membership changes), into an [`Input`] channel, starts a round on the core and calls
 //! [`Shell::run`]; after the outcome, [`Shell::linger`] keeps answering peers that lost
 //! this node's last messages until the caller moves on.
 
@@ -24,7 +32,7 @@ use mesh::{MeshError, MeshHandle, PeerId, Topic};
 use placement::{Event, Msg, Node, NodeId, NodeStats, Outcome, PlacementError};
 use tokio::sync::mpsc;
 
-/// Default shortest tick period. The core re-sends its last two messages when a whole
+/// Default shortest tick period. The core re-sends its last messages when a whole
 /// period passed without progress (see [`Node::tick`]), so the period must exceed one
 /// normal iteration (gossip to the slowest member plus the local step: a few ms to a few
 /// tens of ms on loopback or a LAN); shorter only adds spurious re-sends. A lost message
@@ -51,8 +59,9 @@ pub const MAX_MESSAGE_BYTES: usize = 256 << 10;
 /// What the caller feeds the shell.
 #[derive(Clone, Debug)]
 pub enum Input {
-    /// One `Topic::Placement` gossip payload; `source` is its verified author.
-    Gossip { source: PeerId, data: Vec<u8> },
+    /// One `Topic::Placement` payload (direct or gossip); `source` is its authenticated
+    /// author.
+    Message { source: PeerId, data: Vec<u8> },
     /// The membership of the next view (same on every member, from the membership
     /// protocol), with the mesh peer of each member. Replaces the author bindings.
     Members {
@@ -61,9 +70,21 @@ pub enum Input {
     },
 }
 
+/// How the shell sends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ShellTransport {
+    /// Straight to every other member (`MeshHandle::send_direct_else_gossip`: members
+    /// this node has no connection to get the message by gossip).
+    #[default]
+    Direct,
+    /// Published on the `Topic::Placement` gossip topic.
+    Gossip,
+}
+
 /// Shell settings.
 #[derive(Clone, Debug)]
 pub struct ShellConfig {
+    pub transport: ShellTransport,
     /// Shortest period of [`Node::tick`] (see [`DEFAULT_TICK`]); the period is three
     /// smoothed iteration intervals, within `[tick, max_tick]`, and `initial_tick`
     /// (within the same bounds) until the first iteration.
@@ -79,6 +100,7 @@ pub struct ShellConfig {
 impl Default for ShellConfig {
     fn default() -> Self {
         ShellConfig {
+            transport: ShellTransport::default(),
             tick: DEFAULT_TICK,
             max_tick: DEFAULT_MAX_TICK,
             initial_tick: DEFAULT_INITIAL_TICK,
@@ -132,8 +154,8 @@ pub struct ShellStats {
     pub published_bytes: u64,
     pub resent: u64,
     pub resent_bytes: u64,
-    /// Publishes the mesh refused for now (e.g. no subscribed peer): lost, the core's
-    /// re-sends recover them.
+    /// Publishes the mesh refused for now (e.g. no subscribed peer; with the direct
+    /// transport only a stopped mesh): lost, the core's re-sends recover them.
     pub publish_failed: u64,
     /// Messages the outbound test hook dropped.
     pub dropped_by_hook: u64,
@@ -154,6 +176,10 @@ pub struct Placed {
     pub outcome: Outcome,
     /// From the call of [`Shell::run`] to the outcome.
     pub elapsed: Duration,
+    /// From the call of [`Shell::run`] to the completion of each ADMM iteration here
+    /// (`[k - 1]`: iteration `k`; iteration 1 needs every member's start). The rest of
+    /// `elapsed` after the last is the rounding and the exchange of final digests.
+    pub iteration_at: Vec<Duration>,
     pub shell: ShellStats,
     pub core: NodeStats,
 }
@@ -192,6 +218,13 @@ pub fn decode(bytes: &[u8], max: usize) -> Result<Msg, WireError> {
     Ok(msg)
 }
 
+/// The peers of `authors` but `me`, sorted (the same order on every send).
+fn recipients(authors: &HashMap<PeerId, NodeId>, me: PeerId) -> Vec<PeerId> {
+    let mut v: Vec<PeerId> = authors.keys().copied().filter(|&p| p != me).collect();
+    v.sort_unstable();
+    v
+}
+
 type OutboundFilter = Box<dyn FnMut(&Msg) -> bool + Send>;
 
 /// One node's gossip shell; keep it across rounds (the stats accumulate).
@@ -200,6 +233,8 @@ pub struct Shell {
     cfg: ShellConfig,
     /// Mesh peer → the node id it may speak for.
     authors: HashMap<PeerId, NodeId>,
+    /// Every member's peer but this node's: the recipients of direct sends.
+    recipients: Vec<PeerId>,
     filter: Option<OutboundFilter>,
     stats: ShellStats,
     /// Smoothed interval between iterations (an estimate kept across rounds).
@@ -225,10 +260,13 @@ impl Shell {
         cfg: ShellConfig,
         members: impl IntoIterator<Item = (NodeId, PeerId)>,
     ) -> Shell {
+        let authors: HashMap<PeerId, NodeId> = members.into_iter().map(|(n, p)| (p, n)).collect();
+        let recipients = recipients(&authors, mesh.local_peer_id());
         Shell {
             mesh,
             cfg,
-            authors: members.into_iter().map(|(n, p)| (p, n)).collect(),
+            authors,
+            recipients,
             filter: None,
             stats: ShellStats::default(),
             pace: None,
@@ -265,10 +303,12 @@ impl Shell {
         let deadline = tokio::time::Instant::now() + self.cfg.timeout;
         let mut next_tick = tokio::time::Instant::now() + self.period();
         let (mut iteration, mut advanced) = (core.iteration(), Instant::now());
+        let mut iteration_at = Vec::new();
         loop {
             self.flush(core).await?;
             if core.iteration() != iteration {
                 iteration = core.iteration();
+                iteration_at.push(started.elapsed());
                 self.sample_pace(advanced.elapsed());
                 advanced = Instant::now();
             }
@@ -277,6 +317,7 @@ impl Shell {
                     Event::Placed(outcome) => Ok(Placed {
                         outcome,
                         elapsed: started.elapsed(),
+                        iteration_at,
                         shell: self.stats.clone(),
                         core: core.stats().clone(),
                     }),
@@ -367,7 +408,7 @@ impl Shell {
 
     fn feed(&mut self, core: &mut Node, input: Input) -> Result<(), ShellError> {
         match input {
-            Input::Gossip { source, data } => {
+            Input::Message { source, data } => {
                 self.stats.received += 1;
                 self.stats.received_bytes += data.len() as u64;
                 let msg = match decode(&data, self.cfg.max_message_bytes) {
@@ -392,6 +433,7 @@ impl Shell {
             }
             Input::Members { epoch, members } => {
                 self.authors = members.iter().map(|&(n, p)| (p, n)).collect();
+                self.recipients = recipients(&self.authors, self.mesh.local_peer_id());
                 let ids = members.into_iter().map(|(n, _)| n).collect();
                 let t = Instant::now();
                 let res = core.set_members(epoch, ids);
@@ -415,7 +457,15 @@ impl Shell {
             }
             let bytes = encode(&msg, self.cfg.max_message_bytes)?;
             let len = bytes.len() as u64;
-            match self.mesh.publish(Topic::Placement, bytes).await {
+            let sent = match self.cfg.transport {
+                ShellTransport::Direct => {
+                    self.mesh
+                        .send_direct_else_gossip(self.recipients.clone(), Topic::Placement, bytes)
+                        .await
+                }
+                ShellTransport::Gossip => self.mesh.publish(Topic::Placement, bytes).await,
+            };
+            match sent {
                 Ok(()) => {
                     self.stats.published += 1;
                     self.stats.published_bytes += len;

@@ -1,5 +1,6 @@
-//! The placement core over real gossip: 4 mesh nodes on 127.0.0.1, each a
-//! `placement::Node` driven by the gossip shell, place 24 jobs. Every node must end with
+//! The placement core over the real mesh: 4 mesh nodes on 127.0.0.1, each a
+//! `placement::Node` driven by the shell, place 24 jobs, over direct messages (the
+//! shell's default) and over gossip. Every node must end with
 //! the placement the pure core gives on the simulated bus for the same instance (the
 //! iterations are bulk-synchronous and every node computes from the same wire-precision
 //! columns, so it is the same placement, not merely a close one), also when one node
@@ -10,7 +11,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actors::placement_shell::{encode, Input, Placed, Shell, ShellConfig, ShellError, ShellStats};
+use actors::placement_shell::{
+    encode, Input, Placed, Shell, ShellConfig, ShellError, ShellStats, ShellTransport,
+};
 use mesh::{Identity, MeshConfig, MeshEvent, MeshHandle, NoChunks, PeerId, SwarmKey, Topic};
 use placement::msg::{Body, Column, Msg};
 use placement::sim::{random_instance, Instance, InstanceOpts, Rng, SimConfig, Swarm};
@@ -69,8 +72,13 @@ async fn net(n: usize) -> Net {
                         source,
                         data,
                         ..
+                    }
+                    | MeshEvent::Direct {
+                        topic: Topic::Placement,
+                        peer: source,
+                        data,
                     } => {
-                        let sent = tx.send(Input::Gossip { source, data }).await;
+                        let sent = tx.send(Input::Message { source, data }).await;
                         if sent.is_err() {
                             return;
                         }
@@ -106,8 +114,9 @@ fn reference(inst: &Instance, round: u64) -> Outcome {
     rep.agreed().expect("simulated nodes agree").clone()
 }
 
-fn shell_cfg() -> ShellConfig {
+fn shell_cfg(transport: ShellTransport) -> ShellConfig {
     ShellConfig {
+        transport,
         tick: Duration::from_millis(20),
         initial_tick: Duration::from_millis(100),
         max_tick: Duration::from_millis(400),
@@ -121,7 +130,13 @@ type NodeResult = (Result<Placed, ShellError>, ShellStats, NodeStats);
 /// One round on every node; `lossy`: node 0 drops each outbound message with
 /// probability 0.1. Every node lingers (answering peers that lost its last messages)
 /// until all have an outcome.
-async fn round(net: &mut Net, inst: &Instance, round: u64, lossy: Option<Rng>) -> Vec<NodeResult> {
+async fn round(
+    net: &mut Net,
+    inst: &Instance,
+    round: u64,
+    lossy: Option<Rng>,
+    transport: ShellTransport,
+) -> Vec<NodeResult> {
     let n = net.handles.len();
     let ids: Vec<NodeId> = inst.envs.keys().copied().collect();
     let members: Vec<(NodeId, PeerId)> = ids.iter().copied().zip(net.peers.clone()).collect();
@@ -130,7 +145,11 @@ async fn round(net: &mut Net, inst: &Instance, round: u64, lossy: Option<Rng>) -
     let mut tasks = vec![];
     for i in 0..n {
         let mut inputs = net.inputs[i].take().expect("inputs");
-        let mut shell = Shell::new(net.handles[i].clone(), shell_cfg(), members.clone());
+        let mut shell = Shell::new(
+            net.handles[i].clone(),
+            shell_cfg(transport),
+            members.clone(),
+        );
         if let (0, Some(mut rng)) = (i, lossy.clone()) {
             shell = shell.with_outbound_filter(move |_| rng.f64() >= 0.1);
         }
@@ -201,7 +220,16 @@ fn lossy_rng(k: usize) -> Rng {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_nodes_agree_over_direct_messages_with_forgeries_and_outbound_loss() {
+    agree_with_forgeries_and_outbound_loss(ShellTransport::Direct).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_nodes_agree_over_gossip_with_forgeries_and_outbound_loss() {
+    agree_with_forgeries_and_outbound_loss(ShellTransport::Gossip).await
+}
+
+async fn agree_with_forgeries_and_outbound_loss(transport: ShellTransport) {
     let inst = random_instance(11, NODES, JOBS, &InstanceOpts::default());
     let mut net = net(NODES).await;
     let ids: Vec<NodeId> = inst.envs.keys().copied().collect();
@@ -220,14 +248,14 @@ async fn four_nodes_agree_over_gossip_with_forgeries_and_outbound_loss() {
     let forged = encode(&forged, 1 << 20).expect("encode");
     for data in [forged, vec![0xff; 40], vec![]] {
         net.inject[0]
-            .send(Input::Gossip {
+            .send(Input::Message {
                 source: net.peers[2],
                 data,
             })
             .await
             .expect("inject");
     }
-    let r1 = round(&mut net, &inst, 1, None).await;
+    let r1 = round(&mut net, &inst, 1, None, transport).await;
     assert_same_as(&r1, &reference(&inst, 1), "lossless round");
     let s0 = &r1[0].1;
     assert_eq!(s0.wrong_author, 1, "the forged column was not refused");
@@ -243,7 +271,7 @@ async fn four_nodes_agree_over_gossip_with_forgeries_and_outbound_loss() {
 
     // Rounds 2–4, fresh cores, node 0 loses 10 % of what it sends: same placement.
     for (k, round_no) in (2..=4u64).enumerate() {
-        let r = round(&mut net, &inst, round_no, Some(lossy_rng(k))).await;
+        let r = round(&mut net, &inst, round_no, Some(lossy_rng(k)), transport).await;
         assert_same_as(&r, &reference(&inst, round_no), "lossy round");
         let dropped = r[0].1.dropped_by_hook;
         assert!(dropped >= 1, "round {round_no}: the hook dropped nothing");

@@ -129,7 +129,7 @@ pub struct MeshConfig {
     /// Publish to every connected subscriber, not just mesh peers: one hop less to most
     /// nodes, more duplicate copies.
     pub gossip_flood_publish: bool,
-    /// Largest gossip message.
+    /// Largest gossip message (and direct message, see [`crate::direct`]).
     pub max_gossip_bytes: usize,
     /// Wire size limits.
     pub limits: WireLimits,

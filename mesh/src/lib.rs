@@ -1,5 +1,6 @@
 //! roam's peer-to-peer mesh: a private libp2p network (TCP + pnet + noise + yamux) with
 //! discovery (mDNS, bootstrap addresses, peer exchange), gossip for control traffic,
+//! direct messages to chosen peers ([`direct`]),
 //! a verified multi-source chunk exchange (optionally zstd-compressed per fetch, see
 //! [`FetchOptions`]) and typed control requests.
 //!
@@ -13,6 +14,7 @@
 //! [`MeshHandle`].
 
 pub mod config;
+pub mod direct;
 pub mod gossip;
 pub mod link;
 pub mod node;

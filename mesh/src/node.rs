@@ -58,6 +58,7 @@ struct Behaviour {
     gossip: gossipsub::Behaviour,
     chunks: request_response::Behaviour<ChunkCodec>,
     ctl: request_response::Behaviour<CtlCodec>,
+    direct: crate::direct::Behaviour,
 }
 
 /// Something that happened on the mesh.
@@ -91,6 +92,13 @@ pub enum MeshEvent {
         topic: Topic,
         source: PeerId,
         via: PeerId,
+        data: Vec<u8>,
+    },
+    /// A direct message (see [`MeshHandle::send_direct`]); `peer` is its author, the
+    /// authenticated remote of the connection it came on.
+    Direct {
+        peer: PeerId,
+        topic: Topic,
         data: Vec<u8>,
     },
     /// A peer sent an application control request; answer it with `reply`.
@@ -191,6 +199,9 @@ enum Command {
     Peers(oneshot::Sender<Vec<PeerId>>),
     TopicPeers(Topic, oneshot::Sender<Vec<PeerId>>),
     Publish(Topic, Vec<u8>, Reply<()>),
+    /// Recipients, topic, payload, and whether peers without a connection get it by
+    /// gossip instead.
+    Direct(Vec<PeerId>, Topic, Vec<u8>, bool),
     Have(PeerId, Vec<ChunkId>, Reply<Vec<Option<u32>>>),
     Fetch(Vec<ChunkId>, Sources, FetchOptions, mpsc::Sender<FetchItem>),
     Control(PeerId, Vec<u8>, Reply<Vec<u8>>),
@@ -249,6 +260,52 @@ impl MeshHandle {
             });
         }
         self.call(|r| Command::Publish(topic, data, r)).await?
+    }
+
+    /// Sends `data` on `topic` straight to each of `peers` (see [`crate::direct`]): no
+    /// signature, no forwarding; the receiver learns the author from the connection.
+    /// Best effort: peers without a connection, or blocked, are skipped, and frames are
+    /// lost if a stream fails — the caller recovers losses. Returns once the mesh task
+    /// has the message (it does not wait for the sends).
+    pub async fn send_direct(
+        &self,
+        peers: Vec<PeerId>,
+        topic: Topic,
+        data: Vec<u8>,
+    ) -> Result<(), MeshError> {
+        self.direct(peers, topic, data, false).await
+    }
+
+    /// Like [`Self::send_direct`], but if any of `peers` has no connection (a swarm
+    /// larger than the connection target, a link being re-established), the message is
+    /// also published once on `topic`'s gossip (signed, reaching everyone subscribed):
+    /// receivers must tolerate duplicates.
+    pub async fn send_direct_else_gossip(
+        &self,
+        peers: Vec<PeerId>,
+        topic: Topic,
+        data: Vec<u8>,
+    ) -> Result<(), MeshError> {
+        self.direct(peers, topic, data, true).await
+    }
+
+    async fn direct(
+        &self,
+        peers: Vec<PeerId>,
+        topic: Topic,
+        data: Vec<u8>,
+        gossip: bool,
+    ) -> Result<(), MeshError> {
+        if data.len() > self.max_gossip {
+            return Err(MeshError::TooLarge {
+                size: data.len(),
+                max: self.max_gossip,
+            });
+        }
+        self.tx
+            .send(Command::Direct(peers, topic, data, gossip))
+            .await
+            .map_err(|_| MeshError::Stopped)
     }
 
     /// Asks one peer which of `ids` it holds; returns each chunk's size or `None`.
@@ -494,6 +551,10 @@ fn build_behaviour(identity: &Identity, cfg: &MeshConfig) -> Result<Behaviour, M
         gossip,
         chunks,
         ctl,
+        direct: crate::direct::Behaviour::new(crate::direct::Config {
+            max_payload: cfg.max_gossip_bytes,
+            ..Default::default()
+        }),
     })
 }
 
@@ -862,6 +923,18 @@ impl Node {
 
     // ---- commands -----------------------------------------------------------------------
 
+    fn publish(&mut self, t: Topic, data: Vec<u8>) -> Result<(), MeshError> {
+        self.gossip_seq += 1;
+        let env = crate::gossip::seal(&self.keypair, t, self.gossip_seq, data)
+            .map_err(|e| MeshError::Publish(e.to_string()))?;
+        self.swarm
+            .behaviour_mut()
+            .gossip
+            .publish(t.ident(), env)
+            .map(|_| ())
+            .map_err(|e| MeshError::Publish(e.to_string()))
+    }
+
     fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::Dial(addr, reply) => {
@@ -895,18 +968,24 @@ impl Node {
                 let _ = r.send(peers);
             }
             Command::Publish(t, data, r) => {
-                self.gossip_seq += 1;
-                let res = crate::gossip::seal(&self.keypair, t, self.gossip_seq, data)
-                    .map_err(|e| MeshError::Publish(e.to_string()))
-                    .and_then(|env| {
-                        self.swarm
-                            .behaviour_mut()
-                            .gossip
-                            .publish(t.ident(), env)
-                            .map(|_| ())
-                            .map_err(|e| MeshError::Publish(e.to_string()))
-                    });
+                let res = self.publish(t, data);
                 let _ = r.send(res);
+            }
+            Command::Direct(peers, topic, data, gossip) => {
+                let peers: Vec<PeerId> = peers.into_iter().filter(|p| !self.refused(p)).collect();
+                let sent = self
+                    .swarm
+                    .behaviour_mut()
+                    .direct
+                    .send_many(&peers, topic, &data);
+                if sent < peers.len() {
+                    trace!(unsent = peers.len() - sent, %topic, gossip, "direct message: peers not connected");
+                    if gossip {
+                        self.publish(topic, data).unwrap_or_else(
+                            |e| debug!(%e, %topic, "direct message: gossip fallback failed"),
+                        );
+                    }
+                }
             }
             Command::Have(peer, _, r) if self.refused(&peer) => {
                 let _ = r.send(Err(MeshError::Request(format!("{peer} is blocked"))));
@@ -1445,6 +1524,21 @@ impl Node {
             BehaviourEvent::Gossip(g) => self.on_gossip(g),
             BehaviourEvent::Chunks(e) => self.on_chunks_event(e),
             BehaviourEvent::Ctl(e) => self.on_ctl_event(e),
+            BehaviourEvent::Direct(e) => self.on_direct_event(e),
+        }
+    }
+
+    fn on_direct_event(&mut self, ev: crate::direct::Event) {
+        match ev {
+            crate::direct::Event::Received { peer, topic, data } => {
+                if !self.refused(&peer) {
+                    self.emit(MeshEvent::Direct { peer, topic, data });
+                }
+            }
+            crate::direct::Event::Malformed { peer, reason } => self.penalise(peer, &reason),
+            crate::direct::Event::Dropped { peer, frames } => {
+                debug!(%peer, frames, "direct frames dropped");
+            }
         }
     }
 

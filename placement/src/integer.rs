@@ -55,15 +55,14 @@ impl<'a> State<'a> {
     }
 }
 
-/// Round the fractional solution to an integer placement (`assign[j]` = node index)
-/// that respects capacity and locality. Four guides are tried and the cheapest result
-/// kept (ties to the earlier): the current placement (so that, where nothing changed,
-/// every move must pay for itself against it); the fractional rows `y[n][j]`; the node
-/// capacity prices
-/// `mu[n]` (cost units per unit of demand) from the ADMM, i.e. each job's cheapest node by
-/// reduced cost `c[j][n] + mu[n]·d[j]`; and those prices sharpened by `price_steps`
-/// subgradient steps on the Lagrangian dual ([`refine_prices`]). Prices settle long
-/// before the fractional rows stop spreading mass over near-equal nodes.
+/// The rounding is split into this many tasks, each an independent part of the search
+/// that one member can run alone (see [`round_task`]); the placement is the cheapest
+/// task result, ties to the lower task.
+pub const TASKS: usize = 3;
+
+/// Rounds `y` (rows) with the capacity prices `mu` into an integer placement
+/// (`assign[j]` = node index): every task of [`round_task`], the cheapest result kept
+/// (ties to the lower task).
 pub fn round_and_repair(
     p: &Problem,
     y: &[Vec<f64>],
@@ -73,33 +72,83 @@ pub fn round_and_repair(
 ) -> Result<Vec<usize>, PlacementError> {
     let mut best: Option<(f64, Vec<usize>)> = None;
     let mut err = None;
-    let mut consider = |best: &mut Option<(f64, Vec<usize>)>,
-                        r: Result<Vec<usize>, PlacementError>| match r {
-        Ok(a) => {
-            let o = p.objective(&a).unwrap_or(f64::INFINITY);
-            if best.as_ref().is_none_or(|b| o < b.0) {
-                *best = Some((o, a));
+    for task in 0..TASKS {
+        match round_task(p, y, mu, task, polish_passes, price_steps) {
+            Ok(a) => {
+                let o = p.objective(&a).unwrap_or(f64::INFINITY);
+                if best.as_ref().is_none_or(|b| o < b.0) {
+                    best = Some((o, a));
+                }
             }
-        }
-        Err(e) => err = Some(e),
-    };
-    // The current placement, polished: where nothing changed, moves must pay for
-    // themselves against it.
-    consider(&mut best, round_guided(p, Guide::Current, polish_passes));
-    consider(&mut best, round_guided(p, Guide::Rows(y), polish_passes));
-    consider(&mut best, round_guided(p, Guide::Prices(mu), polish_passes));
-    if price_steps > 0 {
-        if let Some(upper) = best.as_ref().map(|b| b.0).filter(|u| u.is_finite()) {
-            let sharp = refine_prices(p, mu, upper, price_steps);
-            consider(
-                &mut best,
-                round_guided(p, Guide::Prices(&sharp), polish_passes),
-            );
+            Err(e) => err = Some(e),
         }
     }
     match best {
         Some((_, a)) => Ok(a),
         None => Err(err.unwrap_or(PlacementError::NoIntegerPlacement { job: 0 })),
+    }
+}
+
+/// One task of the rounding; each tries one or two guides, polishes, and returns its
+/// cheapest placement:
+/// - 0: the current placement (where nothing changed, moves must pay for themselves
+///   against it);
+/// - 1: the rows themselves;
+/// - 2: each job's cheapest node by reduced cost with the ADMM prices, and the same
+///   with the prices sharpened by subgradient steps (Polyak steps towards the first's
+///   objective).
+///
+/// Tasks past [`TASKS`] return an error.
+pub fn round_task(
+    p: &Problem,
+    y: &[Vec<f64>],
+    mu: &[f64],
+    task: usize,
+    polish_passes: u32,
+    price_steps: u32,
+) -> Result<Vec<usize>, PlacementError> {
+    match task {
+        0 => round_guided(p, Guide::Current, polish_passes),
+        1 => round_guided(p, Guide::Rows(y), polish_passes),
+        2 => {
+            let first = round_guided(p, Guide::Prices(mu), polish_passes);
+            // The Polyak target: the better of this guide's and the current placement's
+            // objectives (the current one costs nothing to evaluate, when feasible).
+            let current = p
+                .jobs
+                .iter()
+                .map(|j| j.current.and_then(|c| p.node_index(c)))
+                .collect::<Option<Vec<usize>>>()
+                .and_then(|a| p.objective(&a));
+            let upper = first
+                .as_ref()
+                .ok()
+                .and_then(|a| p.objective(a))
+                .into_iter()
+                .chain(current)
+                .filter(|u| u.is_finite())
+                .reduce(f64::min);
+            let Some(upper) = upper.filter(|_| price_steps > 0) else {
+                return first;
+            };
+            let sharp = refine_prices(p, mu, upper, price_steps);
+            match (first, round_guided(p, Guide::Prices(&sharp), polish_passes)) {
+                (Ok(a), Ok(b)) => {
+                    let (oa, ob) = (p.objective(&a), p.objective(&b));
+                    Ok(
+                        if ob.unwrap_or(f64::INFINITY) < oa.unwrap_or(f64::INFINITY) {
+                            b
+                        } else {
+                            a
+                        },
+                    )
+                }
+                (Ok(a), Err(_)) => Ok(a),
+                (Err(_), Ok(b)) => Ok(b),
+                (Err(e), Err(_)) => Err(e),
+            }
+        }
+        _ => Err(PlacementError::NoIntegerPlacement { job: 0 }),
     }
 }
 

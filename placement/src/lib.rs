@@ -77,8 +77,14 @@
 //! # Integer placement
 //!
 //! Every member's costs and capacity come once per view in its first message, so at the
-//! stop every node rounds the same `Y` and prices `μ` with the same deterministic
-//! procedure ([`integer`]). Four guides are tried and the cheapest result kept: the
+//! stop every node holds the same problem, `Y` and prices `μ`. The rounding ([`integer`])
+//! is split into [`integer::TASKS`] independent tasks, each run by one member (the
+//! lowest ids; member `m` runs tasks `t ≡ m mod N`), which sends its cheapest result as a
+//! candidate; every member validates the candidates (length, member indices, locality,
+//! capacity) against its own problem, recomputes their objectives and keeps the cheapest
+//! (ties to the lower task) — the same choice everywhere, at the cost of one more
+//! exchange, instead of every member repeating the whole search (with all members on one
+//! machine that repetition was most of the CPU). Four guides are tried across the tasks: the
 //! current placement (where nothing changed, a move must pay for itself against it); the
 //! rows themselves (`y > ½`); each job's cheapest node by reduced cost `c[j][n] + μ_n d_j`
 //! with the ADMM prices (they settle long before the rows stop spreading mass over
@@ -88,15 +94,19 @@
 //! first, where they fit; the rest largest first to the cheapest node with room (evicting
 //! one job elsewhere if none has room); a local search of moves, swaps and two-job
 //! ejection chains; then a hysteresis pass that undoes any move whose own gain is below
-//! its margin. Ties go to the lower index. Each node gossips a digest of its placement in
-//! its final message; the round is `Placed` only when every member's digest matches,
-//! `Disagreement` otherwise.
+//! its margin. Ties go to the lower index. (The sharpened prices take their Polyak
+//! target from the better of the ADMM-price guide and the current placement, both known
+//! within the task.) Each node then sends a digest of the placement it chose in its
+//! final message; the round is `Placed` only when every member's digest matches,
+//! `Disagreement` otherwise (a candidate corrupted on its way to some members, or
+//! members that diverged).
 //!
 //! # Robustness
 //!
 //! Messages carry `(round, view, iteration, node)` and are idempotent; early ones are
 //! buffered (bounded), late and duplicated ones ignored, lost ones re-sent on
-//! [`Node::tick`]. The view digest covers the round, membership epoch and set, the jobs
+//! [`Node::tick`] (a node re-sends its last three messages: a peer one step behind can
+//! miss at most its last column, its candidate and its final digest). The view digest covers the round, membership epoch and set, the jobs
 //! and the solver settings, so nodes that disagree on any of these never mix iterates.
 //! Infeasible instances (no allowed node, a job too large for every node it may run on,
 //! more demand than capacity, demand that locality confines to too little capacity —

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{effective_cost, Hysteresis, Job, NodeEnv, NodeId};
+use crate::model::{effective_cost, Hysteresis, Job, JobId, NodeEnv, NodeId};
 
 /// Fixed-point scale of column entries: `x = q / Q`.
 pub const Q: u32 = 65_535;
@@ -55,9 +55,26 @@ pub enum Body {
     /// (the multiplier of its local step, cost units per unit of demand).
     #[serde(rename = "C")]
     Column(Column, f32),
-    /// The sender converged at `iter` and rounded to the placement with this digest.
+    /// The sender stopped at `iter` and ran its share of the rounding (it is one of the
+    /// members with a rounding task, see [`crate::integer::round_task`]): its cheapest
+    /// placement, or why it found none.
+    #[serde(rename = "R")]
+    Candidate(Candidate),
+    /// The sender stopped at `iter` and chose the placement with this digest (the
+    /// cheapest candidate).
     #[serde(rename = "F")]
     Final(u64),
+}
+
+/// A rounding task's result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Candidate {
+    /// The member index (in the sorted member list) of every job, in job order.
+    #[serde(rename = "a")]
+    Placement(Vec<u32>),
+    /// No integer placement: this job fitted nowhere.
+    #[serde(rename = "f")]
+    Failed(JobId),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

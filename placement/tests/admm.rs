@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use placement::msg::{Body, Column, Msg};
+use placement::msg::{Body, Candidate, Column, Msg};
 use placement::sim::{random_instance, Codec, Instance, InstanceOpts, SimConfig, Swarm};
 use placement::{
     Config, Event, Hysteresis, Job, Link, LoadPenalty, Node, NodeEnv, Outcome, PlacementError,
@@ -440,6 +440,146 @@ fn warm_start_next_round_converges_faster_and_keeps_the_placement() {
     );
     // Nothing changed: every move would only add migration and margin.
     assert_eq!(second.moves, 0, "jobs moved with nothing changed");
+}
+
+/// Drive `members` by hand over a lossless bus for round 1 of `inst`; `tamper` may change
+/// (or drop, returning false) each message in transit. Returns every node's event, the
+/// messages sent, and the nodes.
+fn drive(
+    inst: &Instance,
+    members: &[u32],
+    mut tamper: impl FnMut(&mut Msg) -> bool,
+) -> (BTreeMap<u32, Event>, Vec<Msg>, Vec<Node>) {
+    let cfg = Config::default();
+    let mut nodes: Vec<Node> = members
+        .iter()
+        .map(|&id| Node::new(id, cfg.clone()))
+        .collect();
+    for n in &mut nodes {
+        let env = inst.envs[&n.id()].clone();
+        n.start_round(1, 0, members.to_vec(), inst.jobs.clone(), env)
+            .expect("start");
+    }
+    let mut events: BTreeMap<u32, Event> = BTreeMap::new();
+    let mut sent = Vec::new();
+    for _ in 0..400 {
+        let mut msgs = Vec::new();
+        for n in &mut nodes {
+            while let Some(mut m) = n.poll_transmit() {
+                sent.push(m.clone());
+                if tamper(&mut m) {
+                    msgs.push(m);
+                }
+            }
+            while let Some(e) = n.poll_event() {
+                events.insert(n.id(), e);
+            }
+        }
+        if msgs.is_empty() {
+            break;
+        }
+        for m in &msgs {
+            for n in nodes.iter_mut().filter(|n| n.id() != m.from) {
+                n.handle(m.clone());
+            }
+        }
+    }
+    for n in &mut nodes {
+        while let Some(e) = n.poll_event() {
+            events.insert(n.id(), e);
+        }
+    }
+    (events, sent, nodes)
+}
+
+/// The rounding runs on the task holders only (the first `TASKS` members), each once;
+/// every member still ends with the same placement, the one the whole search gives.
+#[test]
+fn rounding_runs_once_per_task_on_the_holders_only() {
+    let inst = random_instance(21, 8, 40, &InstanceOpts::default());
+    let members: Vec<u32> = inst.envs.keys().copied().collect();
+    let (events, sent, nodes) = drive(&inst, &members, |_| true);
+    let senders: Vec<u32> = sent
+        .iter()
+        .filter(|m| matches!(m.body, Body::Candidate(_)))
+        .map(|m| m.from)
+        .collect();
+    assert_eq!(
+        senders,
+        members[..placement::integer::TASKS].to_vec(),
+        "candidates from the holders, once each"
+    );
+    let digests: Vec<u64> = events
+        .values()
+        .map(|e| match e {
+            Event::Placed(o) => o.digest,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(digests.len(), members.len());
+    assert!(digests.windows(2).all(|w| w[0] == w[1]), "{digests:?}");
+    // The agreed placement is the cheapest of all tasks run in one place.
+    let Event::Placed(o) = &events[&members[0]] else {
+        unreachable!()
+    };
+    let p = nodes[0].problem().expect("problem");
+    let assign: Vec<usize> = o
+        .placement
+        .iter()
+        .map(|&(_, n)| p.node_index(n).expect("member"))
+        .collect();
+    assert_eq!(p.objective(&assign), Some(o.objective));
+}
+
+/// A task holder's candidate corrupted in transit (an infeasible placement, then one of
+/// the wrong length): every receiver rejects it; the holder itself chose from its own
+/// copy, so if that changes the choice the final digests expose it (`Disagreement`) —
+/// no two nodes may report different placements as agreed.
+#[test]
+fn corrupted_candidates_are_rejected_and_never_split_the_swarm_silently() {
+    let inst = random_instance(22, 5, 30, &InstanceOpts::default());
+    let members: Vec<u32> = inst.envs.keys().copied().collect();
+    let holder = members[1];
+    for corrupt in [
+        (|a: &mut Vec<u32>| a.iter_mut().for_each(|n| *n = 0)) as fn(&mut Vec<u32>),
+        |a: &mut Vec<u32>| {
+            a.pop();
+        },
+        |a: &mut Vec<u32>| a[0] = 999,
+    ] {
+        let (events, _, nodes) = drive(&inst, &members, |m| {
+            if let (true, Body::Candidate(Candidate::Placement(a))) =
+                (m.from == holder, &mut m.body)
+            {
+                corrupt(a);
+            }
+            true
+        });
+        assert_eq!(events.len(), members.len(), "every node ends the round");
+        for n in nodes.iter().filter(|n| n.id() != holder) {
+            assert!(
+                n.stats().rejected >= 1,
+                "node {} took the corrupt candidate",
+                n.id()
+            );
+        }
+        let placed: Vec<u64> = events
+            .values()
+            .filter_map(|e| match e {
+                Event::Placed(o) => Some(o.digest),
+                _ => None,
+            })
+            .collect();
+        let disagreed = events
+            .values()
+            .filter(|e| matches!(e, Event::Disagreement { .. }))
+            .count();
+        assert_eq!(placed.len() + disagreed, members.len(), "{events:?}");
+        assert!(
+            placed.windows(2).all(|w| w[0] == w[1]),
+            "nodes placed differently without noticing: {events:?}"
+        );
+    }
 }
 
 /// Drive nodes by hand: forge one node's final digest; every other node must detect it.

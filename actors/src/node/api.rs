@@ -208,6 +208,11 @@ pub async fn route_mesh_events(node: NodeHandle, mut events: mpsc::Receiver<Mesh
                 data,
                 ..
             } => node.solver.do_send(PlacementGossip { source, data }),
+            MeshEvent::Direct {
+                topic: Topic::Placement,
+                peer,
+                data,
+            } => node.solver.do_send(PlacementGossip { source: peer, data }),
             MeshEvent::Link { peer, report } => {
                 // A ping answered is a sign of life, like a heartbeat.
                 node.recovery.do_send(super::recovery::Pinged(peer));

@@ -379,7 +379,7 @@ impl Handler<ProposalSeen> for Solver {
     }
 }
 
-/// Placement gossip for the running round.
+/// A placement message (direct or gossip) for the running round.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct PlacementGossip {
@@ -392,7 +392,7 @@ impl Handler<PlacementGossip> for Solver {
     fn handle(&mut self, m: PlacementGossip, _: &mut Context<Self>) {
         if let Some((_, tx)) = &self.admm.active {
             // A full queue drops the message; the core's probes recover it.
-            let _ = tx.try_send(Input::Gossip {
+            let _ = tx.try_send(Input::Message {
                 source: m.source,
                 data: m.data,
             });
