@@ -300,6 +300,7 @@ mod tests {
                 uptime_ms: 65_000,
                 sched: None,
                 recovery: Default::default(),
+                postcopy: Vec::new(),
             },
             peers: vec![PeerRow {
                 peer: "12D3KooWzyxwvutsrqponm".into(),

@@ -602,14 +602,14 @@ impl Migrator {
                             started_ms: self.shared.now_ms(),
                             ..Default::default()
                         };
-                        actix::spawn(super::postcopy::pull(
-                            self.shared.clone(),
+                        let ctx = super::postcopy::PullCtx {
+                            shared: self.shared.clone(),
+                            scheduler: self.scheduler.clone(),
                             peer,
-                            fill,
-                            order,
-                            self.pulls.clone(),
-                            status,
-                        ));
+                            pulls: self.pulls.clone(),
+                            generation,
+                        };
+                        actix::spawn(super::postcopy::pull(ctx, fill, order, status));
                     }
                 }
                 DestAction::DiscardRestored => self.control(job, Op::DiscardRestored),

@@ -82,6 +82,9 @@ pub struct Shared {
     pub published: Mutex<recovery::Published>,
     /// Set once the node drains (it then takes no replica and resumes nothing).
     pub draining: std::sync::atomic::AtomicBool,
+    /// Jobs lost here without ending (post-copy failed), with their generation; the
+    /// Scheduler adds them, Recovery has them resumed elsewhere.
+    pub abandoned: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 impl Shared {
@@ -310,6 +313,7 @@ pub async fn start(config: NodeConfig, host: Arc<Host>) -> anyhow::Result<NodeHa
         incarnation: rand::random(),
         published: Mutex::new(recovery::Published::default()),
         draining: std::sync::atomic::AtomicBool::new(false),
+        abandoned: Mutex::new(Default::default()),
     });
     let links = link::LinkMonitor::new(shared.clone()).start();
     let scheduler = scheduler::Scheduler::new(shared.clone()).start();

@@ -135,17 +135,29 @@ async fn fetch_into(
     Ok(want)
 }
 
+/// Who pulls, from where, for which generation of the job.
+pub struct PullCtx {
+    pub shared: Arc<super::Shared>,
+    pub scheduler: actix::Addr<super::scheduler::Scheduler>,
+    /// The source of the move.
+    pub peer: PeerId,
+    pub pulls: Pulls,
+    /// The generation the job runs at here.
+    pub generation: u64,
+}
+
 /// Pulls the deferred chunks of a post-copy move into the job's memory; see the
 /// module doc. `order` is the source's (hottest first). Ends when every chunk is in,
 /// or fails the memory (and so the job) when one cannot be had.
-pub async fn pull(
-    shared: Arc<super::Shared>,
-    peer: PeerId,
-    fill: LazyFill,
-    order: Vec<ChunkId>,
-    pulls: Pulls,
-    status: PullStatus,
-) {
+pub async fn pull(ctx: PullCtx, fill: LazyFill, order: Vec<ChunkId>, status: PullStatus) {
+    let PullCtx {
+        shared,
+        scheduler,
+        peer,
+        pulls,
+        generation,
+    } = ctx;
+    let job = status.job.clone();
     let (mesh, store) = (shared.mesh.clone(), shared.store.clone());
     let started = Instant::now();
     let index = {
@@ -240,6 +252,14 @@ pub async fn pull(
         }
         Err(e) => {
             tracing::warn!(%e, "post-copy failed: the job stops here and is recovered from its newest replicated checkpoint");
+            // First give the job up (so its stop is not taken for its end), then
+            // poison and release it.
+            let _ = scheduler
+                .send(super::scheduler::Abandon {
+                    job: job.clone(),
+                    generation,
+                })
+                .await;
             sink.fill.fail();
         }
     }

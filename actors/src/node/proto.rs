@@ -172,6 +172,10 @@ pub struct Heartbeat {
     /// Jobs that ended here recently (nobody must recover them).
     #[serde(default)]
     pub ended: Vec<String>,
+    /// Jobs this node lost without ending them (a post-copy whose memory could not be
+    /// completed), with the generation it ran: recover them as if the node had died.
+    #[serde(default)]
+    pub abandoned: Vec<(String, u64)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -287,15 +291,24 @@ impl Heartbeat {
         if h.name.len() > 64 || !h.load.is_finite() || !h.speed.is_finite() {
             return Err(ProtoError::Invalid("bad name, load or speed".into()));
         }
-        if h.holdings.len() > MAX_HEARTBEAT_JOBS || h.ended.len() > MAX_HEARTBEAT_ENDED {
+        if h.holdings.len() > MAX_HEARTBEAT_JOBS
+            || h.ended.len() > MAX_HEARTBEAT_ENDED
+            || h.abandoned.len() > MAX_HEARTBEAT_ENDED
+        {
             return Err(ProtoError::Invalid(
-                "too many holdings or ended jobs".into(),
+                "too many holdings, ended or abandoned jobs".into(),
             ));
         }
         for j in &h.jobs {
             check_job(&j.job)?;
         }
-        for j in h.holdings.iter().map(|(j, _)| j).chain(&h.ended) {
+        for j in h
+            .holdings
+            .iter()
+            .map(|(j, _)| j)
+            .chain(&h.ended)
+            .chain(h.abandoned.iter().map(|(j, _)| j))
+        {
             check_job(j)?;
         }
         Ok(h)
@@ -339,6 +352,7 @@ mod tests {
             incarnation: 0,
             holdings: vec![],
             ended: vec![],
+            abandoned: vec![],
         };
         assert!(Heartbeat::decode(&encode(&hb)).is_err());
     }

@@ -55,7 +55,12 @@ const GC_EVERY_MS: u64 = 2_000;
 pub struct Published {
     pub holdings: Vec<(String, CheckpointRef)>,
     pub ended: Vec<String>,
+    pub abandoned: Vec<(String, u64)>,
 }
+
+/// `Placed::incarnation` of a job its node gave up (see `Heartbeat::abandoned`): the
+/// node no longer counts as its owner.
+const ABANDONED: u64 = u64::MAX;
 
 /// One peer as its heartbeats describe it.
 struct Peer {
@@ -243,8 +248,18 @@ impl Recovery {
         holdings.truncate(super::proto::MAX_HEARTBEAT_JOBS);
         let mut ended: Vec<String> = ended_here.to_vec();
         ended.truncate(super::proto::MAX_HEARTBEAT_ENDED);
+        let abandoned: Vec<(String, u64)> = self
+            .shared
+            .abandoned
+            .lock()
+            .map(|a| a.iter().map(|(j, g)| (j.clone(), *g)).collect())
+            .unwrap_or_default();
         if let Ok(mut p) = self.shared.published.lock() {
-            *p = Published { holdings, ended };
+            *p = Published {
+                holdings,
+                ended,
+                abandoned,
+            };
         }
     }
 
@@ -442,13 +457,19 @@ impl Recovery {
         let jobs: Vec<(String, Placed)> = self
             .placed
             .iter()
-            .filter(|(j, p)| p.node != self.me && !here.contains(*j))
+            .filter(|(j, p)| {
+                (p.node != self.me || p.incarnation == ABANDONED) && !here.contains(*j)
+            })
             .filter(|(j, _)| !self.ended.contains(*j) && !self.resuming.contains(*j))
             .map(|(j, p)| (j.clone(), p.clone()))
             .collect();
         for (job, placed) in jobs {
             let owner_peer = self.peers.get(&placed.node);
             let still_owner = match owner_peer {
+                // Gave the job up (its post-copy failed): not the owner, unless it
+                // runs the job again (listed).
+                Some(p) if placed.incarnation == ABANDONED => p.jobs.contains_key(&job),
+                _ if placed.incarnation == ABANDONED => false,
                 // Restarted since (new incarnation) and no longer lists the job: gone.
                 Some(p) => p.incarnation == placed.incarnation || p.jobs.contains_key(&job),
                 None => true,
@@ -687,6 +708,16 @@ impl Handler<Observed> for Recovery {
         for job in &m.ended {
             self.remember_ended(job);
         }
+        let abandoned: Vec<(String, u64)> = self
+            .shared
+            .abandoned
+            .lock()
+            .map(|a| a.iter().map(|(j, g)| (j.clone(), *g)).collect())
+            .unwrap_or_default();
+        for (job, generation) in abandoned {
+            let me = self.me.clone();
+            self.mark_abandoned(&job, &me, generation);
+        }
         self.mine = m
             .jobs
             .iter()
@@ -733,6 +764,9 @@ impl Handler<Seen> for Recovery {
         self.members.insert(node.clone());
         for job in &hb.ended {
             self.remember_ended(job);
+        }
+        for (job, generation) in &hb.abandoned {
+            self.mark_abandoned(job, &node, *generation);
         }
         let jobs: HashMap<String, (u64, String)> = hb
             .jobs
@@ -800,13 +834,37 @@ impl Handler<Seen> for Recovery {
 }
 
 impl Recovery {
+    /// `node` gave `job` up at `generation`: it no longer owns it (if nobody runs a
+    /// newer generation), so `recover` treats it like a dead owner.
+    fn mark_abandoned(&mut self, job: &str, node: &NodeId, generation: u64) {
+        if self.ended.contains(job) {
+            return;
+        }
+        // Possibly before any heartbeat showed it running there: the abandoned
+        // generation is known now, and the recovered copy must come after it.
+        if self
+            .placed
+            .get(job)
+            .is_none_or(|p| p.generation <= generation)
+        {
+            self.placed.insert(
+                job.to_string(),
+                Placed {
+                    node: node.clone(),
+                    generation,
+                    incarnation: ABANDONED,
+                },
+            );
+        }
+    }
+
     /// `node` (in `incarnation`) runs `job` at `generation`: remembered unless a newer
     /// generation is known to run elsewhere.
     fn place(&mut self, job: &str, node: NodeId, generation: u64, incarnation: u64) {
-        let newer = self
-            .placed
-            .get(job)
-            .is_none_or(|p| p.generation <= generation);
+        // A stale heartbeat of an abandoned copy does not make its node the owner again.
+        let newer = self.placed.get(job).is_none_or(|p| {
+            p.generation < generation || (p.generation == generation && p.incarnation != ABANDONED)
+        });
         if newer {
             self.placed.insert(
                 job.to_string(),

@@ -311,6 +311,38 @@ impl Handler<Runner> for Scheduler {
     }
 }
 
+/// Give a job up without ending it: its memory could not be completed after a
+/// post-copy move (the job is poisoned and stops by itself). It is not reported as
+/// ended; crash recovery resumes it elsewhere from its newest replicated checkpoint.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Abandon {
+    pub job: String,
+    pub generation: u64,
+}
+
+impl Handler<Abandon> for Scheduler {
+    type Result = ();
+
+    fn handle(&mut self, m: Abandon, _: &mut Context<Self>) {
+        if self
+            .jobs
+            .get(&m.job)
+            .is_some_and(|e| e.generation == m.generation)
+        {
+            self.jobs.remove(&m.job);
+            tracing::warn!(job = %m.job, generation = m.generation, node = %self.shared.name,
+                "job abandoned here: recovery resumes it from a replicated checkpoint");
+            if let Ok(mut a) = self.shared.abandoned.lock() {
+                a.insert(m.job, m.generation);
+                while a.len() > 16 {
+                    a.pop_first();
+                }
+            }
+        }
+    }
+}
+
 /// The jobs here (running, paused, restored), newest state.
 #[derive(Message)]
 #[rtype(result = "Vec<JobSummary>")]

@@ -435,6 +435,7 @@ impl Handler<Observed> for Solver {
             incarnation: self.shared.incarnation,
             holdings: published.holdings,
             ended: published.ended,
+            abandoned: published.abandoned,
             jobs: m
                 .jobs
                 .iter()
