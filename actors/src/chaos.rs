@@ -1824,6 +1824,71 @@ mod tests {
     }
 
     #[test]
+    fn a_stopped_node_runs_nothing_until_it_lists_its_jobs_running_again() {
+        let mut o = Observer::default();
+        o.submitted(0, "a", "n1");
+        o.submitted(0, "b", "n1");
+        o.saw(10, "n1", &[job("a", 0, "running"), job("b", 0, "paused")]);
+        o.paused(100, "n1");
+        o.paused(150, "n1");
+        assert_eq!(
+            o.in_play(5000, 10),
+            ["a", "b"],
+            "a stopped node holds its jobs"
+        );
+        // Meanwhile a runs elsewhere at a newer generation: no overlap.
+        o.saw(4000, "n2", &[job("a", 1, "running")]);
+        // Back (SIGCONT): n1 dropped a, and b runs again.
+        o.saw(6000, "n1", &[job("b", 0, "running")]);
+        let runs: Vec<(&str, &str, u64, u64)> = o
+            .facts()
+            .iter()
+            .filter_map(|f| match f {
+                Fact::Started { job, at_ms, .. } => Some(("start", job.as_str(), *at_ms, 0)),
+                Fact::Stopped {
+                    job,
+                    node,
+                    at_ms,
+                    generation,
+                } if node.as_str() == "n1" => Some(("stop", job.as_str(), *at_ms, *generation)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            runs,
+            [
+                ("start", "a", 10, 0),
+                ("stop", "a", 100, 0),
+                ("start", "a", 4000, 0),
+                ("start", "b", 6000, 0),
+            ],
+            "stopping stops a running copy once; dropping it later stops nothing more"
+        );
+        assert!(check(o.facts()).duplicate_generations.is_empty());
+    }
+
+    #[test]
+    fn level_2_refuses_shaped_links_and_level_3_is_not_there_yet() {
+        assert!(check_level(&shipped("smoke.toml"), 2).is_ok());
+        assert!(check_level(&shipped("level2.toml"), 2).is_ok());
+        assert!(check_level(&shipped("churn.toml"), 1).is_ok());
+        let e = check_level(&shipped("churn.toml"), 2)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cannot shape links")
+                && e.contains("4 shaped-link event(s)")
+                && e.contains("level 3"),
+            "{e}"
+        );
+        let e = check_level(&shipped("smoke.toml"), 3)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not implemented"), "{e}");
+        assert!(check_level(&shipped("smoke.toml"), 0).is_err());
+    }
+
+    #[test]
     fn a_generation_on_two_nodes_and_a_lost_job_are_reported() {
         let mut o = Observer::default();
         o.submitted(0, "a", "n1");

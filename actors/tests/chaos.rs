@@ -4,9 +4,15 @@
 //! do hold: no generation on two nodes at once, no output byte delivered twice, every
 //! finished job's output bit-identical to a straight run. That every job *finished*
 //! is asserted only with `ROAM_CHAOS_STRICT=1` (turn it on once crash recovery is in).
+//!
+//! At level 2 (a `roam node` process per node): `configs/chaos/level2.toml` (seeded:
+//! a partition, a SIGKILL and restart, a SIGSTOP and SIGCONT) keeps every invariant,
+//! and the node processes and their directories are gone afterwards, also when the
+//! run is interrupted.
 
+use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use recovery::Report;
 
@@ -135,7 +141,7 @@ fn smoke_scenario_plays_its_timeline_and_keeps_the_invariants() {
 }
 
 #[test]
-fn a_disrupted_home_and_level_2_are_refused_before_anything_starts() {
+fn a_disrupted_home_shaped_links_at_level_2_and_level_3_are_refused_before_anything_starts() {
     let out = roam()
         .args(["chaos", "--home", "n1", "configs/chaos/smoke.toml"])
         .output()
@@ -148,13 +154,29 @@ fn a_disrupted_home_and_level_2_are_refused_before_anything_starts() {
     );
     assert!(stderr.contains("not replicated"), "{stderr}");
 
+    // Level 2 cannot shape links: churn.toml's delay, loss and rate are refused,
+    // naming level 3; level 3 is not there yet. Nothing starts either way.
     let out = roam()
-        .args(["chaos", "--level", "2", "configs/chaos/smoke.toml"])
+        .args(["chaos", "--level", "2", "configs/chaos/churn.toml"])
         .output()
         .expect("roam runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("only level 1"), "{stderr}");
+    assert!(
+        stderr.contains("--level 2 cannot shape links") && stderr.contains("level 3"),
+        "{stderr}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("nodes up"),
+        "refused before anything starts"
+    );
+    let out = roam()
+        .args(["chaos", "--level", "3", "configs/chaos/smoke.toml"])
+        .output()
+        .expect("roam runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("not implemented"), "{stderr}");
 
     let out = roam()
         .args(["chaos", "configs/chaos/nope.toml"])
@@ -162,6 +184,139 @@ fn a_disrupted_home_and_level_2_are_refused_before_anything_starts() {
         .expect("roam runs");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope.toml"));
+}
+
+#[test]
+fn level_2_plays_a_seeded_scenario_on_node_processes_and_keeps_every_invariant() {
+    let guests = workspace().join("guests/out");
+    for g in ["autopilot", "tracker"] {
+        let p = guests.join(format!("{g}.wasm"));
+        assert!(p.exists(), "{}: run scripts/build-guests", p.display());
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let svg = dir.path().join("level2.svg");
+    let child = roam()
+        .args(["chaos", "--level", "2", "--wait-ms", "60000", "--timeline"])
+        .arg(&svg)
+        .arg("configs/chaos/level2.toml")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("roam runs");
+    let harness = child.id();
+    let out = child.wait_with_output().expect("roam ends");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let ctx = || {
+        format!(
+            "stdout:\n{stdout}\nstderr (last 3000 bytes):\n{}",
+            tail(&stderr)
+        )
+    };
+    assert!(
+        stdout.contains("nodes up on 127.0.0.1 (level 2: a process per node), home n1"),
+        "{}",
+        ctx()
+    );
+
+    let last = stdout.lines().last().unwrap_or_default();
+    let v: serde_json::Value =
+        serde_json::from_str(last).unwrap_or_else(|e| panic!("last line: {e}\n{}", ctx()));
+    let report: Report = serde_json::from_value(v["report"].clone())
+        .unwrap_or_else(|e| panic!("report: {e}\n{}", ctx()));
+    assert_eq!((&v["scenario"], &v["level"]), (&"level2".into(), &2.into()));
+
+    // The seed's timeline, in order, as far as it was played (it stops early when
+    // every job finished first).
+    let events = [
+        "] partition {n2} | {n1,n3}",
+        "] heal",
+        "] kill n3 (SIGKILL)",
+        "] restart n3 (a new process: same config, identity and on-disk store)",
+        "] pause n3 (SIGSTOP",
+        "] resume n3",
+    ];
+    let not_played = v["not_played"].as_u64().unwrap_or(u64::MAX) as usize;
+    assert!(not_played <= 2, "the kill is always played\n{}", ctx());
+    let mut at = 0;
+    for ev in &events[..events.len() - not_played] {
+        let pos = stdout[at..]
+            .find(ev)
+            .unwrap_or_else(|| panic!("`{ev}` not played after byte {at}\n{}", ctx()));
+        at += pos + ev.len();
+    }
+    assert_eq!(v["kills"], 1, "{}", ctx());
+    assert_eq!(v["partitions"], 1, "{}", ctx());
+
+    // Every invariant: recovery is in, so every job finishes too.
+    assert_eq!(report.jobs, 3);
+    assert!(report.ok(), "{report}\n{}", ctx());
+    assert_eq!(v["outputs_identical"], true, "{}", ctx());
+    assert_eq!(out.status.code(), Some(0), "{}", ctx());
+
+    let drawn = std::fs::read_to_string(&svg).expect("the SVG is written");
+    assert!(drawn.contains("n3 killed"), "the kill is drawn");
+
+    // Nothing is left behind: no node process, no scratch directory.
+    assert_eq!(leftovers(harness), (Vec::new(), Vec::new()));
+}
+
+#[test]
+fn level_2_interrupted_kills_its_node_processes_and_removes_their_directories() {
+    let mut child = roam()
+        .args(["chaos", "--level", "2", "configs/chaos/smoke.toml"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("roam runs");
+    let harness = child.id();
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut seen = String::new();
+    for line in BufReader::new(stdout).lines() {
+        let Ok(line) = line else { break };
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("jobs started") {
+            break;
+        }
+    }
+    assert!(seen.contains("jobs started"), "{seen}");
+    let (procs, dirs) = leftovers(harness);
+    assert_eq!(procs.len(), 3, "a process per node: {procs:?}");
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+
+    let pid = i32::try_from(harness).expect("pid");
+    // SAFETY: kill(2) on our own child, not reaped yet.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let out = child.wait_with_output().expect("roam ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert_eq!(leftovers(harness), (Vec::new(), Vec::new()), "{stderr}");
+}
+
+/// The node processes and scratch directories a level-2 run by `harness` has (the
+/// directory is `roam-chaos2-PID-…` in the temp dir, and every node's command line
+/// names its config there).
+fn leftovers(harness: u32) -> (Vec<u32>, Vec<PathBuf>) {
+    let mark = format!("roam-chaos2-{harness}-");
+    let mut procs = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&mark) {
+            procs.push(pid);
+        }
+    }
+    let dirs = std::fs::read_dir(std::env::temp_dir())
+        .expect("temp dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&mark))
+        .map(|e| e.path())
+        .collect();
+    (procs, dirs)
 }
 
 fn tail(s: &str) -> &str {
