@@ -1,5 +1,6 @@
-//! `roam chaos` at level 1: a scripted chaos run (`configs/chaos/NAME.toml`, see
-//! [`recovery::scenario`]) against a swarm of in-process nodes on 127.0.0.1, checked
+//! `roam chaos`: a scripted chaos run (`configs/chaos/NAME.toml`, see
+//! [`recovery::scenario`]) against a swarm on 127.0.0.1 — at level 1 nodes in this
+//! process, at level 2 a `roam node` process per node ([`procs`]) — checked
 //! afterwards by [`recovery::invariants`].
 //!
 //! Killing nodes proves nothing unless something watches what happened to the jobs,
@@ -12,17 +13,23 @@
 //!   ([`recovery_times`]), and the SVG [`Timeline`] ([`draw`]);
 //! - **the shell** ([`run`]): starts `n1`..`nN` (and a gateway, see [`Home`]), submits
 //!   the jobs from the home, plays the timeline, and every [`ChaosOptions::observe_every`]
-//!   asks every live node's scheduler which jobs it holds at which generation and
-//!   follows each job's output at the home by offset, as `roam logs --follow` does.
+//!   asks every live node which jobs it holds at which generation and follows each
+//!   job's output at the home by offset, as `roam logs --follow` does. One driver
+//!   does this for every level; what differs — starting the swarm, injecting each
+//!   fault, asking a node — is behind the [`Level`] trait.
 //!
-//! Level 1 injects faults where one process can: a **kill** is
+//! Level 1 ([`InProcess`]) injects faults where one process can: a **kill** is
 //! [`NodeHandle::shutdown`] (its jobs and its mesh stop; the others see it die), a
 //! **restart** starts a fresh node with the same name, config and identity (its store
 //! is in memory, so it comes back empty), a **partition** makes the nodes on either
 //! side of the cut block each other in the mesh ([`mesh::MeshHandle::set_blocked`]),
 //! and a **pause** blocks the node from every peer and every peer from it — unlike
 //! SIGSTOP its jobs keep computing, they just cannot be heard. Delay, loss and rate
-//! need network namespaces (level 2) and are skipped with a line saying so.
+//! need network namespaces and are skipped with a line saying so.
+//!
+//! Level 2 ([`procs::Processes`]) does it to processes: SIGKILL, the same process
+//! started again on its on-disk store, SIGSTOP/SIGCONT, and partitions through each
+//! node's `POST /chaos/block`; it refuses delay, loss and rate ([`check_level`]).
 //!
 //! The home's log book is not replicated: a home that dies or is cut into a minority
 //! loses output, whatever recovery does. So the home must be a node the timeline never
@@ -172,7 +179,7 @@ pub fn choose_home(sc: &Scenario, choice: &HomeChoice) -> anyhow::Result<Home> {
                 };
                 anyhow::bail!(
                     "--home {n}: the timeline disrupts it ({why}). The home collects every \
-                     job's output in its log book, which is not replicated, so at level 1 it \
+                     job's output in its log book, which is not replicated, so it \
                      must never be killed, paused or cut into a minority ({others}; or use \
                      --home gateway, an extra job-less node)"
                 );
@@ -672,7 +679,7 @@ pub struct ChaosRun {
     pub restarts: usize,
     pub pauses: usize,
     pub partitions: usize,
-    /// Events level 1 cannot play (delay, loss, rate).
+    /// Events the level skipped (delay, loss, rate at level 1).
     pub skipped: Vec<String>,
     /// Events not played because every job had finished.
     pub not_played: usize,
@@ -883,7 +890,7 @@ pub(crate) trait Level {
 }
 
 /// Level 1: every node in this process (see the module doc).
-struct InProcess {
+pub(crate) struct InProcess {
     host: Arc<Host>,
     home: NodeHandle,
     gateway: bool,
