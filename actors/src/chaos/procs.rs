@@ -177,7 +177,7 @@ impl Processes {
         let others = names.len() - 1;
         for name in names {
             swarm
-                .until(name, deadline, |p| {
+                .until(name, deadline, "seeing every other node", |p| {
                     let peers: Vec<PeerRow> = get(p.api, "/peers", ASK_TIMEOUT)?.json()?;
                     let seen = peers
                         .iter()
@@ -200,11 +200,12 @@ impl Processes {
     }
 
     /// Retries `f` on `name`'s node every 100 ms until it succeeds or `deadline`
-    /// passes; fails at once if the process exits.
+    /// passes (`what` it was waiting for); fails at once if the process exits.
     async fn until<T>(
         &mut self,
         name: &str,
         deadline: Instant,
+        what: &str,
         f: impl Fn(&Proc) -> anyhow::Result<T>,
     ) -> anyhow::Result<T> {
         loop {
@@ -227,8 +228,7 @@ impl Processes {
                     }
                     if Instant::now() > deadline {
                         return Err(e.context(format!(
-                            "node {name} not ready within {} s; the end of {}:\n{}",
-                            START_TIMEOUT.as_secs(),
+                            "node {name} not {what} in time; the end of {}:\n{}",
                             p.log.display(),
                             tail(&p.log)
                         )));
