@@ -57,6 +57,7 @@ use crate::node::proto::{JobSummary, LogSlice, StreamKind};
 use crate::node::{self, scheduler, NodeHandle};
 use crate::timeline::{Timeline, What};
 
+pub mod netns;
 pub mod procs;
 
 /// The name of the extra, job-less home node (see [`Home::Gateway`]).
@@ -679,6 +680,8 @@ pub struct ChaosRun {
     pub restarts: usize,
     pub pauses: usize,
     pub partitions: usize,
+    /// Links shaped (delay, loss, rate; level 3).
+    pub shaped: usize,
     /// Events the level skipped (delay, loss, rate at level 1).
     pub skipped: Vec<String>,
     /// Events not played because every job had finished.
@@ -728,6 +731,7 @@ impl ChaosRun {
             "restarts": self.restarts,
             "pauses": self.pauses,
             "partitions": self.partitions,
+            "shaped": self.shaped,
             "skipped": self.skipped.len(),
             "not_played": self.not_played,
             "ok": r.ok(),
@@ -840,14 +844,14 @@ impl Drop for Scratch {
 /// injected and how the nodes are asked what they hold. [`run`] plays the timeline
 /// and keeps the books ([`Observer`], marks, counts) the same way at every level.
 pub(crate) trait Level {
-    /// The level's number, for the report.
-    const LEVEL: u8;
-    /// What the level is, for the first line ("one process", ...).
-    const WHAT: &'static str;
     /// Whether a paused node's jobs stop computing (SIGSTOP) rather than keep
     /// computing unheard (level 1's cut).
     const PAUSE_FREEZES: bool;
 
+    /// The level's number, for the report.
+    fn level(&self) -> u8;
+    /// What the level is, for the first line ("level 1: one process", ...).
+    fn what(&self) -> &'static str;
     /// Whether `node` is running (started and not killed; it may be paused).
     fn is_live(&self, node: &str) -> bool;
     /// Starts a job from the home; returns its id.
@@ -878,6 +882,9 @@ pub(crate) trait Level {
         nodes: usize,
     ) -> anyhow::Result<Vec<String>>;
     async fn heal(&mut self) -> anyhow::Result<()>;
+    /// Shapes a link (delay, loss, rate); returns the line to print, or `None` when
+    /// the level skips it.
+    async fn shape(&mut self, e: &Event) -> anyhow::Result<Option<String>>;
     /// Checkpoints replicas acknowledged: (job, holder, checkpoint).
     async fn acks(&mut self) -> Vec<(String, String, recovery::CheckpointRef)>;
     /// Housekeeping between observations (the job threads' priority).
@@ -996,9 +1003,15 @@ impl InProcess {
 }
 
 impl Level for InProcess {
-    const LEVEL: u8 = 1;
-    const WHAT: &'static str = "level 1: one process";
     const PAUSE_FREEZES: bool = false;
+
+    fn level(&self) -> u8 {
+        1
+    }
+
+    fn what(&self) -> &'static str {
+        "level 1: one process, on 127.0.0.1"
+    }
 
     fn is_live(&self, node: &str) -> bool {
         self.live.contains_key(node)
@@ -1102,6 +1115,10 @@ impl Level for InProcess {
         self.apply_cut().await?;
         self.reconnect().await;
         Ok(())
+    }
+
+    async fn shape(&mut self, _e: &Event) -> anyhow::Result<Option<String>> {
+        Ok(None)
     }
 
     async fn acks(&mut self) -> Vec<(String, String, recovery::CheckpointRef)> {
@@ -1242,21 +1259,21 @@ pub fn check_level(sc: &Scenario, level: u8) -> anyhow::Result<()> {
                     "--level 2 cannot shape links: {} shaped-link event(s) ({first}{}). Level 2 \
                      runs every node as a process on 127.0.0.1, where delay, loss and rate \
                      cannot be set per pair of nodes; they need level 3 (network namespaces \
-                     with tc), which is not implemented yet. Remove those events or use \
-                     --level 1 (which skips them)",
+                     with tc, --level 3). Remove those events or use --level 1 (which skips \
+                     them)",
                     shaped.len(),
                     if shaped.len() > 1 { ", ..." } else { "" }
                 );
             }
             Ok(())
         }
-        3 => anyhow::bail!(
-            "--level 3 (nodes in network namespaces, links shaped with tc) is not \
-             implemented yet; levels 1 (one process) and 2 (a process per node) are"
+        // Root, iproute2 and (for delay and loss) netem are checked when the
+        // namespaces are made, before any node starts.
+        3 => Ok(()),
+        n => anyhow::bail!(
+            "--level {n}: the levels are 1 (one process), 2 (a process per node) and 3 (a \
+             process per node in a network namespace)"
         ),
-        n => {
-            anyhow::bail!("--level {n}: the levels are 1 (one process) and 2 (a process per node)")
-        }
     }
 }
 
@@ -1298,10 +1315,16 @@ pub async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosRun> {
         host: &host,
         started,
     };
-    if opts.level == 2 {
-        // Its drop ends every node process and removes their directories, also when
-        // the run fails or is dropped (Ctrl-C).
-        let mut level = procs::Processes::start(&names, home_at.name(), gateway).await?;
+    if opts.level >= 2 {
+        let need_netem = sc
+            .timeline()
+            .iter()
+            .any(|te| matches!(te.event, Event::Delay { .. } | Event::Loss { .. }));
+        // Its drop ends every node process and removes their directories (and
+        // namespaces), also when the run fails or is dropped (Ctrl-C).
+        let mut level =
+            procs::Processes::start(opts.level, &names, home_at.name(), gateway, need_netem)
+                .await?;
         run.drive(&mut level).await
     } else {
         let mut level = InProcess::start(&host, &names, home_at.name(), gateway).await?;
@@ -1330,10 +1353,10 @@ impl Run<'_> {
             t0: self.started,
         };
         say.line(format!(
-            "{}: {} nodes up on 127.0.0.1 ({}), home {}{}",
+            "{}: {} nodes up ({}), home {}{}",
             sc.name,
             sc.nodes,
-            L::WHAT,
+            level.what(),
             home_at.name(),
             if gateway {
                 " (an extra job-less gateway: every node is disrupted by this timeline)"
@@ -1386,7 +1409,7 @@ impl Run<'_> {
         // Open cuts: the partition's mark and each paused node's, by index in `marks`.
         let mut open_partition: Option<usize> = None;
         let mut open_pauses: BTreeMap<String, usize> = BTreeMap::new();
-        let (mut restarts, mut pauses, mut partitions) = (0usize, 0usize, 0usize);
+        let (mut restarts, mut pauses, mut partitions, mut shaped) = (0usize, 0, 0, 0);
         let mut skipped = Vec::new();
         let mut acked = BTreeSet::new();
         let mut not_played = 0usize;
@@ -1480,11 +1503,19 @@ impl Run<'_> {
                         say.line("heal");
                     }
                     e @ (Event::Delay { .. } | Event::Loss { .. } | Event::Rate { .. }) => {
-                        say.line(format!(
-                            "{e}: skipped at level {}: needs namespaces",
-                            L::LEVEL
-                        ));
-                        skipped.push(e.to_string());
+                        match level.shape(e).await? {
+                            Some(line) => {
+                                shaped += 1;
+                                say.line(line);
+                            }
+                            None => {
+                                say.line(format!(
+                                    "{e}: skipped at level {}: needs namespaces",
+                                    level.level()
+                                ));
+                                skipped.push(e.to_string());
+                            }
+                        }
                     }
                 }
                 slow(took, || te.event.to_string());
@@ -1590,13 +1621,14 @@ impl Run<'_> {
             "roam chaos {} (seed {}, level {}): jobs on nodes over time",
             sc.name,
             sc.seed,
-            L::LEVEL
+            level.level()
         );
         let timeline = draw(&title, self.names, &facts, &marks, &moves, end);
         Ok(ChaosRun {
             scenario: sc.name.clone(),
             seed: sc.seed,
-            level: L::LEVEL,
+            level: level.level(),
+            shaped,
             nodes: sc.nodes,
             home: home_at.name().to_string(),
             facts,
@@ -1875,7 +1907,7 @@ mod tests {
     }
 
     #[test]
-    fn level_2_refuses_shaped_links_and_level_3_is_not_there_yet() {
+    fn level_2_refuses_shaped_links_and_levels_end_at_3() {
         assert!(check_level(&shipped("smoke.toml"), 2).is_ok());
         assert!(check_level(&shipped("level2.toml"), 2).is_ok());
         assert!(check_level(&shipped("churn.toml"), 1).is_ok());
@@ -1888,10 +1920,13 @@ mod tests {
                 && e.contains("level 3"),
             "{e}"
         );
-        let e = check_level(&shipped("smoke.toml"), 3)
+        // Level 3 shapes them (whether this kernel can is known once the
+        // namespaces exist).
+        assert!(check_level(&shipped("churn.toml"), 3).is_ok());
+        let e = check_level(&shipped("smoke.toml"), 4)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("not implemented"), "{e}");
+        assert!(e.contains("the levels are 1"), "{e}");
         assert!(check_level(&shipped("smoke.toml"), 0).is_err());
     }
 

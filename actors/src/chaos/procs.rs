@@ -40,8 +40,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use recovery::NodeId;
+use recovery::{Event, NodeId};
 
+use super::netns::{self, Fabric};
 use super::{scratch_dir, Cut, JobNice, Level, GATEWAY};
 use crate::demo::TimedMove;
 use crate::http::{self, ClientResponse};
@@ -65,12 +66,35 @@ const HEARTBEAT_MS: u64 = 200;
 struct Proc {
     config: PathBuf,
     log: PathBuf,
+    /// Its API, on 127.0.0.1 of its network namespace at level 3.
     api: SocketAddr,
+    /// Its network namespace (level 3).
+    ns: Option<i32>,
     /// Its peer id (the identity file keeps it across restarts).
     peer: String,
     child: Option<Child>,
     /// The current process's clock and moves.
     now: Incarnation,
+}
+
+impl Proc {
+    /// One request to its API (from inside its namespace at level 3).
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, &[u8])>,
+        timeout: Duration,
+    ) -> anyhow::Result<ClientResponse> {
+        match self.ns {
+            Some(fd) => netns::within(fd, || call(self.api, method, path, body, timeout)),
+            None => call(self.api, method, path, body, timeout),
+        }
+    }
+
+    fn get(&self, path: &str) -> anyhow::Result<ClientResponse> {
+        self.call("GET", path, None, ASK_TIMEOUT)
+    }
 }
 
 /// What one process of a node leaves behind: its moves, on its own clock.
@@ -83,6 +107,8 @@ struct Incarnation {
 
 /// The level-2 swarm (see the module doc).
 pub struct Processes {
+    /// 2: on loopback; 3: in network namespaces.
+    level: u8,
     exe: PathBuf,
     dir: PathBuf,
     nodes: BTreeMap<String, Proc>,
@@ -98,16 +124,34 @@ pub struct Processes {
     /// Ended processes.
     past: Vec<Incarnation>,
     nice: JobNice,
+    /// Level 3's namespaces and links (dropped after the processes are gone).
+    net: Option<Fabric>,
+    /// Links set down by the cut (level 3).
+    down: BTreeSet<(String, String)>,
 }
 
 impl Processes {
     /// Starts one `roam node` process per name (the gateway, if any, last) and
-    /// waits until they all answer and know each other.
-    pub async fn start(names: &[String], home: &str, gateway: bool) -> anyhow::Result<Processes> {
+    /// waits until they all answer and know each other: at level 2 on 127.0.0.1, at
+    /// level 3 each in a network namespace of its own ([`netns`]; `need_netem`: the
+    /// scenario delays or drops packets).
+    pub async fn start(
+        level: u8,
+        names: &[String],
+        home: &str,
+        gateway: bool,
+        need_netem: bool,
+    ) -> anyhow::Result<Processes> {
         let exe = std::env::current_exe().context("finding the roam binary")?;
+        let net = if level == 3 {
+            Some(Fabric::create(names, need_netem)?)
+        } else {
+            None
+        };
         let mut swarm = Processes {
+            level,
             exe,
-            dir: scratch_dir("chaos2")?,
+            dir: scratch_dir(&format!("chaos{level}"))?,
             nodes: BTreeMap::new(),
             home: home.to_string(),
             gateway,
@@ -117,30 +161,47 @@ impl Processes {
             died: Vec::new(),
             past: Vec::new(),
             nice: JobNice::default(),
+            net,
+            down: BTreeSet::new(),
         };
-        // Every port is held until all are chosen, so no two nodes get the same one.
+        // Level 2: every port is held until all are chosen, so no two nodes get the
+        // same one. Level 3: every node has its namespace to itself.
         let mut held = Vec::new();
         let mut ports = Vec::new();
         for _ in names {
+            if swarm.net.is_some() {
+                ports.push((4001, 7070));
+                continue;
+            }
             let (mesh, api) = (free_port()?, free_port()?);
             ports.push((mesh.local_addr()?.port(), api.local_addr()?.port()));
             held.push((mesh, api));
         }
         drop(held);
-        let mesh_addr = |port: u16| format!("/ip4/127.0.0.1/tcp/{port}");
         for (i, name) in names.iter().enumerate() {
             let dir = swarm.dir.join(name);
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let (mesh, api) = ports[i];
             let mut cfg = NodeConfig::local(name);
-            cfg.listen = vec![mesh_addr(mesh)];
             cfg.api = format!("127.0.0.1:{api}");
-            cfg.bootstrap = ports
-                .iter()
-                .enumerate()
-                .filter(|(j, _)| *j != i)
-                .map(|(_, (m, _))| mesh_addr(*m))
-                .collect();
+            let mut bootstrap = Vec::new();
+            for (j, other) in names.iter().enumerate() {
+                if j == i {
+                    continue;
+                }
+                let at = match &swarm.net {
+                    Some(net) => net
+                        .addr(name, other)
+                        .with_context(|| format!("no link {name}-{other}"))?,
+                    None => std::net::Ipv4Addr::LOCALHOST,
+                };
+                bootstrap.push(format!("/ip4/{at}/tcp/{}", ports[j].0));
+            }
+            cfg.bootstrap = bootstrap;
+            cfg.listen = vec![match swarm.net {
+                Some(_) => format!("/ip4/0.0.0.0/tcp/{mesh}"),
+                None => format!("/ip4/127.0.0.1/tcp/{mesh}"),
+            }];
             cfg.identity_file = dir.join("identity.key").display().to_string();
             cfg.store_dir = dir.join("store").display().to_string();
             cfg.migration.heartbeat_ms = HEARTBEAT_MS;
@@ -153,19 +214,20 @@ impl Processes {
                 config,
                 log: dir.join("node.log"),
                 api,
+                ns: swarm.net.as_ref().and_then(|n| n.ns_fd(name)),
                 peer: String::new(),
                 child: None,
                 now: Incarnation::default(),
             };
-            p.child = Some(spawn(&swarm.exe, &p.config, &p.log)?);
+            p.child = Some(spawn(&swarm.exe, &p.config, &p.log, p.ns)?);
             swarm.nodes.insert(name.clone(), p);
         }
         // Every node answers: its peer id.
         let deadline = Instant::now() + START_TIMEOUT;
         for name in names {
             let status: NodeStatus = swarm
-                .until(name, deadline, |p| {
-                    Ok(get(p.api, "/status", ASK_TIMEOUT)?.json()?)
+                .until(name, deadline, "answering on its API", |p| {
+                    Ok(p.get("/status")?.json()?)
                 })
                 .await?;
             if let Some(p) = swarm.nodes.get_mut(name) {
@@ -178,7 +240,7 @@ impl Processes {
         for name in names {
             swarm
                 .until(name, deadline, "seeing every other node", |p| {
-                    let peers: Vec<PeerRow> = get(p.api, "/peers", ASK_TIMEOUT)?.json()?;
+                    let peers: Vec<PeerRow> = p.get("/peers")?.json()?;
                     let seen = peers
                         .iter()
                         .filter(|r| r.connected && !r.name.is_empty())
@@ -191,9 +253,10 @@ impl Processes {
                 .await?;
         }
         if gateway {
-            let home = swarm.api(home)?;
             let q = http::encode_query(&[("node", GATEWAY)]);
-            call(home, "POST", &format!("/drain?{q}"), None, ASK_TIMEOUT)
+            swarm
+                .proc(home)?
+                .call("POST", &format!("/drain?{q}"), None, ASK_TIMEOUT)
                 .context("draining the gateway")?;
         }
         Ok(swarm)
@@ -239,12 +302,10 @@ impl Processes {
         }
     }
 
-    fn api(&self, name: &str) -> anyhow::Result<SocketAddr> {
-        Ok(self
-            .nodes
+    fn proc(&self, name: &str) -> anyhow::Result<&Proc> {
+        self.nodes
             .get(name)
-            .with_context(|| format!("no node {name}"))?
-            .api)
+            .with_context(|| format!("no node {name}"))
     }
 
     /// Whether `name`'s process can answer now (running and not stopped).
@@ -264,9 +325,9 @@ impl Processes {
             .filter(|(other, _)| self.cut.separated(name, other))
             .map(|(_, p)| ("peer", p.peer.as_str()))
             .collect();
-        let sent = self.api(name).and_then(|api| {
+        let sent = self.proc(name).and_then(|p| {
             let path = format!("/chaos/block?{}", http::encode_query(&peers));
-            call(api, "POST", &path, None, ASK_TIMEOUT)
+            p.call("POST", &path, None, ASK_TIMEOUT)
         });
         match sent {
             Ok(_) => {
@@ -279,12 +340,31 @@ impl Processes {
         }
     }
 
-    /// Sends every node its block list.
-    fn apply_cut(&mut self) {
+    /// Puts the cut in force: level 2 sends every node its block list, level 3 sets
+    /// the links the cut separates down and the others up.
+    fn apply_cut(&mut self) -> anyhow::Result<()> {
         let names: Vec<String> = self.nodes.keys().cloned().collect();
-        for n in names {
-            self.send_cut(&n);
+        let Some(net) = &self.net else {
+            for n in names {
+                self.send_cut(&n);
+            }
+            return Ok(());
+        };
+        for (i, a) in names.iter().enumerate() {
+            for b in &names[i + 1..] {
+                let key = (a.clone(), b.clone());
+                let cut = self.cut.separated(a, b);
+                if cut != self.down.contains(&key) {
+                    net.set_link(a, b, !cut)?;
+                    if cut {
+                        self.down.insert(key);
+                    } else {
+                        self.down.remove(&key);
+                    }
+                }
+            }
         }
+        Ok(())
     }
 
     /// Reads `name`'s moves into its current incarnation.
@@ -295,7 +375,7 @@ impl Processes {
         let Some(p) = self.nodes.get_mut(name) else {
             return;
         };
-        match get(p.api, "/moves", ASK_TIMEOUT).and_then(|r| Ok(r.json()?)) {
+        match p.get("/moves").and_then(|r| Ok(r.json()?)) {
             Ok(m) => p.now.moves = m,
             Err(e) => tracing::debug!(node = name, "reading moves: {e:#}"),
         }
@@ -331,9 +411,20 @@ impl Processes {
 }
 
 impl Level for Processes {
-    const LEVEL: u8 = 2;
-    const WHAT: &'static str = "level 2: a process per node";
     const PAUSE_FREEZES: bool = true;
+
+    fn level(&self) -> u8 {
+        self.level
+    }
+
+    fn what(&self) -> &'static str {
+        match self.net {
+            Some(_) => {
+                "level 3: a process per node, each in a network namespace, linked by veth pairs"
+            }
+            None => "level 2: a process per node, on 127.0.0.1",
+        }
+    }
 
     fn is_live(&self, node: &str) -> bool {
         self.nodes.get(node).is_some_and(|p| p.child.is_some())
@@ -342,8 +433,7 @@ impl Level for Processes {
     async fn submit(&mut self, req: RunRequest) -> anyhow::Result<String> {
         let mut body = Vec::new();
         ciborium::into_writer(&req, &mut body).context("encoding the run request")?;
-        let r = call(
-            self.api(&self.home)?,
+        let r = self.proc(&self.home)?.call(
             "POST",
             "/run",
             Some(("application/cbor", &body)),
@@ -376,8 +466,7 @@ impl Level for Processes {
             return None;
         }
         let p = self.nodes.get_mut(node)?;
-        let answer: JobsAnswer = match get(p.api, "/jobs", ASK_TIMEOUT).and_then(|r| Ok(r.json()?))
-        {
+        let answer: JobsAnswer = match p.get("/jobs").and_then(|r| Ok(r.json()?)) {
             Ok(a) => a,
             Err(e) => {
                 // A restarted node is not up yet, or a busy one was slow.
@@ -412,13 +501,11 @@ impl Level for Processes {
             ("from", &from),
             ("max", &max),
         ]);
-        let r = get(
-            self.api(&self.home).ok()?,
-            &format!("/logs?{q}"),
-            ASK_TIMEOUT,
-        )
-        .map_err(|e| tracing::debug!(job, "reading output: {e:#}"))
-        .ok()?;
+        let r = self
+            .proc(&self.home)
+            .and_then(|p| p.get(&format!("/logs?{q}")))
+            .map_err(|e| tracing::debug!(job, "reading output: {e:#}"))
+            .ok()?;
         let next = r.header("x-roam-next")?.parse().ok()?;
         let exit_code = r.header("x-roam-exit").and_then(|c| c.parse().ok());
         Some(LogSlice {
@@ -484,7 +571,7 @@ impl Level for Processes {
         if p.child.is_some() {
             return Ok(None);
         }
-        p.child = Some(spawn(&exe, &p.config, &p.log)?);
+        p.child = Some(spawn(&exe, &p.config, &p.log, p.ns)?);
         // Not waited for: it answers when it is up; its block list is sent then.
         self.stale.insert(node.to_string());
         Ok(Some(format!(
@@ -501,8 +588,11 @@ impl Level for Processes {
     async fn resume(&mut self, node: &str) -> anyhow::Result<()> {
         self.signal(node, libc::SIGCONT)?;
         self.paused.remove(node);
-        // A partition may have begun or ended while it was stopped.
-        self.send_cut(node);
+        // A partition may have begun or ended while it was stopped (level 2; at level
+        // 3 the links were cut whether it ran or not).
+        if self.net.is_none() {
+            self.send_cut(node);
+        }
         Ok(())
     }
 
@@ -512,14 +602,40 @@ impl Level for Processes {
         nodes: usize,
     ) -> anyhow::Result<Vec<String>> {
         let cut_off = self.cut.partition(groups, nodes, self.gateway);
-        self.apply_cut();
+        self.apply_cut()?;
         Ok(cut_off)
     }
 
     async fn heal(&mut self) -> anyhow::Result<()> {
         self.cut.heal();
-        self.apply_cut();
-        Ok(())
+        self.apply_cut()
+    }
+
+    async fn shape(&mut self, e: &Event) -> anyhow::Result<Option<String>> {
+        let Some(net) = self.net.as_mut() else {
+            // Refused before the run (`check_level`).
+            anyhow::bail!("{e}: level 2 cannot shape links");
+        };
+        let s = match e {
+            Event::Delay { from, to, ms } => {
+                net.shape(from.as_str(), to.as_str(), |s| s.delay_ms = *ms as f64)?
+            }
+            Event::Loss { from, to, percent } => {
+                net.shape(from.as_str(), to.as_str(), |s| s.loss_pct = *percent)?
+            }
+            Event::Rate {
+                from,
+                to,
+                kbit_per_s,
+            } => net.shape(from.as_str(), to.as_str(), |s| {
+                s.rate_kbit = *kbit_per_s as f64
+            })?,
+            _ => return Ok(None),
+        };
+        Ok(Some(format!(
+            "{e} (now {} ms, {} % loss, {} kbit/s)",
+            s.delay_ms, s.loss_pct, s.rate_kbit
+        )))
     }
 
     async fn acks(&mut self) -> Vec<(String, String, recovery::CheckpointRef)> {
@@ -579,7 +695,8 @@ fn free_port() -> anyhow::Result<TcpListener> {
 }
 
 /// Starts `roam node --config CONFIG`, its output appended to `log`.
-fn spawn(exe: &Path, config: &Path, log: &Path) -> anyhow::Result<Child> {
+/// `ns`: the network namespace to start it in (level 3).
+fn spawn(exe: &Path, config: &Path, log: &Path, ns: Option<i32>) -> anyhow::Result<Child> {
     let out = OpenOptions::new()
         .create(true)
         .append(true)
@@ -601,10 +718,15 @@ fn spawn(exe: &Path, config: &Path, log: &Path) -> anyhow::Result<Child> {
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent; the
     // closure allocates nothing.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             // Dies with the harness even if the harness is SIGKILLed.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if let Some(fd) = ns {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
@@ -616,10 +738,6 @@ fn spawn(exe: &Path, config: &Path, log: &Path) -> anyhow::Result<Child> {
             config.display()
         )
     })
-}
-
-fn get(api: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<ClientResponse> {
-    call(api, "GET", path, None, timeout)
 }
 
 /// One request to a node's API; a non-2xx answer is an error carrying its message.
