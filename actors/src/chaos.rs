@@ -1,7 +1,8 @@
 //! `roam chaos`: a scripted chaos run (`configs/chaos/NAME.toml`, see
-//! [`recovery::scenario`]) against a swarm on 127.0.0.1 — at level 1 nodes in this
-//! process, at level 2 a `roam node` process per node ([`procs`]) — checked
-//! afterwards by [`recovery::invariants`].
+//! [`recovery::scenario`]) against a swarm — at level 1 nodes in this process on
+//! 127.0.0.1, at level 2 a `roam node` process per node on 127.0.0.1 ([`procs`]), at
+//! level 3 each in a network namespace ([`netns`]) — checked afterwards by
+//! [`recovery::invariants`].
 //!
 //! Killing nodes proves nothing unless something watches what happened to the jobs,
 //! so the run is two halves:
@@ -30,6 +31,8 @@
 //! Level 2 ([`procs::Processes`]) does it to processes: SIGKILL, the same process
 //! started again on its on-disk store, SIGSTOP/SIGCONT, and partitions through each
 //! node's `POST /chaos/block`; it refuses delay, loss and rate ([`check_level`]).
+//! Level 3 is level 2 with every node in a network namespace ([`netns`]): partitions
+//! cut links, and links are shaped with tc.
 //!
 //! The home's log book is not replicated: a home that dies or is cut into a minority
 //! loses output, whatever recovery does. So the home must be a node the timeline never

@@ -24,8 +24,9 @@ pub struct ChaosArgs {
     /// node a `roam node` process on 127.0.0.1 with its own directory and on-disk
     /// store: kill = SIGKILL, restart = the same process again, pause/resume =
     /// SIGSTOP/SIGCONT, partition/heal = the nodes' POST /chaos/block; a scenario
-    /// with delay, loss or rate is refused (they need level 3, network namespaces,
-    /// not implemented yet).
+    /// with delay, loss or rate is refused. 3 (root): as 2, each node in a network
+    /// namespace with a veth link to every other; partition = links set down; rate =
+    /// tbf; delay and loss = netem (refused where the kernel has no sch_netem).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=3))]
     pub level: u8,
     /// The node jobs are submitted to, whose log book collects their output: auto

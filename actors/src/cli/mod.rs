@@ -126,7 +126,9 @@ pub enum Command {
     /// Level 1 (default): every node in this process, kills, restarts, pauses and
     /// partitions injected in the mesh. Level 2: every node a `roam node` process on
     /// 127.0.0.1 (SIGKILL, restart with the same store, SIGSTOP/SIGCONT, partitions
-    /// through each node's POST /chaos/block). Prints a ✓/✗ table and, as the last
+    /// through each node's POST /chaos/block). Level 3 (root): level 2 with each node
+    /// in a network namespace, partitions as links set down, rate/delay/loss with tc.
+    /// Prints a ✓/✗ table and, as the last
     /// line, the figures as JSON; exits 1 if an invariant fails, 2 on an error, 130 on
     /// Ctrl-C (node processes are killed and their directories removed). Writes an SVG
     /// timeline of jobs, moves, kills and partitions.
@@ -134,6 +136,7 @@ pub enum Command {
     /// Examples:
     ///   roam chaos configs/chaos/smoke.toml
     ///   roam chaos --level 2 configs/chaos/smoke.toml
+    ///   roam chaos --level 3 configs/chaos/smoke.toml     (as root)
     ///   roam chaos --seed 7 --timeline /tmp/bench.svg configs/chaos/bench.toml
     ///   roam chaos --time-scale 0.5 --home gateway configs/chaos/churn.toml
     #[command(verbatim_doc_comment)]
