@@ -128,10 +128,10 @@ pub enum Command {
     /// 127.0.0.1 (SIGKILL, restart with the same store, SIGSTOP/SIGCONT, partitions
     /// through each node's POST /chaos/block). Level 3 (root): level 2 with each node
     /// in a network namespace, partitions as links set down, rate/delay/loss with tc.
-    /// Prints a ✓/✗ table and, as the last
-    /// line, the figures as JSON; exits 1 if an invariant fails, 2 on an error, 130 on
-    /// Ctrl-C (node processes are killed and their directories removed). Writes an SVG
-    /// timeline of jobs, moves, kills and partitions.
+    /// Prints a ✓/✗ table and, as the last line, the figures as JSON; exits 1 if an
+    /// invariant fails, 2 on an error, 130 on Ctrl-C (node processes are killed and
+    /// their directories removed). Writes an SVG timeline of jobs, moves, kills and
+    /// partitions.
     ///
     /// Examples:
     ///   roam chaos configs/chaos/smoke.toml
