@@ -1,6 +1,8 @@
-//! `roam chaos` at level 1: a scripted chaos run (`configs/chaos/NAME.toml`, see
-//! [`recovery::scenario`]) against a swarm of in-process nodes on 127.0.0.1, checked
-//! afterwards by [`recovery::invariants`].
+//! `roam chaos`: a scripted chaos run (`configs/chaos/NAME.toml`, see
+//! [`recovery::scenario`]) against a swarm — at level 1 nodes in this process on
+//! 127.0.0.1, at level 2 a `roam node` process per node on 127.0.0.1 ([`procs`]), at
+//! level 3 each in a network namespace ([`netns`]) — checked afterwards by
+//! [`recovery::invariants`].
 //!
 //! Killing nodes proves nothing unless something watches what happened to the jobs,
 //! so the run is two halves:
@@ -12,17 +14,25 @@
 //!   ([`recovery_times`]), and the SVG [`Timeline`] ([`draw`]);
 //! - **the shell** ([`run`]): starts `n1`..`nN` (and a gateway, see [`Home`]), submits
 //!   the jobs from the home, plays the timeline, and every [`ChaosOptions::observe_every`]
-//!   asks every live node's scheduler which jobs it holds at which generation and
-//!   follows each job's output at the home by offset, as `roam logs --follow` does.
+//!   asks every live node which jobs it holds at which generation and follows each
+//!   job's output at the home by offset, as `roam logs --follow` does. One driver
+//!   does this for every level; what differs — starting the swarm, injecting each
+//!   fault, asking a node — is behind the [`Level`] trait.
 //!
-//! Level 1 injects faults where one process can: a **kill** is
+//! Level 1 ([`InProcess`]) injects faults where one process can: a **kill** is
 //! [`NodeHandle::shutdown`] (its jobs and its mesh stop; the others see it die), a
 //! **restart** starts a fresh node with the same name, config and identity (its store
 //! is in memory, so it comes back empty), a **partition** makes the nodes on either
 //! side of the cut block each other in the mesh ([`mesh::MeshHandle::set_blocked`]),
 //! and a **pause** blocks the node from every peer and every peer from it — unlike
 //! SIGSTOP its jobs keep computing, they just cannot be heard. Delay, loss and rate
-//! need network namespaces (level 2) and are skipped with a line saying so.
+//! need network namespaces and are skipped with a line saying so.
+//!
+//! Level 2 ([`procs::Processes`]) does it to processes: SIGKILL, the same process
+//! started again on its on-disk store, SIGSTOP/SIGCONT, and partitions through each
+//! node's `POST /chaos/block`; it refuses delay, loss and rate ([`check_level`]).
+//! Level 3 is level 2 with every node in a network namespace ([`netns`]): partitions
+//! cut links, and links are shaped with tc.
 //!
 //! The home's log book is not replicated: a home that dies or is cut into a minority
 //! loses output, whatever recovery does. So the home must be a node the timeline never
@@ -46,12 +56,17 @@ use wasm_host::{Host, HostConfig};
 
 use crate::demo::{straight_run_of, timed_moves, TimedMove};
 use crate::node::api::RunRequest;
-use crate::node::proto::{JobSummary, StreamKind};
+use crate::node::proto::{JobSummary, LogSlice, StreamKind};
 use crate::node::{self, scheduler, NodeHandle};
 use crate::timeline::{Timeline, What};
 
+pub mod netns;
+pub mod procs;
+
 /// The name of the extra, job-less home node (see [`Home::Gateway`]).
 pub const GATEWAY: &str = "gw";
+/// How long the jobs may take to be running before the timeline starts.
+const START_WAIT: Duration = Duration::from_secs(30);
 /// Most bytes of output one read asks for.
 const READ_MAX: u32 = 256 << 10;
 
@@ -170,7 +185,7 @@ pub fn choose_home(sc: &Scenario, choice: &HomeChoice) -> anyhow::Result<Home> {
                 };
                 anyhow::bail!(
                     "--home {n}: the timeline disrupts it ({why}). The home collects every \
-                     job's output in its log book, which is not replicated, so at level 1 it \
+                     job's output in its log book, which is not replicated, so it \
                      must never be killed, paused or cut into a minority ({others}; or use \
                      --home gateway, an extra job-less node)"
                 );
@@ -364,6 +379,19 @@ impl Observer {
             }
             self.open.remove(&(job.clone(), node.to_string()));
             self.last_held_ms.insert(job, at_ms);
+        }
+    }
+
+    /// `node` was stopped at `at_ms` (SIGSTOP): every copy it ran stops running but
+    /// stays held there (it runs again if the node lists it running after a resume).
+    pub fn paused(&mut self, at_ms: u64, node: &str) {
+        for (job, generation, running) in self.open_on(node) {
+            if running {
+                self.stop(at_ms, &job, node, generation);
+                self.open
+                    .insert((job.clone(), node.to_string()), (generation, false));
+                self.last_held_ms.insert(job, at_ms);
+            }
         }
     }
 
@@ -620,6 +648,9 @@ pub struct ChaosOptions {
     pub wait_after: Duration,
     /// Print each event as it is played.
     pub verbose: bool,
+    /// 1: every node in this process, faults in the mesh; 2: every node a `roam
+    /// node` process, faults by signals and the nodes' API ([`check_level`]).
+    pub level: u8,
 }
 
 impl ChaosOptions {
@@ -633,6 +664,7 @@ impl ChaosOptions {
             lost_after: Duration::from_secs(10),
             wait_after: Duration::from_secs(120),
             verbose: true,
+            level: 1,
         }
     }
 }
@@ -642,6 +674,8 @@ impl ChaosOptions {
 pub struct ChaosRun {
     pub scenario: String,
     pub seed: u64,
+    /// 1: in-process nodes; 2: a process per node.
+    pub level: u8,
     pub nodes: u64,
     pub home: String,
     pub facts: Vec<Fact>,
@@ -651,7 +685,9 @@ pub struct ChaosRun {
     pub restarts: usize,
     pub pauses: usize,
     pub partitions: usize,
-    /// Events level 1 cannot play (delay, loss, rate).
+    /// Links shaped (delay, loss, rate; level 3).
+    pub shaped: usize,
+    /// Events the level skipped (delay, loss, rate at level 1).
     pub skipped: Vec<String>,
     /// Events not played because every job had finished.
     pub not_played: usize,
@@ -679,7 +715,7 @@ impl ChaosRun {
         json!({
             "scenario": self.scenario,
             "seed": self.seed,
-            "level": 1,
+            "level": self.level,
             "nodes": self.nodes,
             "home": self.home,
             "jobs": r.jobs,
@@ -700,6 +736,7 @@ impl ChaosRun {
             "restarts": self.restarts,
             "pauses": self.pauses,
             "partitions": self.partitions,
+            "shaped": self.shaped,
             "skipped": self.skipped.len(),
             "not_played": self.not_played,
             "ok": r.ok(),
@@ -734,14 +771,16 @@ impl fmt::Display for ChaosRun {
     }
 }
 
-/// Level 1 runs every node's jobs in one process: 32 CPU-bound job threads on two
-/// cores would leave the eight nodes' control planes (heartbeats, gossip, the
-/// failure detector) a thirty-third of the CPU each, so nodes would be declared dead
-/// because their *process* is busy, which separate machines never see. Job threads
-/// (named `job-…` by the node) are therefore run at a lower priority (`nice`): they
-/// still get every idle cycle. Linux only; elsewhere this does nothing.
+/// Every node's jobs share the machine's cores with every node's control plane: at
+/// level 1 in one process, at level 2 in one process per node, but on the same two
+/// cores either way. 32 CPU-bound job threads on two cores would leave eight nodes'
+/// heartbeats, gossip and failure detectors a thirty-third of the CPU each, so nodes
+/// would be declared dead because the *machine* is busy, which separate machines
+/// never see. Job threads (named `job-…` by the node) are therefore run at a lower
+/// priority (`nice`): they still get every idle cycle. Linux only; elsewhere this
+/// does nothing.
 #[derive(Default)]
-struct JobNice {
+pub(crate) struct JobNice {
     done: BTreeSet<(u32, String)>,
 }
 
@@ -749,36 +788,52 @@ struct JobNice {
 const JOB_NICE: i32 = 10;
 
 impl JobNice {
+    /// Lowers the priority of the job threads listed in `task_dirs`
+    /// (`/proc/self/task`, `/proc/PID/task`) not seen before.
     #[cfg(target_os = "linux")]
-    fn sweep(&mut self) {
-        let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
-            return;
-        };
+    pub(crate) fn sweep(&mut self, task_dirs: &[PathBuf]) {
         let mut present = BTreeSet::new();
-        for e in dir.flatten() {
-            let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        for dir in task_dirs {
+            let Ok(entries) = std::fs::read_dir(dir) else {
                 continue;
             };
-            let Ok(comm) = std::fs::read_to_string(e.path().join("comm")) else {
-                continue;
-            };
-            let key = (tid, comm.trim_end().to_string());
-            if key.1.starts_with("job-") && !self.done.contains(&key) {
-                // SAFETY: setpriority on one thread of this process; lowering a
-                // thread's priority needs no privilege and touches no memory.
-                let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, JOB_NICE) };
-                if rc != 0 {
-                    tracing::debug!(tid, "setpriority failed");
+            for e in entries.flatten() {
+                let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                    continue;
+                };
+                let Ok(comm) = std::fs::read_to_string(e.path().join("comm")) else {
+                    continue;
+                };
+                let key = (tid, comm.trim_end().to_string());
+                if key.1.starts_with("job-") && !self.done.contains(&key) {
+                    // SAFETY: setpriority on one thread of this process or of a child
+                    // of it; lowering a thread's priority needs no privilege and
+                    // touches no memory.
+                    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, JOB_NICE) };
+                    if rc != 0 {
+                        tracing::debug!(tid, "setpriority failed");
+                    }
                 }
+                present.insert(key);
             }
-            present.insert(key);
         }
         // Thread ids are reused: forget the ones that are gone.
         self.done = present;
     }
 
     #[cfg(not(target_os = "linux"))]
-    fn sweep(&mut self) {}
+    pub(crate) fn sweep(&mut self, _task_dirs: &[PathBuf]) {}
+}
+
+/// A fresh scratch directory for a run (`roam-chaos-PID-NANOS` in the temp dir).
+pub(crate) fn scratch_dir(what: &str) -> anyhow::Result<PathBuf> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!("roam-{what}-{}-{stamp}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
 }
 
 /// Removes the run's scratch directory (identity files) when dropped.
@@ -790,11 +845,67 @@ impl Drop for Scratch {
     }
 }
 
-/// The swarm under test.
-struct Swarm {
+/// What differs between the levels: how the swarm starts, how each fault is
+/// injected and how the nodes are asked what they hold. [`run`] plays the timeline
+/// and keeps the books ([`Observer`], marks, counts) the same way at every level.
+pub(crate) trait Level {
+    /// Whether a paused node's jobs stop computing (SIGSTOP) rather than keep
+    /// computing unheard (level 1's cut).
+    const PAUSE_FREEZES: bool;
+
+    /// The level's number, for the report.
+    fn level(&self) -> u8;
+    /// What the level is, for the first line ("level 1: one process", ...).
+    fn what(&self) -> &'static str;
+    /// Whether `node` is running (started and not killed; it may be paused).
+    fn is_live(&self, node: &str) -> bool;
+    /// Starts a job from the home; returns its id.
+    async fn submit(&mut self, req: RunRequest) -> anyhow::Result<String>;
+    /// What every live node that answers holds.
+    async fn lists(&mut self) -> Vec<(String, Vec<JobSummary>)>;
+    /// What `node` holds, if it answers.
+    async fn list(&mut self, node: &str) -> Option<Vec<JobSummary>>;
+    /// A piece of `job`'s stdout from the home's log book.
+    async fn read_log(&mut self, job: &str, from: u64, max: u32) -> Option<LogSlice>;
+    /// All of `job`'s stdout in the home's log book.
+    async fn whole_log(&mut self, job: &str) -> Option<Vec<u8>>;
+    /// Nodes that died without being killed (a crashed process), since last asked.
+    fn exited(&mut self) -> Vec<(String, String)>;
+    /// Kills a live node; returns the line to print.
+    async fn kill(&mut self, node: &str) -> anyhow::Result<String>;
+    /// Starts a killed node again; returns the line to print, or `None` when the
+    /// node was not killed.
+    async fn restart(&mut self, node: &str) -> anyhow::Result<Option<String>>;
+    /// Pauses a live node; returns the line to print.
+    async fn pause(&mut self, node: &str) -> anyhow::Result<String>;
+    async fn resume(&mut self, node: &str) -> anyhow::Result<()>;
+    /// Puts `groups` in force (see [`Cut::partition`]); returns the nodes cut off
+    /// from the majority.
+    async fn partition(
+        &mut self,
+        groups: &[Vec<NodeId>],
+        nodes: usize,
+    ) -> anyhow::Result<Vec<String>>;
+    async fn heal(&mut self) -> anyhow::Result<()>;
+    /// Shapes a link (delay, loss, rate); returns the line to print, or `None` when
+    /// the level skips it.
+    async fn shape(&mut self, e: &Event) -> anyhow::Result<Option<String>>;
+    /// Checkpoints replicas acknowledged: (job, holder, checkpoint).
+    async fn acks(&mut self) -> Vec<(String, String, recovery::CheckpointRef)>;
+    /// Housekeeping between observations (the job threads' priority).
+    fn tick(&mut self);
+    /// Every move every incarnation of every node made as the source, timed from
+    /// `t0`, oldest first.
+    async fn moves(&mut self, t0: Instant) -> Vec<TimedMove>;
+    /// Stops every node.
+    async fn shutdown(&mut self);
+}
+
+/// Level 1: every node in this process (see the module doc).
+pub(crate) struct InProcess {
     host: Arc<Host>,
-    /// Lanes: n1..nN, then the gateway if there is one.
-    names: Vec<String>,
+    home: NodeHandle,
+    gateway: bool,
     live: BTreeMap<String, NodeHandle>,
     /// The last incarnation of each killed node (its config starts the next one).
     dead: BTreeMap<String, NodeHandle>,
@@ -802,9 +913,55 @@ struct Swarm {
     all: Vec<NodeHandle>,
     peers: BTreeMap<String, PeerId>,
     cut: Cut,
+    nice: JobNice,
+    _scratch: Scratch,
 }
 
-impl Swarm {
+impl InProcess {
+    /// Starts `names` (the last one the gateway when `gateway`) in this process; the
+    /// home is `home`.
+    async fn start(
+        host: &Arc<Host>,
+        names: &[String],
+        home: &str,
+        gateway: bool,
+    ) -> anyhow::Result<InProcess> {
+        let scratch = Scratch(scratch_dir("chaos")?);
+        let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let dir = scratch.0.clone();
+        let handles = node::local_swarm(host, &name_refs, |cfg| {
+            // A restart keeps the node's identity (same peer id), as a real one would.
+            cfg.identity_file = dir.join(format!("{}.key", cfg.name)).display().to_string();
+        })
+        .await?;
+        let live: BTreeMap<String, NodeHandle> = handles
+            .iter()
+            .map(|h| (h.name().to_string(), h.clone()))
+            .collect();
+        let home = live
+            .get(home)
+            .cloned()
+            .context("the home node did not start")?;
+        if gateway {
+            home.drain(GATEWAY).await.context("draining the gateway")?;
+        }
+        Ok(InProcess {
+            host: host.clone(),
+            home,
+            gateway,
+            peers: handles
+                .iter()
+                .map(|h| (h.name().to_string(), h.peer_id()))
+                .collect(),
+            all: handles,
+            live,
+            dead: BTreeMap::new(),
+            cut: Cut::default(),
+            nice: JobNice::default(),
+            _scratch: scratch,
+        })
+    }
+
     /// Gives every live node the block list the cut asks for.
     async fn apply_cut(&self) -> anyhow::Result<()> {
         let calls = self.live.iter().map(|(name, h)| {
@@ -850,6 +1007,157 @@ impl Swarm {
     }
 }
 
+impl Level for InProcess {
+    const PAUSE_FREEZES: bool = false;
+
+    fn level(&self) -> u8 {
+        1
+    }
+
+    fn what(&self) -> &'static str {
+        "level 1: one process, on 127.0.0.1"
+    }
+
+    fn is_live(&self, node: &str) -> bool {
+        self.live.contains_key(node)
+    }
+
+    async fn submit(&mut self, req: RunRequest) -> anyhow::Result<String> {
+        self.home.run(req).await
+    }
+
+    async fn lists(&mut self) -> Vec<(String, Vec<JobSummary>)> {
+        // All asked at once: the nodes' actors share this thread, so asking one by
+        // one would wait behind their backlog once per node.
+        let lists = futures::future::join_all(self.live.iter().map(|(name, h)| async move {
+            (name.clone(), h.scheduler.send(scheduler::List).await)
+        }))
+        .await;
+        lists
+            .into_iter()
+            .filter_map(|(name, l)| l.ok().map(|l| (name, l)))
+            .collect()
+    }
+
+    async fn list(&mut self, node: &str) -> Option<Vec<JobSummary>> {
+        self.live
+            .get(node)?
+            .scheduler
+            .send(scheduler::List)
+            .await
+            .ok()
+    }
+
+    async fn read_log(&mut self, job: &str, from: u64, max: u32) -> Option<LogSlice> {
+        self.home
+            .logs(job, StreamKind::Stdout, from, max)
+            .await
+            .ok()
+    }
+
+    async fn whole_log(&mut self, job: &str) -> Option<Vec<u8>> {
+        self.home.local_log(job, StreamKind::Stdout)
+    }
+
+    fn exited(&mut self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    async fn kill(&mut self, node: &str) -> anyhow::Result<String> {
+        let h = self
+            .live
+            .remove(node)
+            .with_context(|| format!("{node} is not running"))?;
+        h.shutdown().await;
+        // A paused node that is killed comes back running.
+        self.cut.resume(node);
+        self.dead.insert(node.to_string(), h);
+        Ok(format!("kill {node}"))
+    }
+
+    async fn restart(&mut self, node: &str) -> anyhow::Result<Option<String>> {
+        let Some(old) = self.dead.remove(node) else {
+            return Ok(None);
+        };
+        let h = node::start(old.shared.config.clone(), self.host.clone())
+            .await
+            .with_context(|| format!("restarting {node}"))?;
+        self.peers.insert(node.to_string(), h.peer_id());
+        self.all.push(h.clone());
+        self.live.insert(node.to_string(), h);
+        self.apply_cut().await?;
+        self.reconnect().await;
+        Ok(Some(format!("restart {node} (same identity, empty store)")))
+    }
+
+    async fn pause(&mut self, node: &str) -> anyhow::Result<String> {
+        self.cut.pause(node);
+        self.apply_cut().await?;
+        Ok(format!(
+            "pause {node} (level 1: cut off from every peer; its jobs keep computing)"
+        ))
+    }
+
+    async fn resume(&mut self, node: &str) -> anyhow::Result<()> {
+        self.cut.resume(node);
+        self.apply_cut().await?;
+        self.reconnect().await;
+        Ok(())
+    }
+
+    async fn partition(
+        &mut self,
+        groups: &[Vec<NodeId>],
+        nodes: usize,
+    ) -> anyhow::Result<Vec<String>> {
+        let cut_off = self.cut.partition(groups, nodes, self.gateway);
+        self.apply_cut().await?;
+        Ok(cut_off)
+    }
+
+    async fn heal(&mut self) -> anyhow::Result<()> {
+        self.cut.heal();
+        self.apply_cut().await?;
+        self.reconnect().await;
+        Ok(())
+    }
+
+    async fn shape(&mut self, _e: &Event) -> anyhow::Result<Option<String>> {
+        Ok(None)
+    }
+
+    async fn acks(&mut self) -> Vec<(String, String, recovery::CheckpointRef)> {
+        let mut out = Vec::new();
+        for h in self.live.values() {
+            out.extend(h.replication_acks().await.unwrap_or_default());
+        }
+        out
+    }
+
+    fn tick(&mut self) {
+        self.nice.sweep(&[PathBuf::from("/proc/self/task")]);
+    }
+
+    async fn moves(&mut self, t0: Instant) -> Vec<TimedMove> {
+        let mut moves = Vec::new();
+        for h in &self.all {
+            moves.extend(
+                timed_moves(std::slice::from_ref(h), t0)
+                    .await
+                    .unwrap_or_default(),
+            );
+        }
+        moves.sort_by_key(|m| m.at);
+        moves
+    }
+
+    async fn shutdown(&mut self) {
+        for h in self.live.values() {
+            h.shutdown().await;
+        }
+    }
+}
+
 /// Prints timestamped lines when verbose.
 struct Say {
     verbose: bool,
@@ -876,11 +1184,12 @@ impl Say {
 /// generation started from, so every [`Fact::Started`] carries `from: None` and
 /// [`check`] would count each recovery after an acknowledgement as a lost checkpoint.
 /// Turn it on once the node reports that (e.g. a `from: Option<CheckpointRef>` in
-/// `JobSummary`, filled into the Started facts in [`Observer::saw`]).
+/// `JobSummary`, filled into the Started facts in [`Observer::saw`]; level 2 then
+/// needs a route serving the acknowledgements).
 const RECORD_ACKS: bool = false;
 
-async fn checkpoint_facts(
-    swarm: &Swarm,
+async fn checkpoint_facts<L: Level>(
+    level: &mut L,
     at_ms: u64,
     seen: &mut BTreeSet<(String, String, recovery::CheckpointRef)>,
     obs: &mut Observer,
@@ -888,39 +1197,23 @@ async fn checkpoint_facts(
     if !RECORD_ACKS {
         return;
     }
-    for h in swarm.live.values() {
-        let Ok(acks) = h.replication_acks().await else {
-            continue;
-        };
-        for (job, holder, checkpoint) in acks {
-            if seen.insert((job.clone(), holder.clone(), checkpoint)) {
-                obs.push(Fact::CheckpointAcked {
-                    job,
-                    holder: NodeId::from(holder),
-                    checkpoint,
-                    at_ms,
-                });
-            }
+    for (job, holder, checkpoint) in level.acks().await {
+        if seen.insert((job.clone(), holder.clone(), checkpoint)) {
+            obs.push(Fact::CheckpointAcked {
+                job,
+                holder: NodeId::from(holder),
+                checkpoint,
+                at_ms,
+            });
         }
     }
 }
 
 /// Asks every live node what it holds, and follows every unfinished job's output at
 /// the home.
-async fn observe(swarm: &Swarm, home: &NodeHandle, obs: &mut Observer, at_ms: u64) {
-    // All asked at once: the nodes' actors share this thread, so asking one by one
-    // would wait behind their backlog once per node.
-    let lists = futures::future::join_all(
-        swarm
-            .live
-            .iter()
-            .map(|(name, h)| async move { (name, h.scheduler.send(scheduler::List).await) }),
-    )
-    .await;
-    for (name, list) in lists {
-        if let Ok(list) = list {
-            obs.saw(at_ms, name, &list);
-        }
+async fn observe<L: Level>(level: &mut L, obs: &mut Observer, at_ms: u64) {
+    for (name, list) in level.lists().await {
+        obs.saw(at_ms, &name, &list);
     }
     let jobs: Vec<String> = obs
         .jobs()
@@ -931,7 +1224,7 @@ async fn observe(swarm: &Swarm, home: &NodeHandle, obs: &mut Observer, at_ms: u6
     for job in jobs {
         loop {
             let from = obs.offset(&job);
-            let Ok(s) = home.logs(&job, StreamKind::Stdout, from, READ_MAX).await else {
+            let Some(s) = level.read_log(&job, from, READ_MAX).await else {
                 break;
             };
             let full = s.data.len() as u32 >= READ_MAX;
@@ -942,7 +1235,7 @@ async fn observe(swarm: &Swarm, home: &NodeHandle, obs: &mut Observer, at_ms: u6
             // The exit code is there once the job ended and every byte arrived, so
             // this read reached the end.
             if s.exit_code.is_some() {
-                let out = home.local_log(&job, StreamKind::Stdout).unwrap_or_default();
+                let out = level.whole_log(&job).await.unwrap_or_default();
                 obs.finished(at_ms, &job, output_hash(&out));
             }
             break;
@@ -950,18 +1243,55 @@ async fn observe(swarm: &Swarm, home: &NodeHandle, obs: &mut Observer, at_ms: u6
     }
 }
 
-/// Runs the scenario on the current actix system (see the module doc).
+/// Refuses what `level` cannot play, before anything starts.
+pub fn check_level(sc: &Scenario, level: u8) -> anyhow::Result<()> {
+    match level {
+        1 => Ok(()),
+        2 => {
+            let shaped: Vec<String> = sc
+                .timeline()
+                .iter()
+                .filter(|te| {
+                    matches!(
+                        te.event,
+                        Event::Delay { .. } | Event::Loss { .. } | Event::Rate { .. }
+                    )
+                })
+                .map(|te| format!("`{}` at {} ms", te.event, te.at_ms))
+                .collect();
+            if let Some(first) = shaped.first() {
+                anyhow::bail!(
+                    "--level 2 cannot shape links: {} shaped-link event(s) ({first}{}). Level 2 \
+                     runs every node as a process on 127.0.0.1, where delay, loss and rate \
+                     cannot be set per pair of nodes; they need level 3 (network namespaces \
+                     with tc, --level 3). Remove those events or use --level 1 (which skips \
+                     them)",
+                    shaped.len(),
+                    if shaped.len() > 1 { ", ..." } else { "" }
+                );
+            }
+            Ok(())
+        }
+        // Root, iproute2 and (for delay and loss) netem are checked when the
+        // namespaces are made, before any node starts.
+        3 => Ok(()),
+        n => anyhow::bail!(
+            "--level {n}: the levels are 1 (one process), 2 (a process per node) and 3 (a \
+             process per node in a network namespace)"
+        ),
+    }
+}
+
+/// Runs the scenario on the current actix system at `opts.level` (see the module
+/// doc and [`procs`]).
 pub async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosRun> {
     let started = Instant::now();
     let sc = &opts.scenario;
     if !(opts.time_scale > 0.0 && opts.time_scale.is_finite()) {
         anyhow::bail!("the time scale must be a positive number");
     }
+    check_level(sc, opts.level)?;
     let home_at = choose_home(sc, &opts.home)?;
-    let say = Say {
-        verbose: opts.verbose,
-        t0: started,
-    };
     // The guests, read once each.
     let mut modules: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for spec in &sc.jobs {
@@ -977,341 +1307,376 @@ pub async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosRun> {
         }
     }
     let host = Host::new(HostConfig::default())?;
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let scratch =
-        Scratch(std::env::temp_dir().join(format!("roam-chaos-{}-{stamp}", std::process::id())));
-    std::fs::create_dir_all(&scratch.0)
-        .with_context(|| format!("creating {}", scratch.0.display()))?;
-
     let mut names: Vec<String> = sc.node_names().iter().map(|n| n.to_string()).collect();
     let gateway = home_at == Home::Gateway;
     if gateway {
         names.push(GATEWAY.to_string());
     }
-    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let dir = scratch.0.clone();
-    let handles = node::local_swarm(&host, &name_refs, |cfg| {
-        // A restart keeps the node's identity (same peer id), as a real one would.
-        cfg.identity_file = dir.join(format!("{}.key", cfg.name)).display().to_string();
-    })
-    .await?;
-    let mut swarm = Swarm {
-        host: host.clone(),
-        names: names.clone(),
-        live: BTreeMap::new(),
-        dead: BTreeMap::new(),
-        all: handles.clone(),
-        peers: handles
-            .iter()
-            .map(|h| (h.name().to_string(), h.peer_id()))
-            .collect(),
-        cut: Cut::default(),
+    let run = Run {
+        opts: &opts,
+        home: &home_at,
+        names: &names,
+        modules: &modules,
+        host: &host,
+        started,
     };
-    for h in handles {
-        swarm.live.insert(h.name().to_string(), h);
+    if opts.level >= 2 {
+        let need_netem = sc
+            .timeline()
+            .iter()
+            .any(|te| matches!(te.event, Event::Delay { .. } | Event::Loss { .. }));
+        // Its drop ends every node process and removes their directories (and
+        // namespaces), also when the run fails or is dropped (Ctrl-C).
+        let mut level =
+            procs::Processes::start(opts.level, &names, home_at.name(), gateway, need_netem)
+                .await?;
+        run.drive(&mut level).await
+    } else {
+        let mut level = InProcess::start(&host, &names, home_at.name(), gateway).await?;
+        run.drive(&mut level).await
     }
-    let home = swarm
-        .live
-        .get(home_at.name())
-        .cloned()
-        .context("the home node did not start")?;
-    if gateway {
-        home.drain(GATEWAY).await.context("draining the gateway")?;
-    }
-    say.line(format!(
-        "{}: {} nodes up on 127.0.0.1 (level 1: one process), home {}{}",
-        sc.name,
-        sc.nodes,
-        home_at.name(),
-        if gateway {
-            " (an extra job-less gateway: every node is disrupted by this timeline)"
-        } else {
-            ""
-        }
-    ));
+}
 
-    // Jobs, round-robin over n1..nN, all submitted from the home.
-    let t0 = Instant::now();
-    let now = |t0: Instant| t0.elapsed().as_millis() as u64;
-    let mut obs = Observer::default();
-    let mut nice = JobNice::default();
-    let mut job_specs = Vec::new();
-    for (i, spec) in sc.jobs.iter().enumerate() {
-        let on = format!("n{}", (i as u64 % sc.nodes) + 1);
-        let id = format!("{}-{}", spec.guest, i + 1);
-        let wasm = modules.get(&spec.guest).cloned().unwrap_or_default();
-        let got = home
-            .run(RunRequest {
-                module: wasm,
-                name: Some(spec.guest.clone()),
-                id: Some(id.clone()),
-                args: spec.args.clone(),
-                seed: sc.seed,
-                node: Some(on.clone()),
-                ..RunRequest::default()
-            })
-            .await
-            .with_context(|| format!("starting {id} on {on}"))?;
-        obs.submitted(now(t0), &got, &on);
-        job_specs.push((got, spec.clone()));
-        nice.sweep();
-    }
-    let mut swept = Instant::now();
-    say.line(format!(
-        "{} jobs started (output collected at {})",
-        job_specs.len(),
-        home_at.name()
-    ));
+/// What [`Run::drive`] needs besides the level.
+struct Run<'a> {
+    opts: &'a ChaosOptions,
+    home: &'a Home,
+    /// Lanes: n1..nN, then the gateway if there is one.
+    names: &'a [String],
+    modules: &'a BTreeMap<String, Vec<u8>>,
+    host: &'a Arc<Host>,
+    started: Instant,
+}
 
-    // Play the timeline while observing.
-    let scale = |ms: u64| (ms as f64 * opts.time_scale).round() as u64;
-    let timeline = sc.timeline();
-    let duration = scale(sc.duration_ms);
-    let wait_until = duration + opts.wait_after.as_millis() as u64;
-    let lost_after = opts.lost_after.as_millis() as u64;
-    let mut next = 0usize;
-    let mut kills: Vec<(u64, String)> = Vec::new();
-    let mut marks: Vec<Mark> = Vec::new();
-    // Open cuts: the partition's mark and each paused node's, by index in `marks`.
-    let mut open_partition: Option<usize> = None;
-    let mut open_pauses: BTreeMap<String, usize> = BTreeMap::new();
-    let (mut restarts, mut pauses, mut partitions) = (0usize, 0usize, 0usize);
-    let mut skipped = Vec::new();
-    let mut acked = BTreeSet::new();
-    let mut not_played = 0usize;
-    loop {
-        while next < timeline.len() && scale(timeline[next].at_ms) <= now(t0) {
-            let te = &timeline[next];
-            next += 1;
-            let at = now(t0);
-            let took = Instant::now();
-            // Events are played when due; a busy process plays them late (restarts
-            // and kills take time too), and the facts carry the real times.
-            let late = at.saturating_sub(scale(te.at_ms));
-            if late > 250 {
-                say.line(format!(
-                    "{} due at {} ms, played {late} ms late",
-                    te.event,
-                    scale(te.at_ms)
-                ));
+impl Run<'_> {
+    /// Submits the jobs, plays the timeline while observing, then checks.
+    async fn drive<L: Level>(&self, level: &mut L) -> anyhow::Result<ChaosRun> {
+        let (opts, sc, home_at) = (self.opts, &self.opts.scenario, self.home);
+        let gateway = *home_at == Home::Gateway;
+        let say = Say {
+            verbose: opts.verbose,
+            t0: self.started,
+        };
+        say.line(format!(
+            "{}: {} nodes up ({}), home {}{}",
+            sc.name,
+            sc.nodes,
+            level.what(),
+            home_at.name(),
+            if gateway {
+                " (an extra job-less gateway: every node is disrupted by this timeline)"
+            } else {
+                ""
             }
-            match &te.event {
-                Event::Kill { node } => {
-                    let name = node.to_string();
-                    let Some(h) = swarm.live.remove(&name) else {
-                        say.line(format!("kill {name}: not running, nothing to do"));
-                        continue;
-                    };
-                    // What it held at its death, then its death.
-                    if let Ok(list) = h.scheduler.send(scheduler::List).await {
-                        obs.saw(at, &name, &list);
-                    }
-                    obs.killed(at, &name);
-                    h.shutdown().await;
-                    // A paused node that is killed comes back running.
-                    if swarm.cut.is_paused(&name) {
-                        swarm.cut.resume(&name);
-                        end_mark(&mut marks, open_pauses.remove(&name), at);
-                    }
-                    say.line(format!("kill {name}"));
-                    kills.push((at, name.clone()));
-                    marks.push(Mark::Kill {
-                        at_ms: at,
-                        node: name.clone(),
-                    });
-                    swarm.dead.insert(name, h);
-                }
-                Event::Restart { node } => {
-                    let name = node.to_string();
-                    let Some(old) = swarm.dead.remove(&name) else {
-                        say.line(format!("restart {name}: not killed, nothing to do"));
-                        continue;
-                    };
-                    let h = node::start(old.shared.config.clone(), swarm.host.clone())
-                        .await
-                        .with_context(|| format!("restarting {name}"))?;
-                    swarm.peers.insert(name.clone(), h.peer_id());
-                    swarm.all.push(h.clone());
-                    swarm.live.insert(name.clone(), h);
-                    swarm.apply_cut().await?;
-                    swarm.reconnect().await;
-                    restarts += 1;
-                    say.line(format!("restart {name} (same identity, empty store)"));
-                }
-                Event::Pause { node } => {
-                    let name = node.to_string();
-                    swarm.cut.pause(&name);
-                    swarm.apply_cut().await?;
-                    pauses += 1;
-                    open_pauses.insert(name.clone(), marks.len());
-                    marks.push(Mark::Cut {
-                        at_ms: at,
-                        end_ms: None,
-                        nodes: vec![name.clone()],
-                    });
+        ));
+
+        // Jobs, round-robin over n1..nN, all submitted from the home.
+        let mut submitted = Vec::new();
+        for (i, spec) in sc.jobs.iter().enumerate() {
+            let on = format!("n{}", (i as u64 % sc.nodes) + 1);
+            let id = format!("{}-{}", spec.guest, i + 1);
+            let wasm = self.modules.get(&spec.guest).cloned().unwrap_or_default();
+            let got = level
+                .submit(RunRequest {
+                    module: wasm,
+                    name: Some(spec.guest.clone()),
+                    id: Some(id.clone()),
+                    args: spec.args.clone(),
+                    seed: sc.seed,
+                    node: Some(on.clone()),
+                    ..RunRequest::default()
+                })
+                .await
+                .with_context(|| format!("starting {id} on {on}"))?;
+            submitted.push((got, on, spec.clone()));
+            level.tick();
+        }
+        // The clock starts once every job ran: a node process compiles a module it
+        // has not seen first (a second or more on a busy machine), and a job killed
+        // before it ran has nothing to recover from, whatever the level.
+        let waited = Instant::now();
+        let mut seen_running: BTreeSet<String> = BTreeSet::new();
+        while submitted.iter().any(|(j, ..)| !seen_running.contains(j)) {
+            if waited.elapsed() > START_WAIT {
+                say.line(format!(
+                    "not every job runs after {} s; the timeline starts anyway",
+                    START_WAIT.as_secs()
+                ));
+                break;
+            }
+            for (_, list) in level.lists().await {
+                seen_running.extend(
+                    list.into_iter()
+                        .filter(|j| j.state == "running")
+                        .map(|j| j.job),
+                );
+            }
+            tokio::time::sleep(opts.observe_every).await;
+        }
+        let t0 = Instant::now();
+        let now = |t0: Instant| t0.elapsed().as_millis() as u64;
+        let mut obs = Observer::default();
+        let mut job_specs = Vec::new();
+        for (job, on, spec) in submitted {
+            obs.submitted(0, &job, &on);
+            job_specs.push((job, spec));
+        }
+        let mut swept = Instant::now();
+        say.line(format!(
+            "{} jobs started (output collected at {}), all running after {} ms",
+            job_specs.len(),
+            home_at.name(),
+            waited.elapsed().as_millis()
+        ));
+
+        // Play the timeline while observing.
+        let scale = |ms: u64| (ms as f64 * opts.time_scale).round() as u64;
+        let timeline = sc.timeline();
+        let duration = scale(sc.duration_ms);
+        let wait_until = duration + opts.wait_after.as_millis() as u64;
+        let lost_after = opts.lost_after.as_millis() as u64;
+        let mut next = 0usize;
+        let mut kills: Vec<(u64, String)> = Vec::new();
+        let mut marks: Vec<Mark> = Vec::new();
+        // Open cuts: the partition's mark and each paused node's, by index in `marks`.
+        let mut open_partition: Option<usize> = None;
+        let mut open_pauses: BTreeMap<String, usize> = BTreeMap::new();
+        let (mut restarts, mut pauses, mut partitions, mut shaped) = (0usize, 0, 0, 0);
+        let mut skipped = Vec::new();
+        let mut acked = BTreeSet::new();
+        let mut not_played = 0usize;
+        loop {
+            while next < timeline.len() && scale(timeline[next].at_ms) <= now(t0) {
+                let te = &timeline[next];
+                next += 1;
+                let at = now(t0);
+                let took = Instant::now();
+                // Events are played when due; a busy process plays them late (restarts
+                // and kills take time too), and the facts carry the real times.
+                let late = at.saturating_sub(scale(te.at_ms));
+                if late > 250 {
                     say.line(format!(
-                        "pause {name} (level 1: cut off from every peer; its jobs keep computing)"
+                        "{} due at {} ms, played {late} ms late",
+                        te.event,
+                        scale(te.at_ms)
                     ));
                 }
-                Event::Resume { node } => {
-                    let name = node.to_string();
-                    swarm.cut.resume(&name);
-                    swarm.apply_cut().await?;
-                    swarm.reconnect().await;
-                    end_mark(&mut marks, open_pauses.remove(&name), at);
-                    say.line(format!("resume {name}"));
+                match &te.event {
+                    Event::Kill { node } => {
+                        let name = node.to_string();
+                        if !level.is_live(&name) {
+                            say.line(format!("kill {name}: not running, nothing to do"));
+                            continue;
+                        }
+                        // What it held at its death, then its death.
+                        if let Some(list) = level.list(&name).await {
+                            obs.saw(at, &name, &list);
+                        }
+                        obs.killed(at, &name);
+                        let line = level.kill(&name).await?;
+                        end_mark(&mut marks, open_pauses.remove(&name), at);
+                        say.line(line);
+                        kills.push((at, name.clone()));
+                        marks.push(Mark::Kill {
+                            at_ms: at,
+                            node: name,
+                        });
+                    }
+                    Event::Restart { node } => {
+                        let name = node.to_string();
+                        match level.restart(&name).await? {
+                            Some(line) => {
+                                restarts += 1;
+                                say.line(line);
+                            }
+                            None => say.line(format!("restart {name}: not killed, nothing to do")),
+                        }
+                    }
+                    Event::Pause { node } => {
+                        let name = node.to_string();
+                        if L::PAUSE_FREEZES {
+                            // What it ran when it stopped: none of it runs while paused.
+                            if let Some(list) = level.list(&name).await {
+                                obs.saw(at, &name, &list);
+                            }
+                            obs.paused(at, &name);
+                        }
+                        let line = level.pause(&name).await?;
+                        pauses += 1;
+                        open_pauses.insert(name.clone(), marks.len());
+                        marks.push(Mark::Cut {
+                            at_ms: at,
+                            end_ms: None,
+                            nodes: vec![name],
+                        });
+                        say.line(line);
+                    }
+                    Event::Resume { node } => {
+                        let name = node.to_string();
+                        level.resume(&name).await?;
+                        end_mark(&mut marks, open_pauses.remove(&name), at);
+                        say.line(format!("resume {name}"));
+                    }
+                    Event::Partition { groups } => {
+                        end_mark(&mut marks, open_partition.take(), at);
+                        let cut_off = level.partition(groups, sc.nodes as usize).await?;
+                        partitions += 1;
+                        open_partition = Some(marks.len());
+                        marks.push(Mark::Cut {
+                            at_ms: at,
+                            end_ms: None,
+                            nodes: cut_off,
+                        });
+                        say.line(te.event.to_string());
+                    }
+                    Event::Heal => {
+                        level.heal().await?;
+                        end_mark(&mut marks, open_partition.take(), at);
+                        say.line("heal");
+                    }
+                    e @ (Event::Delay { .. } | Event::Loss { .. } | Event::Rate { .. }) => {
+                        match level.shape(e).await? {
+                            Some(line) => {
+                                shaped += 1;
+                                say.line(line);
+                            }
+                            None => {
+                                say.line(format!(
+                                    "{e}: skipped at level {}: needs namespaces",
+                                    level.level()
+                                ));
+                                skipped.push(e.to_string());
+                            }
+                        }
+                    }
                 }
-                Event::Partition { groups } => {
-                    end_mark(&mut marks, open_partition.take(), at);
-                    let cut_off = swarm.cut.partition(groups, sc.nodes as usize, gateway);
-                    swarm.apply_cut().await?;
-                    partitions += 1;
-                    open_partition = Some(marks.len());
-                    marks.push(Mark::Cut {
-                        at_ms: at,
-                        end_ms: None,
-                        nodes: cut_off,
-                    });
-                    say.line(te.event.to_string());
-                }
-                Event::Heal => {
-                    swarm.cut.heal();
-                    swarm.apply_cut().await?;
-                    swarm.reconnect().await;
-                    end_mark(&mut marks, open_partition.take(), at);
-                    say.line("heal");
-                }
-                e @ (Event::Delay { .. } | Event::Loss { .. } | Event::Rate { .. }) => {
-                    say.line(format!("{e}: skipped at level 1: needs namespaces"));
-                    skipped.push(e.to_string());
-                }
+                slow(took, || te.event.to_string());
             }
-            slow(took, || te.event.to_string());
-        }
-        let at = now(t0);
-        if swept.elapsed() >= Duration::from_millis(200) {
-            nice.sweep();
-            swept = Instant::now();
-        }
-        let took = Instant::now();
-        observe(&swarm, &home, &mut obs, at).await;
-        slow(took, || "observing the nodes".into());
-        checkpoint_facts(&swarm, at, &mut acked, &mut obs).await;
-        if obs.all_finished() {
-            not_played = timeline.len() - next;
-            if not_played > 0 {
-                say.line(format!(
-                    "every job finished; the last {not_played} events are not played"
-                ));
+            let at = now(t0);
+            for (name, how) in level.exited() {
+                say.line(format!("{name} died on its own ({how})"));
+                obs.killed(at, &name);
+                end_mark(&mut marks, open_pauses.remove(&name), at);
+                marks.push(Mark::Kill {
+                    at_ms: at,
+                    node: name,
+                });
             }
-            break;
+            if swept.elapsed() >= Duration::from_millis(200) {
+                level.tick();
+                swept = Instant::now();
+            }
+            let took = Instant::now();
+            observe(level, &mut obs, at).await;
+            slow(took, || "observing the nodes".into());
+            checkpoint_facts(level, at, &mut acked, &mut obs).await;
+            if obs.all_finished() {
+                not_played = timeline.len() - next;
+                if not_played > 0 {
+                    say.line(format!(
+                        "every job finished; the last {not_played} events are not played"
+                    ));
+                }
+                break;
+            }
+            if at >= duration && next >= timeline.len() && obs.in_play(at, lost_after).is_empty() {
+                break;
+            }
+            if at >= wait_until {
+                break;
+            }
+            let until_event = timeline
+                .get(next)
+                .map(|e| scale(e.at_ms).saturating_sub(at))
+                .unwrap_or(u64::MAX);
+            let wait = opts
+                .observe_every
+                .min(Duration::from_millis(until_event.max(1)));
+            tokio::time::sleep(wait).await;
         }
-        if at >= duration && next >= timeline.len() && obs.in_play(at, lost_after).is_empty() {
-            break;
-        }
-        if at >= wait_until {
-            break;
-        }
-        let until_event = timeline
-            .get(next)
-            .map(|e| scale(e.at_ms).saturating_sub(at))
-            .unwrap_or(u64::MAX);
-        let wait = opts
-            .observe_every
-            .min(Duration::from_millis(until_event.max(1)));
-        tokio::time::sleep(wait).await;
-    }
-    let end = now(t0);
-    let timed_out = if end >= wait_until {
-        obs.in_play(end, lost_after)
-    } else {
-        Vec::new()
-    };
-    say.line(format!(
-        "timeline done: {} of {} jobs finished",
-        obs.jobs().iter().filter(|j| obs.is_finished(j)).count(),
-        obs.jobs().len()
-    ));
+        let end = now(t0);
+        let timed_out = if end >= wait_until {
+            obs.in_play(end, lost_after)
+        } else {
+            Vec::new()
+        };
+        say.line(format!(
+            "timeline done: {} of {} jobs finished",
+            obs.jobs().iter().filter(|j| obs.is_finished(j)).count(),
+            obs.jobs().len()
+        ));
 
-    // Moves made by every incarnation, on the timeline's clock.
-    let mut moves = Vec::new();
-    for h in &swarm.all {
-        moves.extend(
-            timed_moves(std::slice::from_ref(h), t0)
-                .await
-                .unwrap_or_default(),
+        // Moves made by every incarnation, on the timeline's clock.
+        let moves = level.moves(t0).await;
+        level.shutdown().await;
+
+        // Straight runs, one per distinct (guest, args), side by side.
+        say.line("straight runs of the jobs for reference");
+        // A job that did not finish cannot match its straight run whatever it is, so
+        // specs with no finished job are left unverified (they cost minutes in a bench).
+        let distinct: BTreeSet<(String, Vec<String>)> = job_specs
+            .iter()
+            .filter(|(job, _)| obs.is_finished(job))
+            .map(|(_, s)| (s.guest.clone(), s.args.clone()))
+            .collect();
+        let runs = distinct.into_iter().map(|(guest, args)| {
+            let (h, w) = (
+                self.host.clone(),
+                self.modules.get(&guest).cloned().unwrap_or_default(),
+            );
+            let seed = sc.seed;
+            async move {
+                let (g, a) = (guest.clone(), args.clone());
+                let out =
+                    tokio::task::spawn_blocking(move || straight_run_of(&h, &w, &g, &a, seed))
+                        .await
+                        .map_err(anyhow::Error::from)
+                        .and_then(|r| r)
+                        .with_context(|| format!("straight run of {guest} {}", args.join(" ")))?;
+                anyhow::Ok(((guest, args), out.0))
+            }
+        });
+        let straight: BTreeMap<(String, Vec<String>), Vec<u8>> = futures::future::join_all(runs)
+            .await
+            .into_iter()
+            .collect::<anyhow::Result<_>>()?;
+        for (job, spec) in &job_specs {
+            if let Some(out) = straight.get(&(spec.guest.clone(), spec.args.clone())) {
+                obs.straight_run(job, out);
+            }
+        }
+
+        let facts = obs.into_facts();
+        let report = check(&facts);
+        let recovery_ms = recovery_times(&facts, &kills);
+        let title = format!(
+            "roam chaos {} (seed {}, level {}): jobs on nodes over time",
+            sc.name,
+            sc.seed,
+            level.level()
         );
+        let timeline = draw(&title, self.names, &facts, &marks, &moves, end);
+        Ok(ChaosRun {
+            scenario: sc.name.clone(),
+            seed: sc.seed,
+            level: level.level(),
+            shaped,
+            nodes: sc.nodes,
+            home: home_at.name().to_string(),
+            facts,
+            report,
+            timeline,
+            kills,
+            restarts,
+            pauses,
+            partitions,
+            skipped,
+            not_played,
+            timed_out,
+            recovery_ms,
+            elapsed: self.started.elapsed(),
+        })
     }
-    moves.sort_by_key(|m| m.at);
-    for h in swarm.live.values() {
-        h.shutdown().await;
-    }
-
-    // Straight runs, one per distinct (guest, args), side by side.
-    say.line("straight runs of the jobs for reference");
-    // A job that did not finish cannot match its straight run whatever it is, so
-    // specs with no finished job are left unverified (they cost minutes in a bench).
-    let distinct: BTreeSet<(String, Vec<String>)> = job_specs
-        .iter()
-        .filter(|(job, _)| obs.is_finished(job))
-        .map(|(_, s)| (s.guest.clone(), s.args.clone()))
-        .collect();
-    let runs = distinct.into_iter().map(|(guest, args)| {
-        let (h, w) = (
-            host.clone(),
-            modules.get(&guest).cloned().unwrap_or_default(),
-        );
-        let seed = sc.seed;
-        async move {
-            let (g, a) = (guest.clone(), args.clone());
-            let out = tokio::task::spawn_blocking(move || straight_run_of(&h, &w, &g, &a, seed))
-                .await
-                .map_err(anyhow::Error::from)
-                .and_then(|r| r)
-                .with_context(|| format!("straight run of {guest} {}", args.join(" ")))?;
-            anyhow::Ok(((guest, args), out.0))
-        }
-    });
-    let straight: BTreeMap<(String, Vec<String>), Vec<u8>> = futures::future::join_all(runs)
-        .await
-        .into_iter()
-        .collect::<anyhow::Result<_>>()?;
-    for (job, spec) in &job_specs {
-        if let Some(out) = straight.get(&(spec.guest.clone(), spec.args.clone())) {
-            obs.straight_run(job, out);
-        }
-    }
-
-    let facts = obs.into_facts();
-    let report = check(&facts);
-    let recovery_ms = recovery_times(&facts, &kills);
-    let title = format!(
-        "roam chaos {} (seed {}, level 1): jobs on nodes over time",
-        sc.name, sc.seed
-    );
-    let timeline = draw(&title, &swarm.names, &facts, &marks, &moves, end);
-    drop(scratch);
-    Ok(ChaosRun {
-        scenario: sc.name.clone(),
-        seed: sc.seed,
-        nodes: sc.nodes,
-        home: home_at.name().to_string(),
-        facts,
-        report,
-        timeline,
-        kills,
-        restarts,
-        pauses,
-        partitions,
-        skipped,
-        not_played,
-        timed_out,
-        recovery_ms,
-        elapsed: started.elapsed(),
-    })
 }
 
 /// Logs what held up the harness's loop (events play late after it).
@@ -1527,6 +1892,74 @@ mod tests {
         );
         assert!(o.facts().iter().any(|f| matches!(f,
             Fact::Finished { node, generation: 1, .. } if node.as_str() == "n2")));
+    }
+
+    #[test]
+    fn a_stopped_node_runs_nothing_until_it_lists_its_jobs_running_again() {
+        let mut o = Observer::default();
+        o.submitted(0, "a", "n1");
+        o.submitted(0, "b", "n1");
+        o.saw(10, "n1", &[job("a", 0, "running"), job("b", 0, "paused")]);
+        o.paused(100, "n1");
+        o.paused(150, "n1");
+        assert_eq!(
+            o.in_play(5000, 10),
+            ["a", "b"],
+            "a stopped node holds its jobs"
+        );
+        // Meanwhile a runs elsewhere at a newer generation: no overlap.
+        o.saw(4000, "n2", &[job("a", 1, "running")]);
+        // Back (SIGCONT): n1 dropped a, and b runs again.
+        o.saw(6000, "n1", &[job("b", 0, "running")]);
+        let runs: Vec<(&str, &str, u64, u64)> = o
+            .facts()
+            .iter()
+            .filter_map(|f| match f {
+                Fact::Started { job, at_ms, .. } => Some(("start", job.as_str(), *at_ms, 0)),
+                Fact::Stopped {
+                    job,
+                    node,
+                    at_ms,
+                    generation,
+                } if node.as_str() == "n1" => Some(("stop", job.as_str(), *at_ms, *generation)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            runs,
+            [
+                ("start", "a", 10, 0),
+                ("stop", "a", 100, 0),
+                ("start", "a", 4000, 0),
+                ("start", "b", 6000, 0),
+            ],
+            "stopping stops a running copy once; dropping it later stops nothing more"
+        );
+        assert!(check(o.facts()).duplicate_generations.is_empty());
+    }
+
+    #[test]
+    fn level_2_refuses_shaped_links_and_levels_end_at_3() {
+        assert!(check_level(&shipped("smoke.toml"), 2).is_ok());
+        assert!(check_level(&shipped("level2.toml"), 2).is_ok());
+        assert!(check_level(&shipped("churn.toml"), 1).is_ok());
+        let e = check_level(&shipped("churn.toml"), 2)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cannot shape links")
+                && e.contains("4 shaped-link event(s)")
+                && e.contains("level 3"),
+            "{e}"
+        );
+        // Level 3 shapes them (whether this kernel can is known once the
+        // namespaces exist).
+        assert!(check_level(&shipped("churn.toml"), 3).is_ok());
+        let e = check_level(&shipped("smoke.toml"), 4)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the levels are 1"), "{e}");
+        assert!(check_level(&shipped("smoke.toml"), 0).is_err());
     }
 
     #[test]

@@ -4,9 +4,17 @@
 //! do hold: no generation on two nodes at once, no output byte delivered twice, every
 //! finished job's output bit-identical to a straight run. That every job *finished*
 //! is asserted only with `ROAM_CHAOS_STRICT=1` (turn it on once crash recovery is in).
+//!
+//! At level 2 (a `roam node` process per node): `configs/chaos/level2.toml` (seeded:
+//! a partition, a SIGKILL and restart, a SIGSTOP and SIGCONT) keeps every invariant,
+//! and the node processes and their directories are gone afterwards, also when the
+//! run is interrupted. At level 3 (as root; skipped otherwise) the same in network
+//! namespaces, with a rate-limited link, and no namespace is left; delay is refused
+//! on a kernel without netem.
 
+use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use recovery::Report;
 
@@ -135,7 +143,7 @@ fn smoke_scenario_plays_its_timeline_and_keeps_the_invariants() {
 }
 
 #[test]
-fn a_disrupted_home_and_level_2_are_refused_before_anything_starts() {
+fn a_disrupted_home_shaped_links_at_level_2_and_level_4_are_refused_before_anything_starts() {
     let out = roam()
         .args(["chaos", "--home", "n1", "configs/chaos/smoke.toml"])
         .output()
@@ -148,13 +156,29 @@ fn a_disrupted_home_and_level_2_are_refused_before_anything_starts() {
     );
     assert!(stderr.contains("not replicated"), "{stderr}");
 
+    // Level 2 cannot shape links: churn.toml's delay, loss and rate are refused,
+    // naming level 3; level 3 is not there yet. Nothing starts either way.
     let out = roam()
-        .args(["chaos", "--level", "2", "configs/chaos/smoke.toml"])
+        .args(["chaos", "--level", "2", "configs/chaos/churn.toml"])
         .output()
         .expect("roam runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("only level 1"), "{stderr}");
+    assert!(
+        stderr.contains("--level 2 cannot shape links") && stderr.contains("level 3"),
+        "{stderr}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("nodes up"),
+        "refused before anything starts"
+    );
+    let out = roam()
+        .args(["chaos", "--level", "4", "configs/chaos/smoke.toml"])
+        .output()
+        .expect("roam runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--level"), "{stderr}");
 
     let out = roam()
         .args(["chaos", "configs/chaos/nope.toml"])
@@ -162,6 +186,256 @@ fn a_disrupted_home_and_level_2_are_refused_before_anything_starts() {
         .expect("roam runs");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope.toml"));
+}
+
+#[test]
+fn level_2_plays_a_seeded_scenario_on_node_processes_and_keeps_every_invariant() {
+    let guests = workspace().join("guests/out");
+    for g in ["autopilot", "tracker"] {
+        let p = guests.join(format!("{g}.wasm"));
+        assert!(p.exists(), "{}: run scripts/build-guests", p.display());
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let svg = dir.path().join("level2.svg");
+    let child = roam()
+        .args(["chaos", "--level", "2", "--wait-ms", "60000", "--timeline"])
+        .arg(&svg)
+        .arg("configs/chaos/level2.toml")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("roam runs");
+    let harness = child.id();
+    let out = child.wait_with_output().expect("roam ends");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let ctx = || {
+        format!(
+            "stdout:\n{stdout}\nstderr (last 3000 bytes):\n{}",
+            tail(&stderr)
+        )
+    };
+    assert!(
+        stdout.contains("nodes up (level 2: a process per node, on 127.0.0.1), home n1"),
+        "{}",
+        ctx()
+    );
+
+    let last = stdout.lines().last().unwrap_or_default();
+    let v: serde_json::Value =
+        serde_json::from_str(last).unwrap_or_else(|e| panic!("last line: {e}\n{}", ctx()));
+    let report: Report = serde_json::from_value(v["report"].clone())
+        .unwrap_or_else(|e| panic!("report: {e}\n{}", ctx()));
+    assert_eq!((&v["scenario"], &v["level"]), (&"level2".into(), &2.into()));
+
+    // The seed's timeline, in order, as far as it was played (it stops early when
+    // every job finished first).
+    let events = [
+        "] partition {n2} | {n1,n3}",
+        "] heal",
+        "] kill n3 (SIGKILL)",
+        "] restart n3 (a new process: same config, identity and on-disk store)",
+        "] pause n3 (SIGSTOP",
+        "] resume n3",
+    ];
+    let not_played = v["not_played"].as_u64().unwrap_or(u64::MAX) as usize;
+    assert!(not_played <= 2, "the kill is always played\n{}", ctx());
+    let mut at = 0;
+    for ev in &events[..events.len() - not_played] {
+        let pos = stdout[at..]
+            .find(ev)
+            .unwrap_or_else(|| panic!("`{ev}` not played after byte {at}\n{}", ctx()));
+        at += pos + ev.len();
+    }
+    assert_eq!(v["kills"], 1, "{}", ctx());
+    assert_eq!(v["partitions"], 1, "{}", ctx());
+
+    // Every invariant: recovery is in, so every job finishes too.
+    assert_eq!(report.jobs, 3);
+    assert!(report.ok(), "{report}\n{}", ctx());
+    assert_eq!(v["outputs_identical"], true, "{}", ctx());
+    assert_eq!(out.status.code(), Some(0), "{}", ctx());
+
+    let drawn = std::fs::read_to_string(&svg).expect("the SVG is written");
+    assert!(drawn.contains("n3 killed"), "the kill is drawn");
+
+    // Nothing is left behind: no node process, no scratch directory.
+    assert_eq!(leftovers(harness), (Vec::new(), Vec::new()));
+}
+
+#[test]
+fn level_2_interrupted_kills_its_node_processes_and_removes_their_directories() {
+    let mut child = roam()
+        .args(["chaos", "--level", "2", "configs/chaos/smoke.toml"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("roam runs");
+    let harness = child.id();
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut seen = String::new();
+    for line in BufReader::new(stdout).lines() {
+        let Ok(line) = line else { break };
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("jobs started") {
+            break;
+        }
+    }
+    assert!(seen.contains("jobs started"), "{seen}");
+    let (procs, dirs) = leftovers(harness);
+    assert_eq!(procs.len(), 3, "a process per node: {procs:?}");
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+
+    let pid = i32::try_from(harness).expect("pid");
+    // SAFETY: kill(2) on our own child, not reaped yet.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let out = child.wait_with_output().expect("roam ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert_eq!(leftovers(harness), (Vec::new(), Vec::new()), "{stderr}");
+}
+
+#[test]
+fn level_3_plays_in_network_namespaces_shapes_a_rate_and_leaves_nothing_behind() {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let ip = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !root || !ip {
+        eprintln!("SKIPPED: level 3 needs root and iproute2 (root {root}, ip netns {ip})");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    // smoke.toml with the link n1 -> n3 limited to 8 Mbit/s from the start.
+    let smoke =
+        std::fs::read_to_string(workspace().join("configs/chaos/smoke.toml")).expect("smoke.toml");
+    let file = dir.path().join("l3.toml");
+    let text = format!(
+        "{}\n[[events]]\nat_ms = 0\nkind = \"rate\"\nfrom = \"n1\"\nto = \"n3\"\nvalue = 8000\n",
+        smoke.replace("name = \"smoke\"", "name = \"l3\"")
+    );
+    std::fs::write(&file, text).expect("scenario written");
+    let child = roam()
+        .args(["chaos", "--level", "3", "--wait-ms", "60000", "--timeline"])
+        .arg(dir.path().join("l3.svg"))
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("roam runs");
+    let harness = child.id();
+    let out = child.wait_with_output().expect("roam ends");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let ctx = || {
+        format!(
+            "stdout:\n{stdout}\nstderr (last 3000 bytes):\n{}",
+            tail(&stderr)
+        )
+    };
+    assert!(
+        stdout.contains("(level 3: a process per node, each in a network namespace"),
+        "{}",
+        ctx()
+    );
+    assert!(
+        stdout.contains("] rate n1->n3 8000 kbit/s (now 0 ms, 0 % loss, 8000 kbit/s)"),
+        "{}",
+        ctx()
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    let v: serde_json::Value =
+        serde_json::from_str(last).unwrap_or_else(|e| panic!("last line: {e}\n{}", ctx()));
+    let report: Report = serde_json::from_value(v["report"].clone())
+        .unwrap_or_else(|e| panic!("report: {e}\n{}", ctx()));
+    assert_eq!(
+        (&v["level"], &v["shaped"], &v["kills"], &v["partitions"]),
+        (&3.into(), &1.into(), &1.into(), &1.into()),
+        "{}",
+        ctx()
+    );
+    assert!(report.ok(), "{report}\n{}", ctx());
+    assert_eq!(out.status.code(), Some(0), "{}", ctx());
+    assert_eq!(leftovers(harness), (Vec::new(), Vec::new()));
+    assert!(namespaces(harness).is_empty(), "{:?}", namespaces(harness));
+
+    // Delay needs netem: without it, refused before any node starts, and the
+    // namespaces made to find out are gone.
+    let file = dir.path().join("delay.toml");
+    std::fs::write(
+        &file,
+        "nodes = 2\nduration_ms = 1000\n[[jobs]]\nguest = \"autopilot\"\nargs = [\"1000\"]\n\
+         [[events]]\nat_ms = 0\nkind = \"delay\"\nfrom = \"n1\"\nto = \"n2\"\nvalue = 20\n",
+    )
+    .expect("scenario written");
+    let child = roam()
+        .args(["chaos", "--level", "3"])
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("roam runs");
+    let harness = child.id();
+    let out = child.wait_with_output().expect("roam ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("no netem qdisc") {
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("cannot delay or drop packets"), "{stderr}");
+    } else {
+        assert!(
+            out.status.code().is_some_and(|c| c <= 1),
+            "netem is there: it runs\n{stderr}"
+        );
+    }
+    assert_eq!(leftovers(harness), (Vec::new(), Vec::new()));
+    assert!(namespaces(harness).is_empty());
+}
+
+/// The network namespaces a level-3 run by `harness` made (`roam-PID-NODE`).
+fn namespaces(harness: u32) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    let prefix = format!("roam-{harness}-");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The node processes and scratch directories a level-2 or level-3 run by `harness`
+/// has (the directory is `roam-chaos2-PID-…` or `roam-chaos3-PID-…` in the temp dir,
+/// and every node's command line names its config there).
+fn leftovers(harness: u32) -> (Vec<u32>, Vec<PathBuf>) {
+    let marks = [2, 3].map(|l| format!("roam-chaos{l}-{harness}-"));
+    let mut procs = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if marks.iter().any(|m| cmdline.contains(m)) {
+            procs.push(pid);
+        }
+    }
+    let dirs = std::fs::read_dir(std::env::temp_dir())
+        .expect("temp dir")
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            marks.iter().any(|m| name.starts_with(m))
+        })
+        .map(|e| e.path())
+        .collect();
+    (procs, dirs)
 }
 
 fn tail(s: &str) -> &str {

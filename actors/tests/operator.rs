@@ -1,5 +1,7 @@
 //! What an operator sees: `GET /status` and `GET /metrics` report a move that just
-//! happened (two in-process nodes on 127.0.0.1, read over HTTP), `roam top --once`
+//! happened (two in-process nodes on 127.0.0.1, read over HTTP), `GET /jobs` lists a
+//! node's jobs and `POST /chaos/block` cuts a node off its peers and lets it back,
+//! `roam top --once`
 //! shows it, `roam config --default` is the documented default config, `roam config
 //! --check` names file, line and key of a bad one, and every command's `--help` has an
 //! example.
@@ -50,6 +52,102 @@ async fn get(api: SocketAddr, path: &str) -> (u16, String, Vec<u8>) {
     })
     .await
     .expect("join")
+}
+
+/// POST `path` (no body) to a node's API, off the actix thread.
+async fn post(api: SocketAddr, path: &str) -> (u16, Vec<u8>) {
+    let path = path.to_string();
+    tokio::task::spawn_blocking(move || {
+        let r = http::request(
+            api,
+            "POST",
+            &path,
+            None,
+            &[],
+            Duration::from_secs(20),
+            1 << 20,
+        )
+        .expect("the API answers");
+        (r.status, r.body)
+    })
+    .await
+    .expect("join")
+}
+
+#[test]
+fn jobs_lists_a_nodes_jobs_and_chaos_block_cuts_it_off_and_lets_it_back() {
+    system().block_on(async {
+        let host = Host::new(HostConfig::default()).expect("host");
+        let mut nodes = Vec::new();
+        for name in ["bl1", "bl2"] {
+            let mut cfg = NodeConfig::local(name);
+            cfg.migration.heartbeat_ms = 100;
+            nodes.push(node::start(cfg, Arc::clone(&host)).await.expect("node"));
+        }
+        nodes[1].connect(&nodes[0]).await.expect("connect");
+        for n in &nodes {
+            n.wait_for_peers(1, Duration::from_secs(20))
+                .await
+                .expect("peers");
+        }
+        let api = nodes[0].api_addr.expect("bl1 serves its API");
+        let job = nodes[0]
+            .run(RunRequest {
+                module: guest("autopilot"),
+                name: Some("autopilot".into()),
+                id: Some("ap".into()),
+                args: vec!["50000000".into()],
+                node: Some("bl1".into()),
+                ..RunRequest::default()
+            })
+            .await
+            .expect("job starts");
+
+        let (code, _, body) = get(api, "/jobs").await;
+        assert_eq!(code, 200);
+        let jobs: actors::node::api::JobsAnswer =
+            serde_json::from_slice(&body).expect("a JobsAnswer");
+        assert!(jobs.uptime_ms > 0);
+        assert_eq!(jobs.jobs.len(), 1, "{jobs:?}");
+        assert_eq!(
+            (jobs.jobs[0].job.as_str(), jobs.jobs[0].generation),
+            (job.as_str(), 0)
+        );
+
+        let connected = |n: usize| {
+            let node = nodes[0].clone();
+            async move {
+                let deadline = std::time::Instant::now() + Duration::from_secs(20);
+                loop {
+                    let now = node.status().await.expect("status").peers_connected;
+                    if now == n {
+                        return;
+                    }
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "{now} peers connected, waiting for {n}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        let other = nodes[1].peer_id().to_string();
+        let (code, body) = post(api, &format!("/chaos/block?peer={other}")).await;
+        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(v["blocked"], 1);
+        connected(0).await;
+        // An empty list lifts every block: the peer is dialed again.
+        let (code, _) = post(api, "/chaos/block").await;
+        assert_eq!(code, 200);
+        connected(1).await;
+        let (code, body) = post(api, "/chaos/block?peer=nonsense").await;
+        assert_eq!(code, 400);
+        assert!(String::from_utf8_lossy(&body).contains("nonsense"));
+        for n in &nodes {
+            n.shutdown().await;
+        }
+    });
 }
 
 /// The value of the sample `series` (name with labels, exactly) in a Prometheus text.

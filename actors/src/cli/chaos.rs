@@ -1,11 +1,14 @@
-//! `roam chaos SCENARIO`: a scripted chaos run against an in-process swarm
-//! ([`actors::chaos`]), its invariants as a ✓/✗ table, an SVG timeline, and the
-//! figures as one JSON object on the last line.
+//! `roam chaos SCENARIO`: a scripted chaos run against a swarm of in-process nodes
+//! (level 1) or of `roam node` processes (level 2) ([`actors::chaos`]), its
+//! invariants as a ✓/✗ table, an SVG timeline, and the figures as one JSON object on
+//! the last line. Ctrl-C (or SIGTERM) ends the run: the node processes are killed and
+//! their directories removed before `roam` exits (130).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use actors::chaos::{self, ChaosOptions, HomeChoice};
+use anyhow::Context as _;
 use clap::Args;
 use recovery::Scenario;
 
@@ -17,9 +20,14 @@ pub struct ChaosArgs {
     #[arg(long)]
     pub seed: Option<u64>,
     /// How faults are injected. 1: every node in this process, faults in the mesh
-    /// (kill, restart, pause, partition; delay, loss and rate are skipped). 2 (one
-    /// process per node in network namespaces) is not implemented yet.
-    #[arg(long, default_value_t = 1)]
+    /// (kill, restart, pause, partition; delay, loss and rate are skipped). 2: every
+    /// node a `roam node` process on 127.0.0.1 with its own directory and on-disk
+    /// store: kill = SIGKILL, restart = the same process again, pause/resume =
+    /// SIGSTOP/SIGCONT, partition/heal = the nodes' POST /chaos/block; a scenario
+    /// with delay, loss or rate is refused. 3 (root): as 2, each node in a network
+    /// namespace with a veth link to every other; partition = links set down; rate =
+    /// tbf; delay and loss = netem (refused where the kernel has no sch_netem).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=3))]
     pub level: u8,
     /// The node jobs are submitted to, whose log book collects their output: auto
     /// (n1 if the timeline leaves it alone, else the first node it leaves alone, else
@@ -62,22 +70,16 @@ fn parse_home(s: &str) -> Result<HomeChoice, String> {
 }
 
 pub fn run(a: ChaosArgs) -> anyhow::Result<i32> {
-    if a.level != 1 {
-        anyhow::bail!(
-            "--level {}: only level 1 (in-process nodes, faults in the mesh) is implemented; \
-             level 2 (a process per node in network namespaces, netem for delay/loss/rate) \
-             is not yet",
-            a.level
-        );
-    }
     let mut scenario = Scenario::load(&a.scenario)?;
     if let Some(seed) = a.seed {
         scenario = scenario.reseeded(seed)?;
     }
+    chaos::check_level(&scenario, a.level)?;
     println!(
-        "scenario {} (seed {}): {} nodes, {} jobs, {} events over {} ms{}",
+        "scenario {} (seed {}, level {}): {} nodes, {} jobs, {} events over {} ms{}",
         scenario.name,
         scenario.seed,
+        a.level,
         scenario.nodes,
         scenario.jobs.len(),
         scenario.timeline().len(),
@@ -97,8 +99,23 @@ pub fn run(a: ChaosArgs) -> anyhow::Result<i32> {
     opts.wait_after = Duration::from_millis(a.wait_ms);
     opts.lost_after = Duration::from_millis(a.lost_after_ms);
     opts.observe_every = Duration::from_millis(a.observe_ms.max(1));
+    opts.level = a.level;
     let sys = actors::node::actix_system();
-    let result = sys.block_on(chaos::run(opts))?;
+    // On Ctrl-C or SIGTERM the run's future is dropped, and with it the swarm: node
+    // processes are killed and reaped, scratch directories removed.
+    let result = sys.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("listening for SIGTERM")?;
+        tokio::select! {
+            r = chaos::run(opts) => r.map(Some),
+            _ = tokio::signal::ctrl_c() => Ok(None),
+            _ = term.recv() => Ok(None),
+        }
+    })?;
+    let Some(result) = result else {
+        eprintln!("roam chaos: interrupted; every node stopped, scratch directories removed");
+        return Ok(130);
+    };
     println!();
     print!("{result}");
     chaos::write_timeline(&a.timeline, &result.timeline)?;

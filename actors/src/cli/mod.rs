@@ -121,14 +121,22 @@ pub enum Command {
     ///   roam demo --timeline /tmp/moves.svg --tracker-frames 60000
     #[command(verbatim_doc_comment)]
     Demo(node::DemoArgs),
-    /// Play a chaos scenario against an in-process swarm (level 1: kills, restarts,
-    /// pauses and partitions injected in the mesh), then check that every job finished
-    /// with the output of a straight run, each byte once, no generation on two nodes.
+    /// Play a chaos scenario against a swarm, then check that every job finished with
+    /// the output of a straight run, each byte once, no generation on two nodes.
+    /// Level 1 (default): every node in this process, kills, restarts, pauses and
+    /// partitions injected in the mesh. Level 2: every node a `roam node` process on
+    /// 127.0.0.1 (SIGKILL, restart with the same store, SIGSTOP/SIGCONT, partitions
+    /// through each node's POST /chaos/block). Level 3 (root): level 2 with each node
+    /// in a network namespace, partitions as links set down, rate/delay/loss with tc.
     /// Prints a ✓/✗ table and, as the last line, the figures as JSON; exits 1 if an
-    /// invariant fails. Writes an SVG timeline of jobs, moves, kills and partitions.
+    /// invariant fails, 2 on an error, 130 on Ctrl-C (node processes are killed and
+    /// their directories removed). Writes an SVG timeline of jobs, moves, kills and
+    /// partitions.
     ///
     /// Examples:
     ///   roam chaos configs/chaos/smoke.toml
+    ///   roam chaos --level 2 configs/chaos/smoke.toml
+    ///   roam chaos --level 3 configs/chaos/smoke.toml     (as root)
     ///   roam chaos --seed 7 --timeline /tmp/bench.svg configs/chaos/bench.toml
     ///   roam chaos --time-scale 0.5 --home gateway configs/chaos/churn.toml
     #[command(verbatim_doc_comment)]

@@ -16,6 +16,13 @@
 //! | `POST /drain?node=NODE` | `{}` once the drain started |
 //! | `POST /load?value=F` | `{}` (inject load, for experiments) |
 //! | `GET /logs?job=J&stream=stdout&from=N&max=M` | raw bytes; headers `x-roam-next` (offset after them) and `x-roam-exit` once the job ended and every byte arrived |
+//! | `GET /jobs` | [`JobsAnswer`]: the jobs this node's scheduler holds, with their generation and state, and the node's uptime (cheaper than `/status`; what `roam chaos --level 2` polls) |
+//! | `POST /chaos/block?peer=P&peer=Q` | `{"blocked": n}` once this node refuses exactly the listed peers (peer ids; none lifts every block), see [`mesh::MeshHandle::set_blocked`]: how `roam chaos --level 2` cuts and heals partitions |
+//!
+//! `/chaos/block` is authenticated by loopback: it is served only when the API listens
+//! on a loopback address (403 otherwise), so only a process on this machine can reach
+//! it, and the server refuses requests whose `Host` is not loopback or that carry an
+//! `Origin` (a browser's cross-site request).
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -53,6 +60,14 @@ pub struct RunRequest {
     pub seed: u64,
     /// The node to run it on (default: this one).
     pub node: Option<String>,
+}
+
+/// `GET /jobs`: the jobs this node holds and how long it has been up (its epoch, on
+/// the caller's clock, is the answer's arrival minus `uptime_ms`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobsAnswer {
+    pub uptime_ms: u64,
+    pub jobs: Vec<super::JobSummaryRow>,
 }
 
 pub async fn serve(node: NodeHandle, listener: tokio::net::TcpListener) {
@@ -98,6 +113,33 @@ async fn handle(node: NodeHandle, req: Request) -> Response {
     match (req.method.as_str(), req.path.as_str()) {
         ("GET", "/status") => json_or_500(node.status().await),
         ("GET", "/ps") => json_or_500(node.ps().await),
+        ("GET", "/jobs") => match node.scheduler.send(super::scheduler::List).await {
+            Ok(jobs) => Response::json(
+                200,
+                &JobsAnswer {
+                    uptime_ms: node.shared.now_ms(),
+                    jobs: jobs.into_iter().map(super::JobSummaryRow::from).collect(),
+                },
+            ),
+            Err(e) => err(500, e),
+        },
+        ("POST", "/chaos/block") => {
+            if !node.api_addr.is_some_and(|a| a.ip().is_loopback()) {
+                return err(403, "/chaos/block is served only on a loopback API address");
+            }
+            let mut peers = Vec::new();
+            for p in req.query_values("peer") {
+                match p.parse::<mesh::PeerId>() {
+                    Ok(id) => peers.push(id),
+                    Err(e) => return err(400, format!("peer {p:?}: {e}")),
+                }
+            }
+            let n = peers.len();
+            match node.shared.mesh.set_blocked(peers).await {
+                Ok(()) => Response::json(200, &serde_json::json!({ "blocked": n })),
+                Err(e) => err(500, e),
+            }
+        }
         ("GET", "/peers") => json_or_500(node.peers().await),
         ("GET", "/moves") => match node.migrator.send(Moves).await {
             Ok(m) => Response::json(200, &m),

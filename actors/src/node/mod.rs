@@ -207,6 +207,17 @@ pub struct JobSummaryRow {
     pub memory_bytes: u64,
 }
 
+impl From<JobSummary> for JobSummaryRow {
+    fn from(j: JobSummary) -> Self {
+        JobSummaryRow {
+            job: j.job,
+            generation: j.generation,
+            state: j.state,
+            memory_bytes: j.memory_bytes,
+        }
+    }
+}
+
 /// An actix system on a multi-threaded tokio runtime: actors run on the calling
 /// thread, the mesh tasks and blocking work on two worker threads.
 pub fn actix_system() -> actix::SystemRunner {
@@ -562,15 +573,7 @@ impl NodeHandle {
             api: self.api_addr.map(|a| a.to_string()),
             draining,
             load,
-            jobs: jobs
-                .into_iter()
-                .map(|j| JobSummaryRow {
-                    job: j.job,
-                    generation: j.generation,
-                    state: j.state,
-                    memory_bytes: j.memory_bytes,
-                })
-                .collect(),
+            jobs: jobs.into_iter().map(JobSummaryRow::from).collect(),
             moves,
             store_bytes: self.shared.store.stats().stored_bytes,
             peers_connected,
