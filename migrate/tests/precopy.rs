@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashSet;
 
 use common::*;
-use migrate::{Outcome, SourceReport, StopReason};
+use migrate::{MoveMode, Outcome, RequestedMode, SourceReport, StopReason};
 
 const LIMIT_MS: u64 = 3_600_000;
 
@@ -267,4 +267,78 @@ fn progress_reports_keep_a_slow_first_round_alive() {
     p.progress_every_ms = Some(500);
     let (_, r) = run(p);
     assert!(r.rounds[0].duration_ms > 40_000, "{r:?}");
+}
+
+/// Post-copy on the job pre-copy cannot move well: the job pauses right after the
+/// offer, the final message carries no memory (only what the destination needs to
+/// restore), every memory chunk it lacks is deferred, and nothing is sent twice.
+#[test]
+fn post_copy_defers_memory_and_sends_nothing_twice() {
+    let mut p = big();
+    p.hot = 512;
+    p.dirty_rate = 20_000_000;
+    p.src.postcopy.available = true;
+    p.src.postcopy.requested = RequestedMode::Fixed(MoveMode::PostCopy);
+    let (sim, r) = run(p);
+    assert_eq!(r.mode, MoveMode::PostCopy);
+    assert_eq!(r.stop, Some(StopReason::PostCopy));
+    assert!(r.rounds.is_empty(), "{r:?}");
+    assert!(r.deferred_chunks > 0 && r.deferred_bytes > 0, "{r:?}");
+    let fetched: HashSet<_> = sim.fetched.iter().collect();
+    assert_eq!(
+        fetched.len(),
+        sim.fetched.len(),
+        "a chunk was fetched twice"
+    );
+    assert!(
+        sim.deferred.iter().all(|id| !fetched.contains(id)),
+        "a deferred chunk was also sent before the resume"
+    );
+    // Downtime no longer grows with the dirty set: compare with pre-copy.
+    let mut pre = big();
+    pre.hot = 512;
+    pre.dirty_rate = 20_000_000;
+    let (pre_sim, _) = run(pre);
+    assert!(
+        downtime(&sim) * 10 <= downtime(&pre_sim),
+        "post-copy downtime {} vs pre-copy {}",
+        downtime(&sim),
+        downtime(&pre_sim)
+    );
+}
+
+/// Hybrid: the configured pre-copy rounds first, then the rest deferred.
+#[test]
+fn hybrid_does_its_rounds_then_defers() {
+    let mut p = big();
+    p.hot = 512;
+    p.dirty_rate = 20_000_000;
+    p.src.postcopy.available = true;
+    p.src.postcopy.requested = RequestedMode::Fixed(MoveMode::Hybrid);
+    p.src.postcopy.hybrid_rounds = 2;
+    let (_, r) = run(p);
+    assert_eq!(r.mode, MoveMode::Hybrid);
+    assert_eq!(r.rounds.len(), 2, "{r:?}");
+    assert_eq!(r.stop, Some(StopReason::PostCopy));
+    assert!(r.deferred_chunks > 0, "{r:?}");
+}
+
+/// Auto with post-copy available: a job dirtying faster than the link moves it
+/// switches after round 1 measured its dirty rate.
+#[test]
+fn auto_switches_from_pre_copy_when_the_dirty_rate_outruns_the_link() {
+    let mut p = big();
+    p.hot = 512;
+    p.dirty_rate = 20_000_000;
+    p.src.postcopy.available = true;
+    let (_, r) = run(p);
+    assert_ne!(r.mode, MoveMode::PreCopy, "{r:?}");
+    assert!(r.deferred_chunks > 0, "{r:?}");
+    let mut quiet = big();
+    quiet.hot = 256;
+    quiet.dirty_rate = 500_000;
+    quiet.src.postcopy.available = true;
+    let (_, r) = run(quiet);
+    assert_eq!(r.mode, MoveMode::PreCopy, "{r:?}");
+    assert_eq!(r.deferred_chunks, 0);
 }
