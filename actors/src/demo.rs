@@ -76,6 +76,7 @@ impl TimedMove {
                 outcome: r.outcome.clone(),
                 downtime_ms: r.downtime_ms,
                 sent_bytes: r.sent_bytes,
+                mode: r.mode.clone(),
             },
         );
     }

@@ -41,6 +41,8 @@ pub enum What {
         outcome: String,
         downtime_ms: f64,
         sent_bytes: u64,
+        /// "pre-copy", "post-copy" or "hybrid" (labelled when not pre-copy).
+        mode: String,
     },
     /// `job` ended (wherever it ran).
     Exit { job: String },
@@ -770,6 +772,7 @@ pub fn render_svg(t: &Timeline) -> String {
             outcome,
             downtime_ms,
             sent_bytes,
+            mode,
         } = &e.what
         else {
             continue;
@@ -779,7 +782,7 @@ pub fn render_svg(t: &Timeline) -> String {
         let committed = outcome == "committed";
         let kind = outcome.split(':').next().unwrap_or("");
         let title = format!(
-            "{job} {from}→{to} {outcome}: downtime {downtime_ms:.1} ms, {} sent, {:.2}–{:.2} s",
+            "{job} {from}→{to} {outcome} ({mode}): downtime {downtime_ms:.1} ms, {} sent, {:.2}–{:.2} s",
             human_bytes(*sent_bytes),
             e.t_ms / 1e3,
             end_ms / 1e3
@@ -802,7 +805,9 @@ pub fn render_svg(t: &Timeline) -> String {
                 yb + 3.0
             );
         }
-        let label = if committed {
+        let label = if committed && !mode.is_empty() && mode != "pre-copy" {
+            format!("{downtime_ms:.1} ms {mode}")
+        } else if committed {
             format!("{downtime_ms:.1} ms")
         } else {
             kind.to_string()
@@ -908,6 +913,12 @@ mod tests {
                 outcome: outcome.into(),
                 downtime_ms: 4.5,
                 sent_bytes: 300 << 10,
+                mode: if job == "tracker" {
+                    "post-copy"
+                } else {
+                    "pre-copy"
+                }
+                .into(),
             },
         )
     }
@@ -1080,8 +1091,10 @@ mod tests {
         let svg = render_svg(&t);
         assert_shows_every_job_and_move(&t, &svg);
         assert!(svg.contains("a &lt;demo&gt; &amp; more"));
-        // Each committed move's downtime is written out; the aborted one says so.
-        assert_eq!(svg.matches(">4.5 ms</text>").count(), 4);
+        // Each committed move's downtime is written out, with the mode unless it is
+        // pre-copy; the aborted one says so.
+        assert_eq!(svg.matches(">4.5 ms</text>").count(), 2);
+        assert_eq!(svg.matches(">4.5 ms post-copy</text>").count(), 2);
         assert!(svg.contains(">aborted</text>"));
         for lane in ["n1", "n2", "n3"] {
             assert!(svg.contains(&format!("class=\"lane\" data-node=\"{lane}\"")));
