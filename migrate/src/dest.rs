@@ -65,8 +65,12 @@ pub enum DestAction {
     },
     /// Post-copy: restore without these memory chunks (the next action is the
     /// `VerifyAndRestore`) and fetch them after `ResumeJob`, in this order, with the
-    /// ones the job touches first. Their absence is not a verification failure.
-    Defer(Vec<ChunkRef>),
+    /// ones the job touches first, asking the source for `compression` (the move's).
+    /// Their absence is not a verification failure.
+    Defer {
+        chunks: Vec<ChunkRef>,
+        compression: Compression,
+    },
     /// Record `job` at `generation` (the source's + 1) as owned here,
     /// durably, then run the restored job.
     ResumeJob {
@@ -143,8 +147,9 @@ pub struct Destination {
     pending: Vec<ChunkRef>,
     acked: u32,
     final_manifest: Option<(Vec<u8>, ChunkId)>,
-    /// Post-copy: memory chunks restored lazily (from the Final).
+    /// Post-copy: memory chunks restored lazily, and the compression (from the Final).
     deferred: Vec<ChunkRef>,
+    deferred_compression: Compression,
     /// VerifyAndRestore was asked: an abort must discard.
     restore_asked: bool,
     abort_reason: Option<AbortReason>,
@@ -208,6 +213,7 @@ impl Destination {
             acked: 0,
             final_manifest: None,
             deferred: Vec::new(),
+            deferred_compression: Compression::None,
             restore_asked: false,
             abort_reason: None,
             deadline: Some(now.saturating_add(cfg.idle_timeout_ms)),
@@ -335,8 +341,10 @@ impl Destination {
             self.restore_asked = true;
             self.phase = DestPhase::Verifying;
             if !self.deferred.is_empty() {
-                self.actions
-                    .push_back(DestAction::Defer(std::mem::take(&mut self.deferred)));
+                self.actions.push_back(DestAction::Defer {
+                    chunks: std::mem::take(&mut self.deferred),
+                    compression: self.deferred_compression,
+                });
             }
             self.actions.push_back(DestAction::VerifyAndRestore {
                 manifest,
@@ -426,6 +434,7 @@ impl Destination {
                     }
                     self.final_manifest = Some((manifest, manifest_id));
                     self.deferred = deferred;
+                    self.deferred_compression = compression;
                     self.phase = DestPhase::FetchingFinal;
                     if !self.fetch(after_round + 1, chunks, compression) {
                         self.verify();

@@ -318,10 +318,48 @@ impl Job {
         sink: Box<dyn OutputSink>,
     ) -> Result<LazyRestore, CheckpointError> {
         let m = Manifest::decode(manifest)?;
-        let mut present = m.memory.clone();
-        present.chunks.retain(|(_, id)| store.contains(id));
-        let staged =
-            StagedRestore::stage(host, store, &m.module, &present, preopens, limits, sink)?;
+        m.memory.validate("memory map")?;
+        if m.memory.len > MAX_MEMORY {
+            return Err(CheckpointError::Staged(format!(
+                "memory of {} bytes",
+                m.memory.len
+            )));
+        }
+        let module = module_from_store(host, store, &m.module)?;
+        let mut job = Job::instantiate_for_restore(host, module, preopens, limits, sink)?;
+        // Memory past the fresh instance's (its data segments) is zero once grown: only
+        // the chunks the store has, and the zero slots below that, are written. Reading
+        // all of a large memory to check it is zero would fault every page in.
+        let initial = job.memory_len() as u64;
+        job.grow_memory(m.memory.len)?;
+        let present: BTreeMap<u64, ChunkId> = m
+            .memory
+            .chunks
+            .iter()
+            .filter(|(_, id)| store.contains(id))
+            .copied()
+            .collect();
+        let cs = u64::from(m.memory.chunk_size);
+        let slots: Vec<(u64, Option<ChunkId>)> = (0..m.memory.chunk_count())
+            .filter_map(|i| match present.get(&i) {
+                Some(id) => Some((i, Some(*id))),
+                None => (i * cs < initial).then_some((i, None)),
+            })
+            .collect();
+        let mut staged = StagedRestore {
+            job,
+            memory: ChunkMap::empty(m.memory.len, m.memory.chunk_size),
+            exact: false,
+            files_limit: files_limit(limits),
+        };
+        let _ = staged.job.take_dirty_raw(m.memory.chunk_size);
+        staged.write_slots(store, &m.memory, &slots)?;
+        staged.memory = ChunkMap {
+            len: m.memory.len,
+            chunk_size: m.memory.chunk_size,
+            chunks: present.into_iter().collect(),
+        };
+        staged.exact = true;
         staged.finish_lazy(store, manifest, id)
     }
 }

@@ -178,6 +178,7 @@ struct DestRun {
     /// Post-copy: the deferred chunks (the source's order), and the lazy memory of the
     /// restored job until Go starts the pull.
     deferred: Vec<migrate::ChunkRef>,
+    deferred_compression: Compression,
     lazy: Option<super::checkpoint::LazyFill>,
 }
 
@@ -545,7 +546,13 @@ impl Migrator {
                         me.do_send(DestFeed(id, ev));
                     });
                 }
-                DestAction::Defer(chunks) => run.deferred = chunks,
+                DestAction::Defer {
+                    chunks,
+                    compression,
+                } => {
+                    run.deferred = chunks;
+                    run.deferred_compression = compression;
+                }
                 DestAction::VerifyAndRestore {
                     manifest,
                     manifest_id,
@@ -592,6 +599,7 @@ impl Migrator {
                     let fill = run.lazy.take();
                     let order: Vec<store::ChunkId> = run.deferred.iter().map(|c| c.id).collect();
                     let (peer, bytes) = (run.peer, run.deferred.iter().map(|c| c.len as u64).sum());
+                    let compression = run.deferred_compression;
                     self.control(job.clone(), Op::Go { generation });
                     if let Some(fill) = fill {
                         let status = super::postcopy::PullStatus {
@@ -608,6 +616,7 @@ impl Migrator {
                             peer,
                             pulls: self.pulls.clone(),
                             generation,
+                            compression,
                         };
                         actix::spawn(super::postcopy::pull(ctx, fill, order, status));
                     }
@@ -727,6 +736,7 @@ impl Migrator {
                         finished_at: None,
                         offered,
                         deferred: Vec::new(),
+                        deferred_compression: Compression::None,
                         lazy: None,
                     },
                 );

@@ -94,6 +94,7 @@ async fn fetch_into(
     peer: PeerId,
     ids: Vec<ChunkId>,
     sink: &Sink,
+    options: FetchOptions,
     demanded: bool,
 ) -> Result<Vec<ChunkId>, String> {
     let mut want: Vec<ChunkId> = ids
@@ -109,10 +110,7 @@ async fn fetch_into(
             break;
         }
         let mesh_ids = want.iter().map(to_mesh_id).collect();
-        let mut fetch = match mesh
-            .fetch_with(mesh_ids, sources, FetchOptions::default())
-            .await
-        {
+        let mut fetch = match mesh.fetch_with(mesh_ids, sources, options).await {
             Ok(f) => f,
             Err(e) => {
                 tracing::debug!(%e, "post-copy fetch could not start");
@@ -144,6 +142,8 @@ pub struct PullCtx {
     pub pulls: Pulls,
     /// The generation the job runs at here.
     pub generation: u64,
+    /// How the source compresses the chunks (the move's choice for the link).
+    pub compression: migrate::Compression,
 }
 
 /// Pulls the deferred chunks of a post-copy move into the job's memory; see the
@@ -156,7 +156,14 @@ pub async fn pull(ctx: PullCtx, fill: LazyFill, order: Vec<ChunkId>, status: Pul
         peer,
         pulls,
         generation,
+        compression,
     } = ctx;
+    let options = FetchOptions {
+        zstd_level: match compression {
+            migrate::Compression::None => None,
+            migrate::Compression::Zstd(l) => Some(l),
+        },
+    };
     let job = status.job.clone();
     let (mesh, store) = (shared.mesh.clone(), shared.store.clone());
     let started = Instant::now();
@@ -200,7 +207,9 @@ pub async fn pull(ctx: PullCtx, fill: LazyFill, order: Vec<ChunkId>, status: Pul
             let Some(id) = slot_ids.get(&slot) else {
                 continue;
             };
-            let left = fetch_into(&mesh, peer, vec![*id], &sink, true).await?;
+            // A touched chunk is wanted now: no compression (it costs CPU time).
+            let left =
+                fetch_into(&mesh, peer, vec![*id], &sink, FetchOptions::default(), true).await?;
             if !left.is_empty() {
                 return Err(format!(
                     "chunk {id} (touched by the job) is nowhere to be had"
@@ -217,7 +226,7 @@ pub async fn pull(ctx: PullCtx, fill: LazyFill, order: Vec<ChunkId>, status: Pul
             if sink.fill.is_complete() {
                 break;
             }
-            let left = fetch_into(&mesh, peer, batch.to_vec(), &sink, false).await?;
+            let left = fetch_into(&mesh, peer, batch.to_vec(), &sink, options, false).await?;
             if let Some(id) = left.first() {
                 return Err(format!("chunk {id} is nowhere to be had"));
             }

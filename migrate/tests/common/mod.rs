@@ -561,7 +561,7 @@ impl Sim {
             }
             // Post-copy: restored without these; pulled once the job runs (not
             // simulated further: the lazy fill is wasm-host's and the node's).
-            DestAction::Defer(chunks) => {
+            DestAction::Defer { chunks, .. } => {
                 if self.p.src.postcopy.requested == migrate::RequestedMode::Auto
                     && !self.p.src.postcopy.available
                 {
