@@ -263,6 +263,9 @@ pub struct Source {
     mode: MoveMode,
     /// From [`SourceEvent::HotChunks`].
     hot: Vec<ChunkId>,
+    /// Offered chunks that are only memory (a post-copy leaves them for after the
+    /// resume; the module and files go first).
+    memory_only: HashSet<ChunkId>,
 }
 
 fn ewma(old: Option<u64>, new: u64) -> u64 {
@@ -285,6 +288,17 @@ impl Source {
     ) -> Result<Source, MigrateError> {
         cfg.validate()?;
         let offered = state.distinct_chunks();
+        let elsewhere: HashSet<ChunkId> = std::iter::once(&state.module.map)
+            .chain(state.extra.iter().map(|b| &b.map))
+            .flat_map(|m| m.chunks.iter().map(|(_, id)| *id))
+            .collect();
+        let memory_only: HashSet<ChunkId> = state
+            .memory
+            .chunks
+            .iter()
+            .map(|(_, id)| *id)
+            .filter(|id| !elsewhere.contains(id))
+            .collect();
         let offer = Message {
             migration,
             generation,
@@ -322,6 +336,7 @@ impl Source {
             },
             mode: MoveMode::PreCopy,
             hot: Vec::new(),
+            memory_only,
             cfg,
         };
         s.report.offered_bytes = s.offered.iter().map(|c| c.len as u64).sum();
@@ -550,8 +565,17 @@ impl Source {
                             .collect();
                         let sent: u64 = missing.iter().map(|c| c.len as u64).sum();
                         self.report.present_bytes = self.report.offered_bytes - sent;
-                        if self.mode == MoveMode::PostCopy {
-                            // No rounds: pause now, defer most of memory.
+                        let not_memory: Vec<ChunkRef> = missing
+                            .iter()
+                            .filter(|c| !self.memory_only.contains(&c.id))
+                            .copied()
+                            .collect();
+                        if self.mode == MoveMode::PostCopy && !not_memory.is_empty() {
+                            // While the job runs, only what the destination needs to
+                            // build the job (module, files): it compiles and stages
+                            // it before the pause. Memory follows after the resume.
+                            self.start_round(now, 1, not_memory);
+                        } else if self.mode == MoveMode::PostCopy {
                             self.stop_timers();
                             self.report.stop = Some(StopReason::PostCopy);
                             self.phase = SourcePhase::Pausing;
@@ -810,8 +834,9 @@ impl Source {
             throughput: self.throughput(),
             dirty_rate: self.dirty_rate,
         };
-        if round == 1 {
-            // The first round measured the dirty rate: revise an automatic choice.
+        if round == 1 && self.mode == MoveMode::PreCopy {
+            // The first round measured the dirty rate: revise an automatic choice (a
+            // post-copy's first round carries no memory and measures nothing useful).
             self.mode = self.choose_mode();
         }
         let stop = match self.mode {

@@ -282,7 +282,8 @@ fn post_copy_defers_memory_and_sends_nothing_twice() {
     let (sim, r) = run(p);
     assert_eq!(r.mode, MoveMode::PostCopy);
     assert_eq!(r.stop, Some(StopReason::PostCopy));
-    assert!(r.rounds.is_empty(), "{r:?}");
+    // At most one round while the job runs, with what is not memory (the module).
+    assert!(r.rounds.len() <= 1, "{r:?}");
     assert!(r.deferred_chunks > 0 && r.deferred_bytes > 0, "{r:?}");
     let fetched: HashSet<_> = sim.fetched.iter().collect();
     assert_eq!(

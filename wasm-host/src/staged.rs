@@ -87,6 +87,62 @@ impl StagedRestore {
         })
     }
 
+    /// [`stage`](Self::stage) with only the chunks `store` has (a post-copy move has the
+    /// rest follow after the resume): memory is grown to `memory.len`, the present chunks
+    /// are written and the absent slots are zero. Memory past what the fresh instance
+    /// had (its data segments) is zero once grown, so it is neither read nor written:
+    /// checking a large memory for zeros would fault every page in.
+    pub fn stage_present(
+        host: &Host,
+        store: &Store,
+        module: &BlobRef,
+        memory: &ChunkMap,
+        preopens: Vec<Preopen>,
+        limits: &Limits,
+        sink: Box<dyn OutputSink>,
+    ) -> Result<StagedRestore, CheckpointError> {
+        memory.validate("memory map")?;
+        if memory.len > MAX_MEMORY {
+            return Err(CheckpointError::Staged(format!(
+                "memory of {} bytes",
+                memory.len
+            )));
+        }
+        let module = module_from_store(host, store, module)?;
+        let mut job = Job::instantiate_for_restore(host, module, preopens, limits, sink)?;
+        let initial = job.memory_len() as u64;
+        job.grow_memory(memory.len)?;
+        let present: BTreeMap<u64, ChunkId> = memory
+            .chunks
+            .iter()
+            .filter(|(_, id)| store.contains(id))
+            .copied()
+            .collect();
+        let cs = u64::from(memory.chunk_size);
+        let slots: Vec<(u64, Option<ChunkId>)> = (0..memory.chunk_count())
+            .filter_map(|i| match present.get(&i) {
+                Some(id) => Some((i, Some(*id))),
+                None => (i * cs < initial).then_some((i, None)),
+            })
+            .collect();
+        let mut staged = StagedRestore {
+            job,
+            memory: ChunkMap::empty(memory.len, memory.chunk_size),
+            exact: false,
+            files_limit: files_limit(limits),
+        };
+        // Arm tracking first, so later updates un-protect only what they write.
+        let _ = staged.job.take_dirty_raw(memory.chunk_size);
+        staged.write_slots(store, memory, &slots)?;
+        staged.memory = ChunkMap {
+            len: memory.len,
+            chunk_size: memory.chunk_size,
+            chunks: present.into_iter().collect(),
+        };
+        staged.exact = true;
+        Ok(staged)
+    }
+
     /// Brings memory up to `memory` (e.g. the map of a later pre-copy round): writes the
     /// chunks whose id differs from the current map's, zeroes the ones it no longer has,
     /// grows memory if it is longer. Returns the number of chunks written. A map with
@@ -318,48 +374,9 @@ impl Job {
         sink: Box<dyn OutputSink>,
     ) -> Result<LazyRestore, CheckpointError> {
         let m = Manifest::decode(manifest)?;
-        m.memory.validate("memory map")?;
-        if m.memory.len > MAX_MEMORY {
-            return Err(CheckpointError::Staged(format!(
-                "memory of {} bytes",
-                m.memory.len
-            )));
-        }
-        let module = module_from_store(host, store, &m.module)?;
-        let mut job = Job::instantiate_for_restore(host, module, preopens, limits, sink)?;
-        // Memory past the fresh instance's (its data segments) is zero once grown: only
-        // the chunks the store has, and the zero slots below that, are written. Reading
-        // all of a large memory to check it is zero would fault every page in.
-        let initial = job.memory_len() as u64;
-        job.grow_memory(m.memory.len)?;
-        let present: BTreeMap<u64, ChunkId> = m
-            .memory
-            .chunks
-            .iter()
-            .filter(|(_, id)| store.contains(id))
-            .copied()
-            .collect();
-        let cs = u64::from(m.memory.chunk_size);
-        let slots: Vec<(u64, Option<ChunkId>)> = (0..m.memory.chunk_count())
-            .filter_map(|i| match present.get(&i) {
-                Some(id) => Some((i, Some(*id))),
-                None => (i * cs < initial).then_some((i, None)),
-            })
-            .collect();
-        let mut staged = StagedRestore {
-            job,
-            memory: ChunkMap::empty(m.memory.len, m.memory.chunk_size),
-            exact: false,
-            files_limit: files_limit(limits),
-        };
-        let _ = staged.job.take_dirty_raw(m.memory.chunk_size);
-        staged.write_slots(store, &m.memory, &slots)?;
-        staged.memory = ChunkMap {
-            len: m.memory.len,
-            chunk_size: m.memory.chunk_size,
-            chunks: present.into_iter().collect(),
-        };
-        staged.exact = true;
+        let staged = StagedRestore::stage_present(
+            host, store, &m.module, &m.memory, preopens, limits, sink,
+        )?;
         staged.finish_lazy(store, manifest, id)
     }
 }

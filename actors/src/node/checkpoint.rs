@@ -95,7 +95,8 @@ impl Handler<Stage> for CheckpointActor {
                     home: m.home,
                     tx: shared.output.clone(),
                 };
-                StagedRestore::stage(
+                // Only what is here: a post-copy move stages before most of memory came.
+                StagedRestore::stage_present(
                     &shared.host,
                     &shared.store,
                     &m.module,
