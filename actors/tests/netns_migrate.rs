@@ -71,3 +71,51 @@ fn shaped_move_between_namespaces_keeps_the_output() {
         assert_eq!(v["via_relay"], true, "{last}");
     }
 }
+
+/// A job that dirties memory faster than the shaped link carries it (every step
+/// rewrites 256 KiB anywhere in its 32 MiB, over 20 Mbit/s) moves by post-copy and by
+/// hybrid: both commit, the memory follows after the resume (deferred bytes, a pull at
+/// the destination), and the output is bit-identical to a straight run.
+#[test]
+fn post_copy_and_hybrid_over_a_shaped_link_keep_the_output() {
+    let euid = std::fs::metadata("/proc/self").map(|m| m.uid());
+    if euid.as_ref().ok() != Some(&0) {
+        say(&format!(
+            "SKIP post_copy_over_a_shaped_link: needs root for ip netns / tc (euid {euid:?})"
+        ));
+        return;
+    }
+    if !actors::node::migrator::postcopy_available() {
+        say("SKIP post_copy_over_a_shaped_link: userfaultfd unavailable (no post-copy)");
+        return;
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    for mode in ["post-copy", "hybrid"] {
+        let name = format!("{mode}_over_a_shaped_link");
+        let Some(ScriptRun { v, last, stderr }) = run_json_script(
+            &name,
+            Command::new(root.join("scripts/shaped-move"))
+                .args([
+                    "--mib", "32", "--rate", "20mbit", "--rtt-ms", "4", "--steps", "6000",
+                ])
+                .args(["--move-mode", mode, "--reply-timeout-ms", "20000", "--json"])
+                .args(["--job-arg", "--hot-kib", "--job-arg", "0"])
+                .args(["--job-arg", "--dirty-kib-per-step", "--job-arg", "256"])
+                .env("ROAM_BIN", env!("CARGO_BIN_EXE_roam"))
+                .current_dir(&root),
+        ) else {
+            return;
+        };
+        assert_eq!(v["shaped_outcome"], "committed", "{mode}: {last}\n{stderr}");
+        assert_eq!(v["outputs_identical"], true, "{mode}: {last}\n{stderr}");
+        assert_eq!(v["mode"], mode, "{last}");
+        assert!(
+            v["deferred_bytes"].as_u64().is_some_and(|b| b > 0),
+            "{mode}: no memory was deferred: {last}"
+        );
+        assert!(
+            v["pull_s"].as_f64().is_some_and(|s| s > 0.0),
+            "{mode}: no pull at the destination: {last}"
+        );
+    }
+}

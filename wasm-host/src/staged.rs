@@ -66,15 +66,7 @@ impl StagedRestore {
         limits: &Limits,
         sink: Box<dyn OutputSink>,
     ) -> Result<StagedRestore, CheckpointError> {
-        memory.validate("memory map")?;
-        if memory.len > MAX_MEMORY {
-            return Err(CheckpointError::Staged(format!(
-                "memory of {} bytes",
-                memory.len
-            )));
-        }
-        let module = module_from_store(host, store, module)?;
-        let mut job = Job::instantiate_for_restore(host, module, preopens, limits, sink)?;
+        let mut job = fresh_job(host, store, module, memory, preopens, limits, sink)?;
         fill_map(store, memory.clone(), job.resize_memory(memory.len)?)?;
         // Arm tracking now, so that updates un-protect (and finish re-protects) only the
         // chunks they write, not all of memory.
@@ -101,15 +93,7 @@ impl StagedRestore {
         limits: &Limits,
         sink: Box<dyn OutputSink>,
     ) -> Result<StagedRestore, CheckpointError> {
-        memory.validate("memory map")?;
-        if memory.len > MAX_MEMORY {
-            return Err(CheckpointError::Staged(format!(
-                "memory of {} bytes",
-                memory.len
-            )));
-        }
-        let module = module_from_store(host, store, module)?;
-        let mut job = Job::instantiate_for_restore(host, module, preopens, limits, sink)?;
+        let mut job = fresh_job(host, store, module, memory, preopens, limits, sink)?;
         let initial = job.memory_len() as u64;
         job.grow_memory(memory.len)?;
         let present: BTreeMap<u64, ChunkId> = memory
@@ -379,6 +363,29 @@ impl Job {
         )?;
         staged.finish_lazy(store, manifest, id)
     }
+}
+
+/// A fresh instance of `module` for a restore into `memory` (checked first).
+fn fresh_job(
+    host: &Host,
+    store: &Store,
+    module: &BlobRef,
+    memory: &ChunkMap,
+    preopens: Vec<Preopen>,
+    limits: &Limits,
+    sink: Box<dyn OutputSink>,
+) -> Result<Job, CheckpointError> {
+    memory.validate("memory map")?;
+    if memory.len > MAX_MEMORY {
+        return Err(CheckpointError::Staged(format!(
+            "memory of {} bytes",
+            memory.len
+        )));
+    }
+    let module = module_from_store(host, store, module)?;
+    Ok(Job::instantiate_for_restore(
+        host, module, preopens, limits, sink,
+    )?)
 }
 
 /// Slots whose content differs between `old` and `new` (same chunk size, `new` no

@@ -248,12 +248,7 @@ impl Recovery {
         holdings.truncate(super::proto::MAX_HEARTBEAT_JOBS);
         let mut ended: Vec<String> = ended_here.to_vec();
         ended.truncate(super::proto::MAX_HEARTBEAT_ENDED);
-        let abandoned: Vec<(String, u64)> = self
-            .shared
-            .abandoned
-            .lock()
-            .map(|a| a.iter().map(|(j, g)| (j.clone(), *g)).collect())
-            .unwrap_or_default();
+        let abandoned = self.abandoned_here();
         if let Ok(mut p) = self.shared.published.lock() {
             *p = Published {
                 holdings,
@@ -708,12 +703,7 @@ impl Handler<Observed> for Recovery {
         for job in &m.ended {
             self.remember_ended(job);
         }
-        let abandoned: Vec<(String, u64)> = self
-            .shared
-            .abandoned
-            .lock()
-            .map(|a| a.iter().map(|(j, g)| (j.clone(), *g)).collect())
-            .unwrap_or_default();
+        let abandoned = self.abandoned_here();
         for (job, generation) in abandoned {
             let me = self.me.clone();
             self.mark_abandoned(&job, &me, generation);
@@ -834,6 +824,15 @@ impl Handler<Seen> for Recovery {
 }
 
 impl Recovery {
+    /// Jobs this node gave up (post-copy failed), with their generation.
+    fn abandoned_here(&self) -> Vec<(String, u64)> {
+        self.shared
+            .abandoned
+            .lock()
+            .map(|a| a.iter().map(|(j, g)| (j.clone(), *g)).collect())
+            .unwrap_or_default()
+    }
+
     /// `node` gave `job` up at `generation`: it no longer owns it (if nobody runs a
     /// newer generation), so `recover` treats it like a dead owner.
     fn mark_abandoned(&mut self, job: &str, node: &NodeId, generation: u64) {
