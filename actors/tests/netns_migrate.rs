@@ -73,7 +73,8 @@ fn shaped_move_between_namespaces_keeps_the_output() {
 }
 
 /// A job that dirties memory faster than the shaped link carries it (every step
-/// rewrites 256 KiB anywhere in its 32 MiB, over 20 Mbit/s) moves by post-copy and by
+/// rewrites 256 KiB anywhere in its 32 MiB, over 20 Mbit/s; enough steps to outlive
+/// pre-copy rounds and the pull) moves by post-copy and by
 /// hybrid: both commit, the memory follows after the resume (deferred bytes, a pull at
 /// the destination), and the output is bit-identical to a straight run.
 #[test]
@@ -96,7 +97,7 @@ fn post_copy_and_hybrid_over_a_shaped_link_keep_the_output() {
             &name,
             Command::new(root.join("scripts/shaped-move"))
                 .args([
-                    "--mib", "32", "--rate", "20mbit", "--rtt-ms", "4", "--steps", "6000",
+                    "--mib", "32", "--rate", "20mbit", "--rtt-ms", "4", "--steps", "25000",
                 ])
                 .args(["--move-mode", mode, "--reply-timeout-ms", "20000", "--json"])
                 .args(["--job-arg", "--hot-kib", "--job-arg", "0"])
