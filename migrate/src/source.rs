@@ -358,6 +358,11 @@ impl Source {
         self.phase
     }
 
+    /// How this move copies memory (as chosen so far).
+    pub fn mode(&self) -> MoveMode {
+        self.mode
+    }
+
     pub fn report(&self) -> SourceReport {
         let mut r = self.report.clone();
         r.throughput = self.throughput();

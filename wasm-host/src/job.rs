@@ -708,11 +708,6 @@ impl Job {
         Ok(lazy)
     }
 
-    /// The lazy memory of a post-copy restore, while it is being filled or after.
-    pub fn lazy_memory(&self) -> Option<&crate::lazy::LazyMemory> {
-        self.store.data().lazy.as_ref()
-    }
-
     /// Captures the state of a paused job. The job stays paused and can run on.
     pub fn capture(&mut self) -> Result<Snapshot, HostError> {
         let (globals, wasi, files) = self.capture_state()?;

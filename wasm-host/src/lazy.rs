@@ -315,11 +315,6 @@ impl LazyMemory {
         Ok(true)
     }
 
-    /// Slots not in yet, in address order.
-    pub fn missing(&self) -> Vec<u64> {
-        self.inner.lock().missing.iter().copied().collect()
-    }
-
     /// Whether `slot` is still to be installed.
     pub fn is_missing(&self, slot: u64) -> bool {
         self.inner.lock().missing.contains(&slot)

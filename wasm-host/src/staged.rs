@@ -66,17 +66,15 @@ impl StagedRestore {
         limits: &Limits,
         sink: Box<dyn OutputSink>,
     ) -> Result<StagedRestore, CheckpointError> {
-        let mut job = fresh_job(host, store, module, memory, preopens, limits, sink)?;
-        fill_map(store, memory.clone(), job.resize_memory(memory.len)?)?;
-        // Arm tracking now, so that updates un-protect (and finish re-protects) only the
-        // chunks they write, not all of memory.
-        let _ = job.take_dirty_raw(memory.chunk_size);
-        Ok(StagedRestore {
-            job,
-            memory: memory.clone(),
-            exact: true,
-            files_limit: files_limit(limits),
-        })
+        let missing = store.missing(memory.chunks.iter().map(|(_, id)| id));
+        if let Some(first) = missing.first() {
+            return Err(StoreError::MissingChunks {
+                first: *first,
+                count: missing.len(),
+            }
+            .into());
+        }
+        StagedRestore::stage_present(host, store, module, memory, preopens, limits, sink)
     }
 
     /// [`stage`](Self::stage) with only the chunks `store` has (a post-copy move has the
@@ -115,9 +113,10 @@ impl StagedRestore {
             exact: false,
             files_limit: files_limit(limits),
         };
-        // Arm tracking first, so later updates un-protect only what they write.
-        let _ = staged.job.take_dirty_raw(memory.chunk_size);
         staged.write_slots(store, memory, &slots)?;
+        // Arm tracking now, so that updates un-protect (and finish re-protects) only the
+        // chunks they write, not all of memory.
+        let _ = staged.job.take_dirty_raw(memory.chunk_size);
         staged.memory = ChunkMap {
             len: memory.len,
             chunk_size: memory.chunk_size,

@@ -368,14 +368,19 @@ impl Migrator {
                 SourceAction::PauseJob => {
                     run.pause_at = Some(Instant::now());
                     let store = self.shared.store.clone();
+                    // Only a post-copy (or hybrid) orders its deferred chunks by heat:
+                    // no parent manifest to read in a pre-copy's downtime.
+                    let wants_hot = run.core.mode() != migrate::MoveMode::PreCopy;
                     let sched = self.scheduler.clone();
                     let me = ctx.address();
                     actix::spawn(async move {
                         let ev = match sched.send(Control { job, op: Op::Pause }).await {
                             Ok(Ok(Some(t))) => {
                                 me.do_send(PauseCost(id, t.stop + t.write));
-                                let hot = hot_chunks(&store, &t.checkpoint);
-                                me.do_send(SourceFeed(id, SourceEvent::HotChunks(hot)));
+                                if wants_hot {
+                                    let hot = hot_chunks(&store, &t.checkpoint);
+                                    me.do_send(SourceFeed(id, SourceEvent::HotChunks(hot)));
+                                }
                                 SourceEvent::Paused {
                                     state: StateMap::from_manifest(&t.checkpoint.manifest),
                                     manifest: t.manifest,

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mesh::{FetchItem, FetchOptions, PeerId, Sources};
 use serde::Serialize;
@@ -276,20 +276,5 @@ pub async fn pull(ctx: PullCtx, fill: LazyFill, order: Vec<ChunkId>, status: Pul
     if let Some(s) = p.get_mut(index) {
         s.finished_ms = Some(shared.now_ms());
         s.failed = result.err();
-    }
-}
-
-/// Waits (polling `pulls`) until no pull of `job` is running; for tests and the bench.
-pub async fn wait_pulled(pulls: &Pulls, job: &str, timeout: Duration) -> Option<PullStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let last = lock(pulls).iter().rev().find(|p| p.job == job).cloned();
-        if let Some(p) = last.filter(|p| p.finished_ms.is_some()) {
-            return Some(p);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
