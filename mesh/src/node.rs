@@ -356,6 +356,33 @@ impl MeshHandle {
         self.call(|r| Command::Control(peer, data, r)).await?
     }
 
+    /// [`Self::control_request`] without waiting: the request is queued for the
+    /// swarm before this returns (no task switch between the caller and the wire,
+    /// which matters for a message inside a migration's downtime); the answer comes
+    /// on the returned receiver. Fails at once if the mesh's command queue is full.
+    pub fn control_request_now(
+        &self,
+        peer: PeerId,
+        data: Vec<u8>,
+    ) -> Result<oneshot::Receiver<Result<Vec<u8>, MeshError>>, MeshError> {
+        if data.len() > self.limits.max_control_bytes {
+            return Err(MeshError::TooLarge {
+                size: data.len(),
+                max: self.limits.max_control_bytes,
+            });
+        }
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .try_send(Command::Control(peer, data, tx))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    MeshError::Request("the mesh's command queue is full".into())
+                }
+                mpsc::error::TrySendError::Closed(_) => MeshError::Stopped,
+            })?;
+        Ok(rx)
+    }
+
     /// The current link measurements of every peer seen.
     pub async fn link_stats(&self) -> Result<Vec<(PeerId, LinkReport)>, MeshError> {
         self.call(Command::LinkStats).await

@@ -87,6 +87,13 @@ pub fn build_swarm<B: NetworkBehaviour>(
         behaviour,
         identity.peer_id(),
         libp2p::swarm::Config::with_tokio_executor()
-            .with_idle_connection_timeout(idle_connection_timeout),
+            .with_idle_connection_timeout(idle_connection_timeout)
+            // Every request opens a substream and names its one protocol. With V1
+            // the dialer waits for the listener's echo of the protocol before it
+            // writes the request: a round trip per message, on every control
+            // message and chunk request (a migration's Final, its GoAck). V1Lazy
+            // writes at once when only one protocol is proposed (multistream-select
+            // falls back to V1 otherwise); every roam node speaks every protocol.
+            .with_substream_upgrade_protocol_override(libp2p::core::upgrade::Version::V1Lazy),
     ))
 }

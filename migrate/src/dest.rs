@@ -2,10 +2,12 @@
 
 use std::collections::{HashSet, VecDeque};
 
-use store::ChunkId;
+use store::{ChunkId, ChunkMap, Manifest};
 
 use crate::error::MigrateError;
-use crate::msg::{AbortReason, Body, ChunkRef, Compression, Message, MigrationId, Outcome};
+use crate::msg::{
+    AbortReason, Body, ChunkRef, Compression, Deferral, Message, MigrationId, Outcome,
+};
 
 /// Knobs of the destination.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,10 +60,13 @@ pub enum DestAction {
     },
     /// Check every chunk the manifest needs is in the store (hash-verified),
     /// import the manifest and restore the job *paused*. Do not run it.
-    /// Answer with [`DestEvent::Restored`] or `RestoreFailed`.
+    /// Answer with [`DestEvent::Restored`] or `RestoreFailed`. `manifest` is the
+    /// encoding whose blake3 is `manifest_id` (checked by the core), `decoded` the
+    /// same manifest decoded (the shell need not decode it again).
     VerifyAndRestore {
         manifest: Vec<u8>,
         manifest_id: ChunkId,
+        decoded: Box<Manifest>,
     },
     /// Post-copy: restore without these memory chunks (the next action is the
     /// `VerifyAndRestore`) and fetch them after `ResumeJob`, in this order, with the
@@ -99,7 +104,8 @@ pub enum DestPhase {
     Verifying,
     /// Restored and paused, Ready sent; waiting for Go.
     Ready,
-    /// Go received: the job runs here at generation + 1.
+    /// Go received (or a post-copy Final restored): the job runs here at
+    /// generation + 1.
     Running,
     /// Final: the job never ran here and never will.
     Aborted,
@@ -128,6 +134,10 @@ pub struct DestReport {
     /// Chunks asked for by `Fetch` actions, over all rounds and the final.
     pub fetched_chunks: usize,
     pub fetched_bytes: u64,
+    /// Post-copy: chunks restored lazily (fetched after the resume).
+    pub deferred_chunks: usize,
+    /// From the handover (Go, or a post-copy Final) to the resume, in ms.
+    pub held_ms: u64,
 }
 
 /// The destination's state machine; created from an Offer by
@@ -146,10 +156,15 @@ pub struct Destination {
     /// Chunks of the fetch in progress.
     pending: Vec<ChunkRef>,
     acked: u32,
-    final_manifest: Option<(Vec<u8>, ChunkId)>,
+    final_manifest: Option<(Vec<u8>, ChunkId, Box<Manifest>)>,
+    /// The offered memory map: the base of the Final's manifest patch.
+    offered_memory: ChunkMap,
     /// Post-copy: memory chunks restored lazily, and the compression (from the Final).
     deferred: Vec<ChunkRef>,
     deferred_compression: Compression,
+    /// The Final carried the Go (post-copy): start as soon as restored. With the
+    /// time it arrived.
+    handover_at: Option<u64>,
     /// VerifyAndRestore was asked: an abort must discard.
     restore_asked: bool,
     abort_reason: Option<AbortReason>,
@@ -212,8 +227,10 @@ impl Destination {
             pending: Vec::new(),
             acked: 0,
             final_manifest: None,
+            offered_memory: o.state.memory.clone(),
             deferred: Vec::new(),
             deferred_compression: Compression::None,
+            handover_at: None,
             restore_asked: false,
             abort_reason: None,
             deadline: Some(now.saturating_add(cfg.idle_timeout_ms)),
@@ -337,7 +354,7 @@ impl Destination {
 
     fn verify(&mut self) {
         self.known.extend(self.pending.drain(..).map(|c| c.id));
-        if let Some((manifest, manifest_id)) = self.final_manifest.clone() {
+        if let Some((manifest, manifest_id, decoded)) = self.final_manifest.clone() {
             self.restore_asked = true;
             self.phase = DestPhase::Verifying;
             if !self.deferred.is_empty() {
@@ -349,18 +366,69 @@ impl Destination {
             self.actions.push_back(DestAction::VerifyAndRestore {
                 manifest,
                 manifest_id,
+                decoded,
             });
         }
     }
 
+    /// The handover arrived at `handed_over` (Go, or a post-copy Final) and the job
+    /// is restored: run it. The source is paused and has promised not to resume
+    /// unless we abort, which we never do from here on.
+    fn run(&mut self, handed_over: u64, now: u64) {
+        // Only `verify` leads to Ready or to a restore, and it needs the manifest.
+        let Some((_, manifest_id, _)) = self.final_manifest.as_ref() else {
+            return;
+        };
+        let manifest_id = *manifest_id;
+        self.phase = DestPhase::Running;
+        self.deadline = None;
+        self.report.held_ms = now.saturating_sub(handed_over);
+        // `validate` keeps an offer's generation below u64::MAX.
+        self.actions.push_back(DestAction::ResumeJob {
+            job: self.job.clone(),
+            generation: self.generation.saturating_add(1),
+            manifest_id,
+        });
+        self.send_goack();
+        self.actions
+            .push_back(DestAction::Finished(Outcome::Committed));
+    }
+
+    fn send_goack(&mut self) {
+        self.send(Body::GoAck {
+            held_ms: self.report.held_ms,
+        });
+    }
+
+    /// The memory chunks of a post-copy Final's manifest this node lacks (and the
+    /// Final does not bring): the hot slots first, then by address, each id once.
+    fn deferred_chunks(&self, m: &Manifest, now: &[ChunkRef], d: &Deferral) -> Vec<ChunkRef> {
+        let mut skip: HashSet<ChunkId> = now.iter().map(|c| c.id).collect();
+        skip.extend(self.known.iter().copied());
+        let mut out = Vec::new();
+        let mem = &m.memory;
+        let hot = d
+            .hot
+            .iter()
+            .filter_map(|slot| mem.get(*slot).map(|id| (*slot, id)));
+        for (slot, id) in hot.chain(mem.chunks.iter().copied()) {
+            if skip.insert(id) {
+                // A validated map's chunk length fits in u32 (MAX_CHUNK_SIZE).
+                let len = u32::try_from(mem.chunk_len(slot)).unwrap_or(u32::MAX);
+                out.push(ChunkRef { id, len });
+            }
+        }
+        out
+    }
+
     /// A message from the source.
     pub fn handle_message(&mut self, now: u64, msg: Message) -> Result<(), MigrateError> {
-        self.on_message(msg)?;
+        self.on_message(now, msg)?;
         self.rearm(now);
         Ok(())
     }
 
-    fn on_message(&mut self, msg: Message) -> Result<(), MigrateError> {
+    fn on_message(&mut self, now: u64, msg: Message) -> Result<(), MigrateError> {
         msg.check_addressed_to(self.migration, self.generation)?;
         let phase = self.phase;
         let unexpected = |what| MigrateError::Unexpected {
@@ -379,7 +447,7 @@ impl Destination {
             | Body::RoundAck { .. }
             | Body::Progress { .. }
             | Body::Ready
-            | Body::GoAck => Err(MigrateError::WrongDirection {
+            | Body::GoAck { .. } => Err(MigrateError::WrongDirection {
                 message: msg.body.name(),
                 role: "destination",
             }),
@@ -423,7 +491,7 @@ impl Destination {
                 compression,
                 manifest,
                 manifest_id,
-                deferred,
+                postcopy,
             } => match phase {
                 DestPhase::Offered | DestPhase::Idle { .. } => {
                     if after_round != self.acked {
@@ -432,8 +500,21 @@ impl Destination {
                             found: after_round,
                         });
                     }
-                    self.final_manifest = Some((manifest, manifest_id));
-                    self.deferred = deferred;
+                    let (full, bytes) = match manifest.apply(&self.offered_memory, &manifest_id) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            // The source's own message does not add up: nothing can
+                            // be restored from it, and telling it so lets it resume.
+                            self.abort(AbortReason::VerificationFailed, true);
+                            return Err(e.into());
+                        }
+                    };
+                    if let Some(d) = &postcopy {
+                        self.deferred = self.deferred_chunks(&full, &chunks, d);
+                        self.report.deferred_chunks = self.deferred.len();
+                        self.handover_at = Some(now);
+                    }
+                    self.final_manifest = Some((bytes, manifest_id, Box::new(full)));
                     self.deferred_compression = compression;
                     self.phase = DestPhase::FetchingFinal;
                     if !self.fetch(after_round + 1, chunks, compression) {
@@ -447,31 +528,23 @@ impl Destination {
                     self.send(Body::Ready);
                     Ok(())
                 }
-                DestPhase::Running => Ok(()),
-                _ => Err(unexpected("Final")),
-            },
-            Body::Go => match (phase, self.final_manifest.as_ref()) {
-                // Ready is reached only through `verify`, so it has a manifest.
-                (DestPhase::Ready, Some((_, manifest_id))) => {
-                    let manifest_id = *manifest_id;
-                    // The source is paused and has promised not to resume
-                    // unless we abort, which we never do from here on.
-                    self.phase = DestPhase::Running;
-                    self.deadline = None;
-                    // `validate` keeps an offer's generation below u64::MAX.
-                    self.actions.push_back(DestAction::ResumeJob {
-                        job: self.job.clone(),
-                        generation: self.generation.saturating_add(1),
-                        manifest_id,
-                    });
-                    self.send(Body::GoAck);
-                    self.actions
-                        .push_back(DestAction::Finished(Outcome::Committed));
+                DestPhase::Running => {
+                    if self.handover_at.is_some() {
+                        // The Final carried the Go; our GoAck was lost.
+                        self.send_goack();
+                    }
                     Ok(())
                 }
-                (DestPhase::Running, _) => {
+                _ => Err(unexpected("Final")),
+            },
+            Body::Go => match phase {
+                DestPhase::Ready if self.final_manifest.is_some() => {
+                    self.run(now, now);
+                    Ok(())
+                }
+                DestPhase::Running => {
                     // Our ack was lost.
-                    self.send(Body::GoAck);
+                    self.send_goack();
                     Ok(())
                 }
                 _ => Err(unexpected("Go")),
@@ -489,12 +562,12 @@ impl Destination {
 
     /// A report from the shell.
     pub fn handle_event(&mut self, now: u64, ev: DestEvent) -> Result<(), MigrateError> {
-        self.on_event(ev)?;
+        self.on_event(now, ev)?;
         self.rearm(now);
         Ok(())
     }
 
-    fn on_event(&mut self, ev: DestEvent) -> Result<(), MigrateError> {
+    fn on_event(&mut self, now: u64, ev: DestEvent) -> Result<(), MigrateError> {
         let phase = self.phase;
         let unexpected = |what| MigrateError::Unexpected {
             what,
@@ -520,8 +593,14 @@ impl Destination {
                 Ok(())
             }
             (DestEvent::Restored, DestPhase::Verifying) => {
-                self.phase = DestPhase::Ready;
-                self.send(Body::Ready);
+                match self.handover_at {
+                    // A post-copy Final carried the Go.
+                    Some(at) => self.run(at, now),
+                    None => {
+                        self.phase = DestPhase::Ready;
+                        self.send(Body::Ready);
+                    }
+                }
                 Ok(())
             }
             (DestEvent::RestoreFailed, DestPhase::Verifying) => {

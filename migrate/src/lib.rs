@@ -22,13 +22,29 @@
 //!  Checkpoint → dirty set; stop rule (adapt::precopy_stop)
 //!  Round{k, dirty}        ─────────────────▶  ...  (k ≤ max_rounds)
 //!                         ◀─────────────────  RoundAck{k}
-//!  PauseJob → Paused{final state, manifest}
-//!  Final{last dirty, manifest} ────────────▶  Fetch → VerifyAndRestore → Restored
+//!  PauseJob → Paused{final manifest}
+//!  Final{last dirty, manifest patch} ──────▶  Fetch → VerifyAndRestore → Restored
 //!                         ◀─────────────────  Ready      (restored, paused)
 //!  RecordHandover; Go     ─────────────────▶  ResumeJob{generation + 1}
 //!                         ◀─────────────────  GoAck      (the commit ack)
 //!  DropJob
 //! ```
+//!
+//! A post-copy (or hybrid) move folds the Go into the Final: the source records
+//! the handover *before* the Final leaves, and the destination starts the job as
+//! soon as it has restored it (memory still missing, pulled after the resume):
+//!
+//! ```text
+//!  PauseJob → Paused; RecordHandover
+//!  Final{manifest patch, postcopy: hot slots} ▶  Defer; VerifyAndRestore → Restored
+//!                                                ResumeJob{generation + 1}
+//!                         ◀─────────────────  GoAck{held_ms}
+//!  DropJob
+//! ```
+//!
+//! The Final's manifest is a patch of the Offer's memory map
+//! ([`ManifestPatch`]): the destination rebuilds the manifest and checks its hash,
+//! and the downtime carries only the slots that changed since the offer.
 //!
 //! Either side may send `Abort` until the handover; the source resends its
 //! last unanswered message (Offer, Round, Final, Go) with exponential backoff
@@ -51,10 +67,13 @@
 //! It rests on three rules, each enforced in one place of the code:
 //!
 //! 1. **The destination starts only on Go.** `ResumeJob` is emitted on the
-//!    single transition `Ready --Go--> Running`, at most once.
-//! 2. **The source sends Go only while paused, and after Go it resumes only
-//!    on the destination's Abort.** Timeouts after Go lead to `Escalated`,
-//!    never to `ResumeJob`; `Cancel` after Go is refused.
+//!    single transition to `Running` — `Ready --Go--> Running`, or
+//!    `Verifying --Restored--> Running` for a Final that carries the Go — at
+//!    most once.
+//! 2. **The source sends Go (or a Final carrying it) only while paused, and
+//!    after that it resumes only on the destination's Abort.** Timeouts after
+//!    Go lead to `Escalated`, never to `ResumeJob`; `Cancel` after Go is
+//!    refused.
 //! 3. **The destination's Abort is final and never follows Running.** It is
 //!    sent only on entering (or from) `Aborted`, which is terminal and cannot
 //!    be reached from `Running`; in `Aborted` a Go is answered with Abort.
@@ -92,6 +111,14 @@
 //! one). A late GoAck (→ `DropJob`) or Abort (→ `ResumeJob`) still resolves
 //! an escalated source.
 //!
+//! A post-copy move trades part of that liveness for a round trip of downtime:
+//! its Final carries the Go, so a Final lost for good, or a destination that
+//! crashes before it answers, escalates instead of aborting (in a pre-copy
+//! move the same faults before Go end in an abort and the source resumes).
+//! Post-copy has already given up on the source resuming by itself: once the
+//! job runs at the destination with memory still at the source, losing either
+//! node is crash recovery's case anyway.
+//!
 //! **Crashes.** The core's state is in memory, so the shells add two durable
 //! records: [`SourceAction::RecordHandover`] before the Go leaves (a source
 //! that restarts after it must escalate, not resume), and the generation
@@ -122,6 +149,7 @@ mod bytes;
 mod dest;
 mod error;
 mod msg;
+mod patch;
 mod source;
 
 pub use adapt::{
@@ -131,8 +159,9 @@ pub use adapt::{
 pub use dest::{DestAction, DestConfig, DestEvent, DestPhase, DestReport, Destination};
 pub use error::MigrateError;
 pub use msg::{
-    AbortReason, Body, ChunkRef, Compression, Message, MessageError, MigrationId, Offer, Outcome,
-    StateMap, MAX_EXTRA_BLOBS, MAX_MANIFEST_BYTES, MAX_ROUNDS, MAX_STATE_CHUNKS, MAX_ZSTD_LEVEL,
+    AbortReason, Body, ChunkRef, Compression, Deferral, ManifestPatch, Message, MessageError,
+    MigrationId, Offer, Outcome, StateMap, MAX_EXTRA_BLOBS, MAX_MANIFEST_BYTES, MAX_ROUNDS,
+    MAX_STATE_CHUNKS, MAX_ZSTD_LEVEL,
 };
 pub use source::{
     RoundReport, Source, SourceAction, SourceConfig, SourceEvent, SourcePhase, SourceReport,

@@ -12,6 +12,8 @@ use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 use store::{BlobRef, ChunkId, ChunkMap, Manifest, MAX_CHUNK_SIZE, MAX_JOB_ID_LEN};
 
+pub use crate::patch::ManifestPatch;
+
 /// Most chunk entries a state map (and so an offer) may list, summed over
 /// memory, module and extra blobs. 2^17 entries cover a full 4 GiB wasm32
 /// memory at 64 KiB chunks plus 4 GiB of module and file blobs; an offer this
@@ -69,6 +71,16 @@ impl Compression {
             Compression::Zstd(l) => store::Compression::Zstd(l),
         }
     }
+}
+
+/// What a post-copy Final defers: every memory chunk of the manifest the
+/// destination lacks, fetched after the resume — on first touch, and in the
+/// background in this order: the `hot` slots first (the ones the job wrote most
+/// recently, most recent first), then the rest by address.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deferral {
+    /// Memory slots (chunk indices of the manifest's memory map), hottest first.
+    pub hot: Vec<u64>,
 }
 
 /// Everything a checkpoint needs, as chunk ids: what the source offers and
@@ -254,28 +266,37 @@ pub enum Body {
     /// `after_round + 1`); `bytes` of them are here. Sent while a fetch takes
     /// long, so a slow link is told from a dead peer without a guessed deadline.
     Progress { round: u32, bytes: u64 },
-    /// S→D: the job is paused; the last dirty chunks and the final manifest.
-    /// `after_round` is the number of pre-copy rounds acknowledged.
+    /// S→D: the job is paused; the last dirty chunks and the final manifest, as a
+    /// patch of the offered memory map (see [`ManifestPatch`]); `manifest_id` is the
+    /// id of the full manifest. `after_round` is the number of pre-copy rounds
+    /// acknowledged.
     Final {
         after_round: u32,
         chunks: Vec<ChunkRef>,
         compression: Compression,
-        #[serde(with = "crate::bytes")]
-        manifest: Vec<u8>,
+        manifest: ManifestPatch,
         manifest_id: ChunkId,
-        /// Post-copy: memory chunks of the manifest the destination fetches after it
-        /// resumed the job (on first touch, and in this order in the background); it
-        /// restores without them. Empty for pre-copy (and absent from the encoding).
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        deferred: Vec<ChunkRef>,
+        /// Post-copy (and hybrid): the destination restores without the memory
+        /// chunks of the manifest it lacks (other than `chunks`), fetches them after
+        /// the resume, and **starts the job as soon as it is restored**: this Final
+        /// carries the Go (the source is paused and will not resume unless the
+        /// destination aborts), which saves the Ready → Go round trip. `None` for
+        /// pre-copy (absent from the encoding).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        postcopy: Option<Deferral>,
     },
     /// D→S: I restored the job (paused) and will start it on Go.
     Ready,
     /// S→D: the job is paused here and will not resume unless you Abort:
     /// start it at generation + 1.
     Go,
-    /// D→S: I run it at generation + 1 (the commit ack).
-    GoAck,
+    /// D→S: I run it at generation + 1 (the commit ack). `held_ms`: how long the
+    /// destination took from the handover to the resume (its restore, after a
+    /// post-copy Final; 0 after a Go), so the source can tell its job's downtime.
+    GoAck {
+        #[serde(default)]
+        held_ms: u64,
+    },
     /// Either way: this migration is over and the sender did not (destination)
     /// or will not (source) hand the job over.
     Abort { reason: AbortReason },
@@ -293,7 +314,7 @@ impl Body {
             Body::Final { .. } => "Final",
             Body::Ready => "Ready",
             Body::Go => "Go",
-            Body::GoAck => "GoAck",
+            Body::GoAck { .. } => "GoAck",
             Body::Abort { .. } => "Abort",
         }
     }
@@ -360,8 +381,8 @@ fn check_compression(what: &'static str, c: Compression) -> Result<(), MessageEr
 }
 
 impl Message {
-    /// Check every bound and every hash that needs no protocol state. Costs
-    /// one blake3 pass over a final manifest.
+    /// Check every bound that needs no protocol state (a Final's manifest hash
+    /// needs the offer: the destination checks it when it applies the patch).
     pub fn validate(&self) -> Result<(), MessageError> {
         match &self.body {
             Body::Offer(_) if self.generation == u64::MAX => Err(MessageError::Malformed {
@@ -403,43 +424,46 @@ impl Message {
                 chunks,
                 compression,
                 manifest,
-                manifest_id,
-                deferred,
+                postcopy,
+                ..
             } => {
                 check_round("final", *after_round, 0)?;
                 check_compression("final", *compression)?;
                 check_chunks("final chunk list", chunks)?;
-                check_chunks("deferred chunk list", deferred)?;
-                if chunks.len() + deferred.len() > MAX_STATE_CHUNKS {
-                    return Err(MessageError::TooMany {
-                        what: "final and deferred chunks",
-                        len: (chunks.len() + deferred.len()) as u64,
-                        limit: MAX_STATE_CHUNKS as u64,
-                    });
-                }
-                if manifest.is_empty() {
+                if manifest.head.is_empty() {
                     return Err(MessageError::Malformed {
                         what: "final",
                         detail: "empty manifest".into(),
                     });
                 }
-                if manifest.len() > MAX_MANIFEST_BYTES {
+                if manifest.head.len() > MAX_MANIFEST_BYTES {
                     return Err(MessageError::TooLarge {
                         what: "final manifest",
-                        len: manifest.len() as u64,
+                        len: manifest.head.len() as u64,
                         limit: MAX_MANIFEST_BYTES as u64,
                     });
                 }
-                let actual = ChunkId::of(manifest);
-                if actual != *manifest_id {
-                    return Err(MessageError::ManifestHashMismatch {
-                        claimed: *manifest_id,
-                        actual,
+                if manifest.zeroed.len() > MAX_STATE_CHUNKS {
+                    return Err(MessageError::TooMany {
+                        what: "zeroed slots",
+                        len: manifest.zeroed.len() as u64,
+                        limit: MAX_STATE_CHUNKS as u64,
                     });
                 }
+                if let Some(d) = postcopy {
+                    if d.hot.len() > MAX_STATE_CHUNKS {
+                        return Err(MessageError::TooMany {
+                            what: "hot slots",
+                            len: d.hot.len() as u64,
+                            limit: MAX_STATE_CHUNKS as u64,
+                        });
+                    }
+                }
+                // The manifest's hash is checked by the destination once it has
+                // rebuilt it from the patch and the offer (`ManifestPatch::apply`).
                 Ok(())
             }
-            Body::Ready | Body::Go | Body::GoAck | Body::Abort { .. } => Ok(()),
+            Body::Ready | Body::Go | Body::GoAck { .. } | Body::Abort { .. } => Ok(()),
         }
     }
 }

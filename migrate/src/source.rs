@@ -2,7 +2,7 @@
 
 use std::collections::{HashSet, VecDeque};
 
-use store::ChunkId;
+use store::{ChunkId, ChunkMap, Manifest};
 
 use crate::adapt::{
     choose_compression_with, choose_mode, effective_rate, precopy_stop, transfer_ms, LevelProfile,
@@ -10,9 +10,10 @@ use crate::adapt::{
 };
 use crate::error::MigrateError;
 use crate::msg::{
-    AbortReason, Body, ChunkRef, Compression, Message, MigrationId, Offer, Outcome, StateMap,
-    MAX_ROUNDS, MAX_STATE_CHUNKS,
+    AbortReason, Body, ChunkRef, Compression, Deferral, Message, MigrationId, Offer, Outcome,
+    StateMap, MAX_ROUNDS,
 };
+use crate::patch::ManifestPatch;
 
 /// Knobs of the source. `Default` suits a LAN of edge nodes.
 #[derive(Clone, Debug, PartialEq)]
@@ -105,10 +106,9 @@ pub enum SourceEvent {
     /// (incremental) checkpoint taken while the job keeps running.
     Checkpointed { round: u32, state: StateMap },
     /// Answer to [`SourceAction::PauseJob`]: the job is paused and this is its
-    /// final checkpoint (manifest bytes as stored, and their id).
+    /// final checkpoint (its manifest, and the id of the manifest as stored).
     Paused {
-        state: StateMap,
-        manifest: Vec<u8>,
+        manifest: Box<Manifest>,
         manifest_id: ChunkId,
     },
     /// Answer to [`SourceAction::PauseJob`]: the job was not paused (the
@@ -118,10 +118,6 @@ pub enum SourceEvent {
     /// Call the migration off. Refused with [`MigrateError::TooLateToCancel`]
     /// once Go was sent.
     Cancel,
-    /// The chunks the job wrote most recently, most recent first (the shell's dirty
-    /// tracking knows). A post-copy defers memory in this order, then by address.
-    /// Optional; send it before [`SourceEvent::Paused`].
-    HotChunks(Vec<ChunkId>),
 }
 
 /// What the source core asks its shell to do, in order.
@@ -138,8 +134,8 @@ pub enum SourceAction {
     /// Run the paused job again here (the migration aborted).
     ResumeJob,
     /// Make durable that this job's generation was handed over, before the
-    /// next action (the Go) leaves: a restarted source must treat the job as
-    /// escalated, never resume it on its own.
+    /// next action (the Go, or a post-copy Final) leaves: a restarted source must
+    /// treat the job as escalated, never resume it on its own.
     RecordHandover,
     /// The destination runs the job at generation + 1: forget it here.
     DropJob,
@@ -164,7 +160,8 @@ pub enum SourcePhase {
     Pausing,
     /// Final sent, job paused here, waiting for Ready.
     AwaitReady,
-    /// Go sent: the job stays paused here unless the destination aborts.
+    /// Go (or a post-copy Final) sent: the job stays paused here unless the
+    /// destination aborts.
     HandedOver,
     /// Go unanswered: paused here, crash recovery decides.
     Escalated,
@@ -220,6 +217,11 @@ pub struct SourceReport {
     /// Post-copy: chunks and bytes the destination fetches after it resumed the job.
     pub deferred_chunks: usize,
     pub deferred_bytes: u64,
+    /// Encoded size of the Final's manifest patch (sent while the job is paused).
+    pub manifest_patch_bytes: usize,
+    /// From the GoAck: how long the destination took from the handover to the
+    /// resume (its restore, after a post-copy Final).
+    pub dest_held_ms: u64,
 }
 
 /// The source's state machine. Feed it messages, shell events and timeouts;
@@ -261,8 +263,11 @@ pub struct Source {
     actions: VecDeque<SourceAction>,
     report: SourceReport,
     mode: MoveMode,
-    /// From [`SourceEvent::HotChunks`].
-    hot: Vec<ChunkId>,
+    /// The offered memory map: the base of the Final's manifest patch.
+    offered_memory: ChunkMap,
+    /// The memory map of the newest checkpoint taken during the move (slots that
+    /// differ from it at the pause are the hottest).
+    last_memory: Option<ChunkMap>,
     /// Offered chunks that are only memory (a post-copy leaves them for after the
     /// resume; the module and files go first).
     memory_only: HashSet<ChunkId>,
@@ -299,6 +304,7 @@ impl Source {
             .map(|(_, id)| *id)
             .filter(|id| !elsewhere.contains(id))
             .collect();
+        let offered_memory = state.memory.clone();
         let offer = Message {
             migration,
             generation,
@@ -335,7 +341,8 @@ impl Source {
                 ..SourceReport::default()
             },
             mode: MoveMode::PreCopy,
-            hot: Vec::new(),
+            offered_memory,
+            last_memory: None,
             memory_only,
             cfg,
         };
@@ -493,43 +500,39 @@ impl Source {
     }
 
     /// The chunks the Final carries, and (post-copy, hybrid) the memory chunks it
-    /// defers: the module and files go before the job resumes; memory goes after, the
-    /// hottest chunks first (the job's first touches pull them even sooner). Sending
-    /// hot chunks before the resume would only add their transfer to the downtime.
-    fn final_split(&self, state: &StateMap) -> (Vec<ChunkRef>, Vec<ChunkRef>) {
+    /// defers with the hot slots to fetch first: the module and files go before the
+    /// job resumes; memory goes after, the slots written most recently first (those
+    /// that changed since the last checkpoint of the move, then since the offer; the
+    /// job's first touches pull what it needs even sooner). Sending hot chunks before
+    /// the resume would only add their transfer to the downtime.
+    fn final_split(&self, state: &StateMap) -> (Vec<ChunkRef>, Vec<ChunkRef>, Vec<u64>) {
         let all = self.missing(state);
         if self.mode == MoveMode::PreCopy {
-            return (all, Vec::new());
+            return (all, Vec::new(), Vec::new());
         }
         let memory: HashSet<ChunkId> = state.memory.chunks.iter().map(|(_, id)| *id).collect();
         let elsewhere: HashSet<ChunkId> = std::iter::once(&state.module.map)
             .chain(state.extra.iter().map(|b| &b.map))
             .flat_map(|m| m.chunks.iter().map(|(_, id)| *id))
             .collect();
-        let (now, mem): (Vec<ChunkRef>, Vec<ChunkRef>) = all
+        let (now, deferred): (Vec<ChunkRef>, Vec<ChunkRef>) = all
             .into_iter()
             .partition(|c| elsewhere.contains(&c.id) || !memory.contains(&c.id));
-        // Hot first (in the shell's order), then by address.
-        let rank: std::collections::HashMap<ChunkId, usize> = self
-            .hot
-            .iter()
-            .enumerate()
-            .map(|(i, id)| (*id, i))
-            .collect();
-        let slot: std::collections::HashMap<ChunkId, u64> = state
-            .memory
-            .chunks
-            .iter()
-            .map(|(i, id)| (*id, *i))
-            .collect();
-        let mut mem = mem;
-        mem.sort_by_key(|c| {
-            (
-                rank.get(&c.id).copied().unwrap_or(usize::MAX),
-                slot.get(&c.id).copied().unwrap_or(u64::MAX),
-            )
-        });
-        (now, mem)
+        let deferred_ids: HashSet<ChunkId> = deferred.iter().map(|c| c.id).collect();
+        let mut hot = Vec::new();
+        let mut listed = HashSet::new();
+        for base in [self.last_memory.as_ref(), Some(&self.offered_memory)]
+            .into_iter()
+            .flatten()
+        {
+            for (slot, id) in &state.memory.chunks {
+                if deferred_ids.contains(id) && base.get(*slot) != Some(*id) && listed.insert(*slot)
+                {
+                    hot.push(*slot);
+                }
+            }
+        }
+        (now, deferred, hot)
     }
 
     fn missing(&self, state: &StateMap) -> Vec<ChunkRef> {
@@ -612,7 +615,15 @@ impl Source {
                 // dead peer. Wait another reply timeout; no need to resend.
                 let fetching = match phase {
                     SourcePhase::PreCopy { round: r } => r == round,
+                    // The Final's chunks (a post-copy Final hands over at once).
                     SourcePhase::AwaitReady => round == self.rounds_sent + 1,
+                    SourcePhase::HandedOver => {
+                        round == self.rounds_sent + 1
+                            && self
+                                .outstanding
+                                .as_ref()
+                                .is_some_and(|m| matches!(m.body, Body::Final { .. }))
+                    }
                     _ => false,
                 };
                 if fetching {
@@ -658,8 +669,9 @@ impl Source {
                 }
                 Ok(())
             }
-            Body::GoAck => match phase {
+            Body::GoAck { held_ms } => match phase {
                 SourcePhase::HandedOver | SourcePhase::Escalated => {
+                    self.report.dest_held_ms = held_ms;
                     self.stop_timers();
                     self.paused = false;
                     self.phase = SourcePhase::Committed;
@@ -745,24 +757,27 @@ impl Source {
                 _ => Err(unexpected("Checkpointed")),
             },
             SourceEvent::Paused {
-                state,
                 manifest,
                 manifest_id,
             } => match phase {
                 SourcePhase::Pausing => {
                     self.paused = true;
-                    let (chunks, deferred) = self.final_split(&state);
+                    let state = StateMap::from_manifest(&manifest);
+                    let (chunks, deferred, hot) = self.final_split(&state);
                     let bytes: u64 = chunks.iter().map(|c| c.len as u64).sum();
                     self.report.deferred_chunks = deferred.len();
                     self.report.deferred_bytes = deferred.iter().map(|c| c.len as u64).sum();
                     let compression = self.compression();
+                    let patch = ManifestPatch::between(&self.offered_memory, &manifest);
+                    self.report.manifest_patch_bytes = patch.head.len() + patch.zeroed.len() * 9;
+                    let handover = self.mode != MoveMode::PreCopy;
                     let fin = self.msg(Body::Final {
                         after_round: self.rounds_sent,
                         chunks,
                         compression,
-                        manifest,
+                        manifest: patch,
                         manifest_id,
-                        deferred,
+                        postcopy: handover.then_some(Deferral { hot }),
                     });
                     if let Err(e) = state.validate().and_then(|()| fin.validate()) {
                         // The shell gave us something we cannot send: the
@@ -779,8 +794,18 @@ impl Source {
                     let deadline = now
                         .saturating_add(self.cfg.reply_timeout_ms)
                         .saturating_add(expect.saturating_mul(2));
-                    self.phase = SourcePhase::AwaitReady;
-                    self.send_tracked(now, fin, deadline, expect);
+                    if handover {
+                        // This Final carries the Go: from here on the job never
+                        // resumes here unless the destination says Abort.
+                        self.actions.push_back(SourceAction::RecordHandover);
+                        self.phase = SourcePhase::HandedOver;
+                        let deadline =
+                            deadline.max(now.saturating_add(self.cfg.handover_timeout_ms));
+                        self.send_tracked(now, fin, deadline, expect);
+                    } else {
+                        self.phase = SourcePhase::AwaitReady;
+                        self.send_tracked(now, fin, deadline, expect);
+                    }
                     Ok(())
                 }
                 SourcePhase::Aborted if self.resume_when_paused => {
@@ -802,11 +827,6 @@ impl Source {
                 }
                 _ => Err(unexpected("PauseFailed")),
             },
-            SourceEvent::HotChunks(hot) => {
-                self.hot = hot;
-                self.hot.truncate(MAX_STATE_CHUNKS);
-                Ok(())
-            }
             SourceEvent::Cancel => match phase {
                 SourcePhase::HandedOver | SourcePhase::Escalated => {
                     Err(MigrateError::TooLateToCancel)
@@ -821,6 +841,7 @@ impl Source {
     }
 
     fn on_checkpoint(&mut self, now: u64, round: u32, state: &StateMap) {
+        self.last_memory = Some(state.memory.clone());
         let dirty = self.missing(state);
         let dirty_bytes: u64 = dirty.iter().map(|c| c.len as u64).sum();
         let dt = now.saturating_sub(self.last_state_at);

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use migrate::{AbortReason, DestPhase, Outcome};
+use migrate::{AbortReason, DestPhase, MoveMode, Outcome, RequestedMode};
 
 const LIMIT_MS: u64 = 600_000;
 
@@ -23,12 +23,40 @@ fn scenarios() -> Vec<(&'static str, Params)> {
     let mut everything = Params::small();
     everything.preload = Preload::Everything;
     everything.dirty_rate = 0;
+    let mut post = Params::small();
+    post.src.postcopy.available = true;
+    post.src.postcopy.requested = RequestedMode::Fixed(MoveMode::PostCopy);
+    let mut hybrid = many.clone();
+    hybrid.src.postcopy.available = true;
+    hybrid.src.postcopy.requested = RequestedMode::Fixed(MoveMode::Hybrid);
+    hybrid.src.postcopy.hybrid_rounds = 2;
     vec![
         ("base", base),
         ("one round", one_round),
         ("round limit", many),
         ("destination has everything", everything),
+        ("post-copy", post),
+        ("hybrid", hybrid),
     ]
+}
+
+/// Pre-copy, post-copy or hybrid by `seed`.
+fn with_mode(p: &mut Params, seed: u64) {
+    p.src.postcopy.available = true;
+    p.src.postcopy.requested = RequestedMode::Fixed(match seed % 3 {
+        0 => MoveMode::PreCopy,
+        1 => MoveMode::PostCopy,
+        _ => MoveMode::Hybrid,
+    });
+}
+
+/// The message that hands the job over: Go, or the Final of a post-copy or hybrid
+/// move (which carries the Go).
+fn handover(p: &Params) -> &'static str {
+    match p.src.postcopy.requested {
+        RequestedMode::Fixed(MoveMode::PostCopy | MoveMode::Hybrid) => "Final",
+        _ => "Go",
+    }
 }
 
 fn happy(p: &Params) -> Sim {
@@ -48,12 +76,13 @@ fn happy_paths_commit() {
         // The order of the protocol, no retransmission needed.
         let names: Vec<&str> = sim.log.iter().map(|e| e.2).collect();
         assert_eq!(names[..2], ["Offer", "Have"], "{name}");
-        assert_eq!(
-            names[names.len() - 4..],
-            ["Final", "Ready", "Go", "GoAck"],
-            "{name}"
-        );
-        for pair in names[2..names.len() - 4].chunks(2) {
+        let tail: &[&str] = if handover(&p) == "Final" {
+            &["Final", "GoAck"]
+        } else {
+            &["Final", "Ready", "Go", "GoAck"]
+        };
+        assert_eq!(names[names.len() - tail.len()..], *tail, "{name}");
+        for pair in names[2..names.len() - tail.len()].chunks(2) {
             assert_eq!(pair, ["Round", "RoundAck"], "{name}: {names:?}");
         }
         assert!(sim.log.iter().all(|e| !e.3), "{name}: nothing dropped");
@@ -68,8 +97,7 @@ fn abort_at_every_step_keeps_exactly_one_runner() {
     for (name, p) in scenarios() {
         let h = happy(&p);
         let steps = h.log.len();
-        let go = h.index_of("Go").expect("Go sent");
-        let ready = h.index_of("Ready").expect("Ready sent");
+        let go = h.index_of(handover(&p)).expect("handover sent");
         let rounds = h.src.as_ref().map(|s| s.report().rounds.len()).unwrap_or(0) as u32;
         let mut faults = vec![Fault::VerifyFails, Fault::PauseFails];
         for r in 1..=rounds + 1 {
@@ -174,7 +202,6 @@ fn abort_at_every_step_keeps_exactly_one_runner() {
                     assert_eq!(out, aborted(AbortReason::PauseFailed), "{what}");
                 }
             }
-            let _ = ready;
         }
     }
     // Every kind of end was reached somewhere.
@@ -194,6 +221,7 @@ fn duplicated_and_reordered_messages_are_harmless() {
     for seed in 0..300 {
         let mut p = Params::small();
         p.seed = seed;
+        with_mode(&mut p, seed);
         p.chaos = Chaos {
             loss: 0,
             dup: 400,
@@ -221,6 +249,7 @@ fn random_loss_never_runs_the_job_twice() {
     for seed in 0..400 {
         let mut p = Params::small();
         p.seed = seed;
+        with_mode(&mut p, seed);
         p.chaos = Chaos {
             loss: 250,
             dup: 200,
@@ -229,7 +258,7 @@ fn random_loss_never_runs_the_job_twice() {
         let mut sim = Sim::new(p);
         sim.run(LIMIT_MS);
         sim.assert_sound(&format!("seed {seed}"));
-        let go_sent = sim.index_of("Go").is_some();
+        let go_sent = sim.index_of(handover(&sim.p)).is_some();
         match sim.final_src_outcome() {
             Some(Outcome::Escalated) => assert!(go_sent, "seed {seed}"),
             Some(Outcome::Committed) => committed += 1,
@@ -281,18 +310,7 @@ fn escalated_pair() -> (migrate::Source, migrate::Destination, u64) {
                         },
                     )
                     .unwrap(),
-                SourceAction::PauseJob => {
-                    let manifest = b"manifest".to_vec();
-                    s.handle_event(
-                        now,
-                        SourceEvent::Paused {
-                            state: state.clone(),
-                            manifest_id: store::ChunkId::of(&manifest),
-                            manifest,
-                        },
-                    )
-                    .unwrap()
-                }
+                SourceAction::PauseJob => s.handle_event(now, paused_event(&state, now)).unwrap(),
                 SourceAction::ResumeJob => panic!("resumed"),
                 _ => {}
             }
@@ -367,7 +385,7 @@ fn escalated_source_resolves_on_late_answers() {
             _ => None,
         })
         .unwrap();
-    assert_eq!(ack.body, Body::GoAck);
+    assert_eq!(ack.body, Body::GoAck { held_ms: 0 });
     s.handle_message(now, ack).unwrap();
     let sa: Vec<_> = std::iter::from_fn(|| s.poll_action()).collect();
     assert_eq!(
@@ -465,12 +483,7 @@ fn pausing_source() -> migrate::Source {
 fn abort_while_pausing_resumes_after_the_pause() {
     use migrate::*;
     let state = JobModel::new(&Params::small()).state();
-    let manifest = b"m".to_vec();
-    let paused = SourceEvent::Paused {
-        state,
-        manifest_id: store::ChunkId::of(&manifest),
-        manifest,
-    };
+    let paused = paused_event(&state, 1);
 
     let mut s = pausing_source();
     s.handle_message(

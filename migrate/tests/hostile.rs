@@ -3,7 +3,7 @@
 //! forged hashes, messages out of order or in the wrong direction.
 
 use migrate::*;
-use store::{BlobRef, ChunkId, ChunkMap, MAX_CHUNK_SIZE, MAX_JOB_ID_LEN};
+use store::{BlobRef, ChunkId, ChunkMap, Manifest, MAX_CHUNK_SIZE, MAX_JOB_ID_LEN};
 
 const MIG: MigrationId = MigrationId(42);
 const GEN: u64 = 3;
@@ -29,6 +29,35 @@ fn state() -> StateMap {
             chunks: (0..4).map(|i| (i, id(&format!("mem {i}")))).collect(),
         },
         extra: Vec::new(),
+    }
+}
+
+/// A real manifest of `st` (what a source's store would hold at the pause).
+fn manifest_of(st: &StateMap) -> Manifest {
+    Manifest {
+        version: store::MANIFEST_VERSION,
+        job: "job".into(),
+        generation: GEN,
+        module: st.module.clone(),
+        memory: st.memory.clone(),
+        globals: Default::default(),
+        host_state: Default::default(),
+        extra: Default::default(),
+        parent: None,
+    }
+}
+
+/// A well-formed Final of `state()` after `after_round` rounds (the manifest as a
+/// patch of the offer, which is `state()` too).
+fn final_body(after_round: u32) -> Body {
+    let m = manifest_of(&state());
+    Body::Final {
+        after_round,
+        chunks: vec![],
+        compression: Compression::None,
+        manifest: ManifestPatch::between(&state().memory, &m),
+        manifest_id: ChunkId::of(&m.encode()),
+        postcopy: None,
     }
 }
 
@@ -176,17 +205,17 @@ fn huge_lists_are_refused() {
 #[test]
 fn oversized_or_forged_manifests_are_refused() {
     let mut d = destination();
-    let big = vec![7u8; MAX_MANIFEST_BYTES + 1];
+    let patch = |head: Vec<u8>, zeroed: Vec<u64>| Body::Final {
+        after_round: 0,
+        chunks: vec![],
+        compression: Compression::None,
+        manifest_id: ChunkId::of(&head),
+        manifest: ManifestPatch { head, zeroed },
+        postcopy: None,
+    };
     let e = refused_d(
         &mut d,
-        msg(Body::Final {
-            after_round: 0,
-            chunks: vec![],
-            compression: Compression::None,
-            manifest_id: ChunkId::of(&big),
-            deferred: Vec::new(),
-            manifest: big,
-        }),
+        msg(patch(vec![7u8; MAX_MANIFEST_BYTES + 1], vec![])),
     );
     assert!(
         matches!(
@@ -198,41 +227,142 @@ fn oversized_or_forged_manifests_are_refused() {
         ),
         "{e}"
     );
-
+    let e = refused_d(&mut d, msg(patch(vec![], vec![])));
+    assert!(
+        matches!(e, MigrateError::Invalid(MessageError::Malformed { .. })),
+        "{e}"
+    );
+    let e = refused_d(&mut d, msg(patch(vec![1], vec![0; MAX_STATE_CHUNKS + 1])));
+    assert!(
+        matches!(
+            e,
+            MigrateError::Invalid(MessageError::TooMany {
+                what: "zeroed slots",
+                ..
+            })
+        ),
+        "{e}"
+    );
+    let Body::Final { manifest, .. } = final_body(0) else {
+        unreachable!()
+    };
     let e = refused_d(
         &mut d,
         msg(Body::Final {
             after_round: 0,
             chunks: vec![],
             compression: Compression::None,
-            manifest: b"the real manifest".to_vec(),
-            manifest_id: id("some other manifest"),
-            deferred: Vec::new(),
+            manifest: manifest.clone(),
+            manifest_id: ChunkId::of(&manifest.head),
+            postcopy: Some(Deferral {
+                hot: vec![0; MAX_STATE_CHUNKS + 1],
+            }),
         }),
     );
     assert!(
         matches!(
             e,
-            MigrateError::Invalid(MessageError::ManifestHashMismatch { .. })
+            MigrateError::Invalid(MessageError::TooMany {
+                what: "hot slots",
+                ..
+            })
         ),
         "{e}"
     );
+}
 
-    let e = refused_d(
-        &mut d,
-        msg(Body::Final {
-            after_round: 0,
-            chunks: vec![],
-            compression: Compression::None,
-            manifest: vec![],
-            manifest_id: ChunkId::of(&[]),
-            deferred: Vec::new(),
-        }),
-    );
-    assert!(
-        matches!(e, MigrateError::Invalid(MessageError::Malformed { .. })),
-        "{e}"
-    );
+/// A patch whose rebuilt manifest does not hash to the claimed id, or that names
+/// slots the offer does not have, is refused and ends the move (an Abort the
+/// source can resume on): nothing can be restored from it.
+#[test]
+fn a_forged_manifest_patch_aborts_the_move() {
+    type Forgery = Box<dyn Fn(&mut ManifestPatch, &mut ChunkId)>;
+    let forged: Vec<(&str, Forgery)> = vec![
+        (
+            "another id",
+            Box::new(|_, id| *id = ChunkId::of(b"another")),
+        ),
+        ("zeroed twice", Box::new(|p, _| p.zeroed = vec![1, 1])),
+        ("zeroed unknown", Box::new(|p, _| p.zeroed = vec![9])),
+        ("garbage head", Box::new(|p, _| p.head = vec![0xff, 0x00])),
+        // A slot zeroed that the manifest still lists: the hash no longer holds.
+        ("dropped slot", Box::new(|p, _| p.zeroed = vec![2])),
+    ];
+    for (what, forge) in forged {
+        let mut d = destination();
+        let Body::Final {
+            mut manifest,
+            mut manifest_id,
+            ..
+        } = final_body(0)
+        else {
+            unreachable!()
+        };
+        forge(&mut manifest, &mut manifest_id);
+        let r = d.handle_message(
+            1,
+            msg(Body::Final {
+                after_round: 0,
+                chunks: vec![],
+                compression: Compression::None,
+                manifest,
+                manifest_id,
+                postcopy: None,
+            }),
+        );
+        assert!(r.is_err(), "{what}: accepted");
+        assert_eq!(d.phase(), DestPhase::Aborted, "{what}");
+        let acts = drain_d(&mut d);
+        assert!(
+            acts.iter().any(|a| matches!(
+                a,
+                DestAction::Send(Message {
+                    body: Body::Abort {
+                        reason: AbortReason::VerificationFailed
+                    },
+                    ..
+                })
+            )),
+            "{what}: {acts:?}"
+        );
+        assert!(
+            !acts
+                .iter()
+                .any(|a| matches!(a, DestAction::VerifyAndRestore { .. })),
+            "{what}: {acts:?}"
+        );
+    }
+}
+
+/// The patch rebuilds exactly the source's manifest, whatever changed: slots
+/// rewritten, slots zeroed, slots added past the old end, memory grown.
+#[test]
+fn a_manifest_patch_rebuilds_the_manifest() {
+    let base = state();
+    let mut next = manifest_of(&base);
+    next.memory.len = 8 * CS as u64;
+    next.memory.chunks = vec![
+        (0, id("mem 0")),
+        (1, id("mem 1 rewritten")),
+        (3, id("mem 3")),
+        (6, id("mem 6 new")),
+    ];
+    next.globals = serde_bytes::ByteBuf::from(vec![1, 2, 3]);
+    let patch = ManifestPatch::between(&base.memory, &next);
+    assert_eq!(patch.zeroed, vec![2]);
+    let bytes = next.encode();
+    let (rebuilt, enc) = patch
+        .apply(&base.memory, &ChunkId::of(&bytes))
+        .expect("applies");
+    assert_eq!(rebuilt, next);
+    assert_eq!(enc, bytes);
+    // Only the changed entries travel.
+    let head = Manifest::decode(&patch.head).unwrap();
+    assert_eq!(head.memory.chunks.len(), 2);
+    // Against another base it does not hash to the same id.
+    let mut other = base.memory.clone();
+    other.chunks[0].1 = id("something else");
+    assert!(patch.apply(&other, &ChunkId::of(&bytes)).is_err());
 }
 
 #[test]
@@ -431,16 +561,23 @@ fn rounds_out_of_order_are_refused() {
             found: 2
         }
     );
-    let manifest = b"m".to_vec();
+    let Body::Final {
+        manifest,
+        manifest_id,
+        ..
+    } = final_body(3)
+    else {
+        unreachable!()
+    };
     let e = refused_d(
         &mut d,
         msg(Body::Final {
             after_round: 3,
             chunks: vec![],
             compression: Compression::None,
-            manifest_id: ChunkId::of(&manifest),
-            deferred: Vec::new(),
+            manifest_id,
             manifest,
+            postcopy: None,
         }),
     );
     assert_eq!(
@@ -475,7 +612,7 @@ fn messages_in_the_wrong_direction_are_refused() {
     let mut d = destination();
     for b in [
         Body::Ready,
-        Body::GoAck,
+        Body::GoAck { held_ms: 0 },
         Body::Have { have: vec![] },
         Body::RoundAck { round: 1 },
     ] {
@@ -499,19 +636,7 @@ fn ready_destination() -> Destination {
     )
     .unwrap();
     d.handle_event(2, DestEvent::Fetched { round: 1 }).unwrap();
-    let manifest = b"final".to_vec();
-    d.handle_message(
-        3,
-        msg(Body::Final {
-            after_round: 1,
-            chunks: vec![],
-            compression: Compression::None,
-            manifest_id: ChunkId::of(&manifest),
-            deferred: Vec::new(),
-            manifest,
-        }),
-    )
-    .unwrap();
+    d.handle_message(3, msg(final_body(1))).unwrap();
     d.handle_event(4, DestEvent::Restored).unwrap();
     assert_eq!(d.phase(), DestPhase::Ready);
     drain_d(&mut d);
@@ -544,7 +669,7 @@ fn go_before_ready_never_starts_the_job() {
 #[test]
 fn goack_before_go_never_drops_the_job() {
     let (mut s, _) = source();
-    let e = refused_s(&mut s, msg(Body::GoAck));
+    let e = refused_s(&mut s, msg(Body::GoAck { held_ms: 0 }));
     assert!(
         matches!(e, MigrateError::Unexpected { what: "GoAck", .. }),
         "{e}"
@@ -552,7 +677,7 @@ fn goack_before_go_never_drops_the_job() {
     s.handle_message(1, msg(Body::Have { have: vec![] }))
         .unwrap();
     drain_s(&mut s);
-    let e = refused_s(&mut s, msg(Body::GoAck));
+    let e = refused_s(&mut s, msg(Body::GoAck { held_ms: 0 }));
     assert!(matches!(e, MigrateError::Unexpected { .. }), "{e}");
     // Ready before anything was paused is nonsense too.
     let e = refused_s(&mut s, msg(Body::Ready));
@@ -585,7 +710,10 @@ fn a_running_destination_refuses_abort_and_cancel() {
     assert_eq!(d.phase(), DestPhase::Running);
     // A duplicate Go is answered, never starts a second copy.
     d.handle_message(7, msg(Body::Go)).unwrap();
-    assert_eq!(drain_d(&mut d), vec![DestAction::Send(msg(Body::GoAck))]);
+    assert_eq!(
+        drain_d(&mut d),
+        vec![DestAction::Send(msg(Body::GoAck { held_ms: 0 }))]
+    );
 }
 
 #[test]
@@ -634,7 +762,9 @@ fn bad_source_configs_are_refused() {
 /// strings travel as byte strings.
 #[test]
 fn messages_round_trip_through_cbor() {
-    let manifest = vec![0xabu8; 10_000];
+    let globals = vec![0xabu8; 10_000];
+    let mut m = manifest_of(&state());
+    m.globals = serde_bytes::ByteBuf::from(globals.clone());
     let bodies = vec![
         offer().body,
         Body::Have {
@@ -650,13 +780,13 @@ fn messages_round_trip_through_cbor() {
             after_round: 3,
             chunks: refs(1),
             compression: Compression::None,
-            manifest_id: ChunkId::of(&manifest),
-            deferred: Vec::new(),
-            manifest: manifest.clone(),
+            manifest_id: ChunkId::of(&m.encode()),
+            manifest: ManifestPatch::between(&state().memory, &m),
+            postcopy: Some(Deferral { hot: vec![3, 1] }),
         },
         Body::Ready,
         Body::Go,
-        Body::GoAck,
+        Body::GoAck { held_ms: 7 },
         Body::Abort {
             reason: AbortReason::VerificationFailed,
         },
@@ -669,8 +799,9 @@ fn messages_round_trip_through_cbor() {
         assert_eq!(back, m);
         back.validate().unwrap();
         if matches!(m.body, Body::Final { .. }) {
-            // 10 000 bytes as a byte string, not an array of integers.
-            assert!(buf.len() < manifest.len() + 300, "{} bytes", buf.len());
+            // 10 000 bytes as a byte string, not an array of integers, and no
+            // memory entry (none changed since the offer).
+            assert!(buf.len() < globals.len() + 600, "{} bytes", buf.len());
         }
     }
     // Garbage does not decode into a message.
@@ -694,13 +825,12 @@ fn a_refusal_after_go_does_not_resume_the_source() {
         },
     )
     .unwrap();
-    let manifest = b"m".to_vec();
+    let m = manifest_of(&state());
     s.handle_event(
         4,
         SourceEvent::Paused {
-            state: state(),
-            manifest_id: ChunkId::of(&manifest),
-            manifest,
+            manifest_id: ChunkId::of(&m.encode()),
+            manifest: Box::new(m),
         },
     )
     .unwrap();

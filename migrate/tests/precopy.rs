@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashSet;
 
 use common::*;
-use migrate::{MoveMode, Outcome, RequestedMode, SourceReport, StopReason};
+use migrate::{MoveMode, Outcome, RequestedMode, SourceEvent, SourceReport, StopReason};
 
 const LIMIT_MS: u64 = 3_600_000;
 
@@ -295,6 +295,19 @@ fn post_copy_defers_memory_and_sends_nothing_twice() {
         sim.deferred.iter().all(|id| !fetched.contains(id)),
         "a deferred chunk was also sent before the resume"
     );
+    // The Final carries the manifest as a patch of the offer: only the slots the
+    // job rewrote since, not the whole map.
+    let full = match paused_event(&sim.job.state(), 0) {
+        SourceEvent::Paused { manifest, .. } => manifest.encode().len(),
+        _ => unreachable!(),
+    };
+    assert!(
+        r.manifest_patch_bytes * 4 < full,
+        "patch {} bytes, full manifest {full}",
+        r.manifest_patch_bytes
+    );
+    // The Final carried the Go: no Ready, no Go.
+    assert!(sim.index_of("Ready").is_none() && sim.index_of("Go").is_none());
     // Downtime no longer grows with the dirty set: compare with pre-copy.
     let mut pre = big();
     pre.hot = 512;

@@ -210,8 +210,17 @@ impl LazyMemory {
             .into_iter()
             .filter(|s| (*s as usize).saturating_mul(chunk) < len)
             .collect();
+        // One madvise per run of adjacent missing slots (a whole memory when nothing
+        // is present): a call per slot costs milliseconds at 256 MiB.
+        let mut runs: Vec<(usize, usize)> = Vec::new();
         for &slot in &missing {
             let (start, end) = slot_range(slot, chunk, len);
+            match runs.last_mut() {
+                Some(last) if last.1 == start => last.1 = end,
+                _ => runs.push((start, end)),
+            }
+        }
+        for (start, end) in runs {
             // SAFETY: the range is inside the caller's mapping; dropping the pages makes
             // the next access fault (the caller allows it: see the contract).
             if unsafe {

@@ -210,7 +210,7 @@ impl StagedRestore {
     /// there) and the memory slots still to fill, with their ids, for
     /// [`Job::make_lazy`].
     pub fn finish_lazy(
-        mut self,
+        self,
         store: &Store,
         manifest: &[u8],
         id: &ChunkId,
@@ -224,6 +224,20 @@ impl StagedRestore {
             id: *id,
             manifest: Manifest::decode(manifest)?,
         };
+        self.finish_lazy_with(store, cp, |id| !store.contains(id))
+    }
+
+    /// [`finish_lazy`](Self::finish_lazy) for a checkpoint the caller decoded and
+    /// checked against its id already, told which chunks are missing (`missing`; all
+    /// others must be in `store`). A post-copy destination knows both from its
+    /// protocol core, and saves a decode and a store lookup per chunk while its job
+    /// is down.
+    pub fn finish_lazy_with(
+        mut self,
+        store: &Store,
+        cp: Checkpoint,
+        missing: impl Fn(&ChunkId) -> bool,
+    ) -> Result<LazyRestore, CheckpointError> {
         cp.manifest.memory.validate("memory map")?;
         let last = FinalState::read(store, &cp, self.files_limit)?;
         let m = &cp.manifest;
@@ -248,7 +262,7 @@ impl StagedRestore {
         };
         let (present, lazy): (Vec<_>, Vec<_>) = changed
             .into_iter()
-            .partition(|(_, id)| id.as_ref().is_none_or(|id| store.contains(id)));
+            .partition(|(_, id)| id.as_ref().is_none_or(|id| !missing(id)));
         self.job.grow_memory(m.memory.len)?;
         self.write_slots(store, &m.memory, &present)?;
         self.memory = m.memory.clone();

@@ -279,6 +279,7 @@ mod tests {
             throughput_bytes_per_s: 0,
             mode: "pre-copy".into(),
             deferred_bytes: 0,
+            ..Default::default()
         };
         let snap = Snapshot {
             status: NodeStatus {

@@ -886,6 +886,7 @@ pub mod metrics {
                 throughput_bytes_per_s: 0,
                 mode: "pre-copy".into(),
                 deferred_bytes: 0,
+                ..Default::default()
             }
         }
 

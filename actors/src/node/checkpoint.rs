@@ -5,7 +5,7 @@
 //! moved job from its final manifest. Store and restore work is blocking (hashing,
 //! copying memory, compiling a module) and runs on the blocking pool.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -190,8 +190,12 @@ pub struct Restore {
     pub home: PeerId,
     pub manifest: Vec<u8>,
     pub manifest_id: ChunkId,
-    /// Post-copy: the store may lack these memory chunks; memory is restored lazily.
-    pub deferred: bool,
+    /// The same manifest, decoded, when the caller checked it hashes to its id
+    /// already (a migration core has); else it is decoded and checked here.
+    pub decoded: Option<Box<store::Manifest>>,
+    /// Post-copy: the memory chunks the store lacks (fetched after the resume);
+    /// memory is restored lazily. Every other chunk must be in the store.
+    pub deferred: Option<HashSet<ChunkId>>,
 }
 
 /// A finished restore.
@@ -229,10 +233,20 @@ impl Handler<Restore> for CheckpointActor {
                 Some(s) => s.lock().await.take(),
                 None => None,
             };
-            let deferred = m.deferred;
             let (job, cp, lazy) = tokio::task::spawn_blocking(move || {
-                if deferred {
-                    restore_lazily(&sh, &m.job, home, m.manifest, &m.manifest_id, staged)
+                if let Some(deferred) = m.deferred {
+                    let manifest = match m.decoded {
+                        Some(d) => *d,
+                        None if ChunkId::of(&m.manifest) == m.manifest_id => {
+                            store::Manifest::decode(&m.manifest).map_err(|e| e.to_string())?
+                        }
+                        None => return Err("the manifest does not hash to its id".to_string()),
+                    };
+                    let cp = store::Checkpoint {
+                        id: m.manifest_id,
+                        manifest,
+                    };
+                    restore_lazily(&sh, &m.job, home, m.manifest, cp, &deferred, staged)
                 } else {
                     restore(&sh, &m.job, home, &m.manifest, &m.manifest_id, staged)
                         .map(|(job, cp)| (job, cp, None))
@@ -264,22 +278,20 @@ impl Handler<Restore> for CheckpointActor {
     }
 }
 
-/// Post-copy restore: the manifest is verified but not imported (the store lacks some
-/// of its chunks); memory is restored from the chunks the store has and the rest is
-/// made lazy.
+/// Post-copy restore: the manifest (checked against its id by the migration core) is
+/// not imported (the store lacks the `deferred` chunks); memory is restored from the
+/// other chunks, which the store has, and the deferred ones are made lazy.
 fn restore_lazily(
     shared: &Shared,
     job: &str,
     home: PeerId,
     manifest: Vec<u8>,
-    id: &ChunkId,
+    cp: store::Checkpoint,
+    deferred: &HashSet<ChunkId>,
     staged: Option<StagedRestore>,
 ) -> Result<(Job, store::Checkpoint, Option<LazyFill>), String> {
-    if ChunkId::of(&manifest) != *id {
-        return Err("the manifest does not hash to its id".into());
-    }
     let restored = match staged {
-        Some(staged) => staged.finish_lazy(&shared.store, &manifest, id),
+        Some(staged) => staged.finish_lazy_with(&shared.store, cp, |id| deferred.contains(id)),
         None => {
             let sink = ForwardSink {
                 job: job.to_string(),
@@ -290,7 +302,7 @@ fn restore_lazily(
                 &shared.host,
                 &shared.store,
                 &manifest,
-                id,
+                &cp.id,
                 Vec::new(),
                 &Scheduler::limits(shared),
                 Box::new(sink),

@@ -65,8 +65,10 @@ pub struct MoveReport {
     pub rounds: usize,
     pub stop_reason: String,
     /// The job's downtime: pause requested → the destination resumed it. The source
-    /// cannot see the resume; it happens when Go arrives there, so it is estimated as
-    /// the time Go was first sent plus half the Go → GoAck round trip.
+    /// cannot see the resume, so it is estimated from the time the handover (Go, or a
+    /// post-copy Final) first left: plus half its round trip to the GoAck, counting the
+    /// destination's hold between them (its restore, which it reports in the GoAck)
+    /// in full.
     pub downtime_ms: f64,
     /// Pause requested → the commit ack back at the source (an upper bound).
     pub downtime_upper_ms: f64,
@@ -86,6 +88,13 @@ pub struct MoveReport {
     /// Post-copy: bytes the destination fetches after the job resumed there.
     #[serde(default)]
     pub deferred_bytes: u64,
+    /// The destination's hold between the handover and the resume (its restore,
+    /// after a post-copy Final), from its GoAck.
+    #[serde(default)]
+    pub dest_held_ms: u64,
+    /// Bytes of the final manifest patch (part of the downtime's transfer).
+    #[serde(default)]
+    pub manifest_patch_bytes: u64,
 }
 
 /// A fault a test or a chaos run injects into this node's migrations, at the first
@@ -240,23 +249,53 @@ impl Migrator {
         };
         let home = home.map(|h| h.to_bytes()).unwrap_or_default();
         let mesh = self.shared.mesh.clone();
+        let body = msg.body.name();
+        if inline_ids.is_empty() {
+            // Straight onto the mesh's queue from here: a spawned task would wait for
+            // this actor thread's other work (a job starting, say), and the Final and
+            // the GoAck are inside the job's downtime.
+            let data = encode(&NodeMsg::Migrate {
+                msg,
+                home,
+                inline: Vec::new(),
+            });
+            tracing::trace!(body, bytes = data.len(), "migration message out");
+            match mesh.control_request_now(peer, data.clone()) {
+                Ok(reply) => {
+                    actix::spawn(async move {
+                        // A lost message is the core's business (it retransmits or
+                        // gives up).
+                        if let Ok(Err(e)) | Err(e) =
+                            reply.await.map_err(|_| mesh::MeshError::Stopped)
+                        {
+                            tracing::debug!(%peer, %e, "migration message not delivered");
+                        }
+                    });
+                }
+                Err(_) => {
+                    actix::spawn(async move {
+                        if let Err(e) = mesh.control_request(peer, data).await {
+                            tracing::debug!(%peer, %e, "migration message not delivered");
+                        }
+                    });
+                }
+            }
+            return;
+        }
         let store = self.shared.store.clone();
         actix::spawn(async move {
-            let inline = if inline_ids.is_empty() {
-                Vec::new()
-            } else {
-                tokio::task::spawn_blocking(move || {
-                    inline_ids
-                        .into_iter()
-                        .map(|id| store.get_chunk(&id).map(|data| InlineChunk { id, data }))
-                        .collect::<Result<Vec<_>, _>>()
-                        // Without them the destination fetches them as usual.
-                        .unwrap_or_default()
-                })
-                .await
-                .unwrap_or_default()
-            };
+            let inline = tokio::task::spawn_blocking(move || {
+                inline_ids
+                    .into_iter()
+                    .map(|id| store.get_chunk(&id).map(|data| InlineChunk { id, data }))
+                    .collect::<Result<Vec<_>, _>>()
+                    // Without them the destination fetches them as usual.
+                    .unwrap_or_default()
+            })
+            .await
+            .unwrap_or_default();
             let data = encode(&NodeMsg::Migrate { msg, home, inline });
+            tracing::trace!(body, bytes = data.len(), "migration message out");
             // A lost message is the core's business (it retransmits or gives up).
             if let Err(e) = mesh.control_request(peer, data).await {
                 tracing::debug!(%peer, %e, "migration message not delivered");
@@ -322,7 +361,16 @@ impl Migrator {
             let (peer, job, home) = (run.peer, run.job.clone(), run.home);
             match action {
                 SourceAction::Send(msg) => {
-                    if msg.body == migrate::Body::Go && run.go_at.is_none() {
+                    // The handover: Go, or a post-copy Final (which carries it).
+                    let hands_over = matches!(
+                        msg.body,
+                        migrate::Body::Go
+                            | migrate::Body::Final {
+                                postcopy: Some(_),
+                                ..
+                            }
+                    );
+                    if hands_over && run.go_at.is_none() {
                         run.go_at = Some(Instant::now());
                     }
                     match &msg.body {
@@ -367,23 +415,14 @@ impl Migrator {
                 }
                 SourceAction::PauseJob => {
                     run.pause_at = Some(Instant::now());
-                    let store = self.shared.store.clone();
-                    // Only a post-copy (or hybrid) orders its deferred chunks by heat:
-                    // no parent manifest to read in a pre-copy's downtime.
-                    let wants_hot = run.core.mode() != migrate::MoveMode::PreCopy;
                     let sched = self.scheduler.clone();
                     let me = ctx.address();
                     actix::spawn(async move {
                         let ev = match sched.send(Control { job, op: Op::Pause }).await {
                             Ok(Ok(Some(t))) => {
                                 me.do_send(PauseCost(id, t.stop + t.write));
-                                if wants_hot {
-                                    let hot = hot_chunks(&store, &t.checkpoint);
-                                    me.do_send(SourceFeed(id, SourceEvent::HotChunks(hot)));
-                                }
                                 SourceEvent::Paused {
-                                    state: StateMap::from_manifest(&t.checkpoint.manifest),
-                                    manifest: t.manifest,
+                                    manifest: Box::new(t.checkpoint.manifest),
                                     manifest_id: t.checkpoint.id,
                                 }
                             }
@@ -457,8 +496,14 @@ impl Migrator {
         let r = run.core.report();
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let upper = run.pause_at.map(|p| ms(p.elapsed())).unwrap_or(0.0);
+        // Handover → GoAck is one way there, the destination's hold (its restore,
+        // after a post-copy Final), and one way back: the job resumed there one
+        // one-way trip plus the hold after the handover left.
+        let held = r.dest_held_ms as f64;
         let downtime = match (run.pause_at, run.go_at) {
-            (Some(p), Some(g)) => ms(g.saturating_duration_since(p)) + ms(g.elapsed()) / 2.0,
+            (Some(p), Some(g)) => {
+                ms(g.saturating_duration_since(p)) + (ms(g.elapsed()) + held) / 2.0
+            }
             _ => upper,
         };
         let compression = r
@@ -504,6 +549,8 @@ impl Migrator {
             throughput_bytes_per_s: r.throughput,
             mode: r.mode.name().into(),
             deferred_bytes: r.deferred_bytes,
+            dest_held_ms: r.dest_held_ms,
+            manifest_patch_bytes: r.manifest_patch_bytes as u64,
         }
     }
 
@@ -561,10 +608,12 @@ impl Migrator {
                 DestAction::VerifyAndRestore {
                     manifest,
                     manifest_id,
+                    decoded,
                 } => {
                     let cp = self.checkpoint.clone();
                     let me = ctx.address();
-                    let deferred = !run.deferred.is_empty();
+                    let deferred = (!run.deferred.is_empty())
+                        .then(|| run.deferred.iter().map(|c| c.id).collect());
                     actix::spawn(async move {
                         let r = cp
                             .send(Restore {
@@ -574,6 +623,7 @@ impl Migrator {
                                 home,
                                 manifest,
                                 manifest_id,
+                                decoded: Some(decoded),
                                 deferred,
                             })
                             .await;
@@ -999,6 +1049,7 @@ impl Handler<SourceFeed> for Migrator {
     type Result = ();
     fn handle(&mut self, m: SourceFeed, ctx: &mut Context<Self>) {
         let now = self.shared.now_ms();
+        tracing::trace!(id = %m.0, event = ?std::mem::discriminant(&m.1), "source event in");
         if let Some(run) = self.sources.get_mut(&m.0) {
             if let Err(e) = run.core.handle_event(now, m.1) {
                 tracing::warn!(%e, "source core refused an event");
@@ -1238,28 +1289,6 @@ impl Handler<CancelMoves> for Migrator {
 pub fn postcopy_available() -> bool {
     static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *AVAILABLE.get_or_init(wasm_host::lazy::available)
-}
-
-/// The memory chunks the job wrote since the checkpoint before `cp` (its parent): what
-/// a post-copy sends before the job resumes. In address order; empty when there is no
-/// parent to compare with.
-fn hot_chunks(store: &store::Store, cp: &store::Checkpoint) -> Vec<store::ChunkId> {
-    let Some(parent) = cp
-        .manifest
-        .parent
-        .and_then(|p| store.load_checkpoint(&p).ok())
-    else {
-        return Vec::new();
-    };
-    let before: HashMap<u64, store::ChunkId> =
-        parent.manifest.memory.chunks.iter().copied().collect();
-    cp.manifest
-        .memory
-        .chunks
-        .iter()
-        .filter(|(slot, id)| before.get(slot) != Some(id))
-        .map(|(_, id)| *id)
-        .collect()
 }
 
 /// The lazy memory of a post-copy restore, kept until Go starts its pull.

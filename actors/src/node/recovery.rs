@@ -544,7 +544,8 @@ impl Recovery {
                 home: held.home,
                 manifest,
                 manifest_id: id,
-                deferred: false,
+                decoded: None,
+                deferred: None,
             })
             .await
             .map_err(|e| e.to_string())??;

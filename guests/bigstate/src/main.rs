@@ -28,7 +28,8 @@ const ROUNDS: u64 = 80;
 const USAGE: &str = "\
 usage: bigstate [MIB | --size MIB | --mib MIB] [--fill random|text] [--steps N]
                 [--window-kib W] [--rounds R] [--dirty-kib-per-step K] [--pieces P]
-                [--hot-kib H] [--print-every N] [--seed S] [--dump PATH]
+                [--hot-kib H] [--print-every N] [--flush-lines] [--seed S]
+                [--dump PATH]
   --mib N                 state size in MiB (default 64; also the first argument
                           or --size N, like the other guests)
   --fill random|text      random: incompressible xorshift bytes (default);
@@ -43,6 +44,8 @@ usage: bigstate [MIB | --size MIB | --mib MIB] [--fill random|text] [--steps N]
   --hot-kib H             size of the hot region the writes land in, in the middle of
                           the state (default 1024; 0 = the whole state)
   --print-every N         progress line every N steps (default steps/20)
+  --flush-lines           write each progress line out at once (default: in 16 KiB
+                          blocks), so its arrival times show the job's progress
   --seed S                seed of the fill and of the step stream (default 1)
   --dump PATH             write the filled state to PATH (a preopened dir) and exit";
 
@@ -236,6 +239,7 @@ fn main() {
         hot_kib << 10
     };
     let print_every = args.num("print-every", (steps / 20).max(1)).max(1);
+    let flush_lines = args.flag("flush-lines");
     let seed = args.num("seed", 1);
     if window == 0 || window > state_len {
         fail("--window-kib must be in 1..=state size");
@@ -336,6 +340,9 @@ fn main() {
                 hh.value()
             )
             .unwrap();
+            if flush_lines {
+                out.flush().unwrap();
+            }
         }
     }
 

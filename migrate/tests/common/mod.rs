@@ -154,6 +154,27 @@ pub struct JobModel {
     pub module: BlobRef,
 }
 
+/// The shell's answer to a PauseJob for a job in `state`: a real manifest (the
+/// destination rebuilds it from the Final's patch and the offer and checks its
+/// hash), told apart by `stamp` (its globals).
+pub fn paused_event(state: &StateMap, stamp: u64) -> SourceEvent {
+    let manifest = store::Manifest {
+        version: store::MANIFEST_VERSION,
+        job: "job-a".into(),
+        generation: GENERATION,
+        module: state.module.clone(),
+        memory: state.memory.clone(),
+        globals: serde_bytes::ByteBuf::from(stamp.to_le_bytes().to_vec()),
+        host_state: Default::default(),
+        extra: Default::default(),
+        parent: None,
+    };
+    SourceEvent::Paused {
+        manifest_id: ChunkId::of(&manifest.encode()),
+        manifest: Box::new(manifest),
+    }
+}
+
 pub fn mem_id(slot: usize, version: u64) -> ChunkId {
     ChunkId::of(format!("mem slot {slot} version {version}").as_bytes())
 }
@@ -233,7 +254,7 @@ enum Shell {
     SrcPauseDone,
     Dst(DestEvent),
     DstFetched { round: u32, ids: Vec<ChunkId> },
-    Verify { manifest_id: ChunkId },
+    Verify { manifest_id: ChunkId, hashes: bool },
 }
 
 pub struct Sim {
@@ -556,8 +577,20 @@ impl Sim {
                     self.push_shell(t, Shell::DstFetched { round, ids });
                 }
             }
-            DestAction::VerifyAndRestore { manifest_id, .. } => {
-                self.push_shell(now + 1, Shell::Verify { manifest_id });
+            DestAction::VerifyAndRestore {
+                manifest_id,
+                manifest,
+                decoded,
+            } => {
+                let hashes = ChunkId::of(&manifest) == manifest_id
+                    && store::Manifest::decode(&manifest).is_ok_and(|m| m == *decoded);
+                self.push_shell(
+                    now + 1,
+                    Shell::Verify {
+                        manifest_id,
+                        hashes,
+                    },
+                );
             }
             // Post-copy: restored without these; pulled once the job runs (not
             // simulated further: the lazy fill is wasm-host's and the node's).
@@ -652,22 +685,14 @@ impl Sim {
                 self.job.advance(now, self.s_running);
                 self.s_running = false;
                 let state = self.job.state();
-                let manifest = format!(
-                    "manifest of job-a at {now}: {} chunks",
-                    state.memory.chunks.len()
-                )
-                .into_bytes();
-                let manifest_id = ChunkId::of(&manifest);
-                self.manifests.insert(manifest_id, state.clone());
+                // A real manifest (the destination rebuilds it from the Final's
+                // patch and the offer, and checks its hash).
+                let paused = paused_event(&state, now);
+                if let SourceEvent::Paused { manifest_id, .. } = &paused {
+                    self.manifests.insert(*manifest_id, state.clone());
+                }
                 if let Some(src) = self.src.as_mut() {
-                    let r = src.handle_event(
-                        now,
-                        SourceEvent::Paused {
-                            state,
-                            manifest,
-                            manifest_id,
-                        },
-                    );
+                    let r = src.handle_event(now, paused);
                     self.record(Node::Src, r);
                 }
             }
@@ -689,7 +714,15 @@ impl Sim {
                     self.record(Node::Dst, r);
                 }
             }
-            Shell::Verify { manifest_id } => {
+            Shell::Verify {
+                manifest_id,
+                hashes,
+            } => {
+                if !hashes {
+                    self.violations.push(format!(
+                        "{now}: restore asked with a manifest not matching its id"
+                    ));
+                }
                 let ok = self.p.fault != Fault::VerifyFails
                     && self.manifests.get(&manifest_id).is_some_and(|st| {
                         st.distinct_chunks().iter().all(|c| {
