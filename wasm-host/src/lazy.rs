@@ -444,8 +444,10 @@ impl Inner {
         };
         // SAFETY: UFFDIO_ZEROPAGE takes a `struct uffdio_zeropage` in the registered range.
         if let Err(e) = unsafe { ioctl(self.uffd.as_raw_fd(), UFFDIO_ZEROPAGE, &mut z) } {
-            // EEXIST: the page is there already (a stale fault message); wake anyway.
-            if e.raw_os_error() != Some(libc::EEXIST) {
+            // EEXIST: the page is there already (a stale fault message); ENOENT: the
+            // range was unregistered meanwhile (the last chunk just came in), which
+            // wakes the thread by itself. Wake anyway.
+            if !matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENOENT)) {
                 tracing::warn!(%e, "UFFDIO_ZEROPAGE failed");
             }
             let mut r = z.range;
