@@ -173,8 +173,9 @@ enum Expect {
     PausedAtSource,
 }
 
-/// One faulty move: `fault` installed at the source (`at_source`) or destination.
-async fn faulty_move(fault: Fault, at_source: bool, expect: Expect) {
+/// One faulty move in `mode` (pre-copy, post-copy...): `fault` installed at the source
+/// (`at_source`) or destination.
+async fn faulty_move(fault: Fault, at_source: bool, expect: Expect, mode: &str) {
     let host = host();
     // Short timeouts keep the test quick; the protocol does not depend on them.
     let nodes = swarm(&host, &["src", "dst"], 1_000).await;
@@ -189,11 +190,13 @@ async fn faulty_move(fault: Fault, at_source: bool, expect: Expect) {
         .send(Inject(Some(fault.clone())))
         .await
         .expect("inject");
-    let r = nodes[0]
-        .migrate_with("autopilot", "dst", MovePolicy::default())
-        .await;
+    let policy = MovePolicy {
+        mode: Some(mode.into()),
+        ..MovePolicy::default()
+    };
+    let r = nodes[0].migrate_with("autopilot", "dst", policy).await;
     let what = format!(
-        "{fault:?} at {}",
+        "{mode}: {fault:?} at {}",
         if at_source { "source" } else { "destination" }
     );
     match expect {
@@ -281,7 +284,7 @@ fn destination_killed_at_each_step() {
             ("Final", Expect::AtSource),
             ("Go", Expect::PausedAtSource),
         ] {
-            faulty_move(Fault::DieAt(at.into()), false, expect).await;
+            faulty_move(Fault::DieAt(at.into()), false, expect, "pre-copy").await;
         }
     });
 }
@@ -297,7 +300,7 @@ fn link_cut_at_each_step_seen_by_the_destination() {
             // give-up Abort reaches it and it resumes the job.
             ("Go", Expect::EscalatedThenAtSource),
         ] {
-            faulty_move(cut(at, 1_500), false, expect).await;
+            faulty_move(cut(at, 1_500), false, expect, "pre-copy").await;
         }
     });
 }
@@ -312,7 +315,24 @@ fn link_cut_at_each_step_seen_by_the_source() {
             // The destination runs it; only the ack is lost.
             ("GoAck", Expect::AtDestination),
         ] {
-            faulty_move(cut(at, 1_500), true, expect).await;
+            faulty_move(cut(at, 1_500), true, expect, "pre-copy").await;
+        }
+    });
+}
+
+/// A post-copy Final carries the Go: from the moment it leaves, the source never
+/// resumes on a timeout. A destination that dies on it leaves the job paused at the
+/// source for crash recovery (never running twice); a lost GoAck leaves it running at
+/// the destination, and the source's copy is fenced.
+#[test]
+fn post_copy_faults_escalate_from_the_final() {
+    system().block_on(async {
+        for (fault, at_source, expect) in [
+            (Fault::DieAt("Offer".into()), false, Expect::AtSource),
+            (Fault::DieAt("Final".into()), false, Expect::PausedAtSource),
+            (cut("GoAck", 1_500), true, Expect::AtDestination),
+        ] {
+            faulty_move(fault, at_source, expect, "post-copy").await;
         }
     });
 }
