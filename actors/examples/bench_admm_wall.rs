@@ -117,9 +117,7 @@ fn parse_args() -> anyhow::Result<Opts> {
                 }
                 o.sizes = sizes;
             }
-            "--exchanges" => {
-                o.exchanges = val("--exchanges")?.parse().context("--exchanges")?
-            }
+            "--exchanges" => o.exchanges = val("--exchanges")?.parse().context("--exchanges")?,
             "--runtimes" => o.runtimes = val("--runtimes")?.parse().context("--runtimes")?,
             "--runs" => o.runs = Some(val("--runs")?.parse().context("--runs")?),
             "--tick-ms" => {
@@ -445,7 +443,14 @@ async fn run_round(
                 let _ = done_rx.wait_for(|&c| c >= n).await;
             };
             let _ = shell.linger(&mut core, &mut inputs, all_done).await;
-            (inputs, res, began, at, shell.stats().clone(), core.stats().clone())
+            (
+                inputs,
+                res,
+                began,
+                at,
+                shell.stats().clone(),
+                core.stats().clone(),
+            )
         }));
     }
     let mut outcomes = Vec::with_capacity(n);
@@ -559,6 +564,8 @@ struct Row {
     exchange_ms: f64,
     /// Process CPU per frame of the exchanges (mesh, channels, kernel; no solver).
     exchange_cpu_us_per_frame: f64,
+    /// Process CPU of the idle swarm, % of one core.
+    idle_cpu_pct: f64,
     frames: f64,
     round_cpu_ms: f64,
     iter_span_ms: f64,
@@ -575,6 +582,11 @@ async fn bench(
     rts: &[tokio::runtime::Handle],
 ) -> anyhow::Result<Row> {
     let (mut mesh, formation) = swarm(nodes, o.topology, o.degree, rts).await?;
+    // What the formed, idle swarm burns (heartbeats, pings, timers): process CPU over
+    // half a second with nothing sent. A measurement window, not a synchronisation.
+    let cpu0 = process_cpu();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_cpu_pct = process_cpu().saturating_sub(cpu0).as_secs_f64() / 0.5 * 100.0;
     let shell_cfg = ShellConfig {
         transport: o.transport,
         tick: o.tick,
@@ -621,6 +633,7 @@ async fn bench(
         errors: rs.iter().flat_map(|r| r.errors.iter().cloned()).collect(),
         exchange_ms: median(ex),
         exchange_cpu_us_per_frame: if o.exchanges > 0 { ex_cpu_us } else { f64::NAN },
+        idle_cpu_pct,
         frames: f(|r| r.frames as f64),
         round_cpu_ms: f(|r| r.cpu_ms),
         iter_span_ms: f(|r| r.iter_span_ms),
@@ -685,7 +698,7 @@ async fn main() -> anyhow::Result<()> {
         }
     );
     println!(
-        "{:>8} {:>5} {:>8} {:>9} {:>9} {:>8} {:>7} {:>8} {:>8} {:>6} {:>5} {:>12} {:>8} {:>12} {:>10} {:>8} {:>11} {:>7} {:>7} {:>8} {:>7} {:>6} {:>6}",
+        "{:>8} {:>5} {:>8} {:>9} {:>9} {:>8} {:>7} {:>8} {:>8} {:>6} {:>5} {:>12} {:>8} {:>12} {:>10} {:>8} {:>11} {:>7} {:>7} {:>8} {:>7} {:>7} {:>6} {:>6}",
         "size",
         "runs",
         "form_s",
@@ -706,13 +719,14 @@ async fn main() -> anyhow::Result<()> {
         "µs/frm",
         "frames",
         "cpu_ms",
+        "idle_%",
         "resent",
         "agree",
         "=sim"
     );
     for r in &rows {
         println!(
-            "{:>8} {:>5} {:>8.2} {:>9.1} {:>9.1} {:>8.1} {:>7.2} {:>8.2} {:>8.1} {:>6.0} {:>5} {:>12.0} {:>8.2} {:>12.1} {:>10.1} {:>8.2} {:>11.1} {:>7.1} {:>7.0} {:>8.1} {:>7.0} {:>6} {:>6}",
+            "{:>8} {:>5} {:>8.2} {:>9.1} {:>9.1} {:>8.1} {:>7.2} {:>8.2} {:>8.1} {:>6.0} {:>5} {:>12.0} {:>8.2} {:>12.1} {:>10.1} {:>8.2} {:>11.1} {:>7.1} {:>7.0} {:>8.1} {:>7.1} {:>7.0} {:>6} {:>6}",
             r.name,
             r.runs,
             r.formation_s,
@@ -733,6 +747,7 @@ async fn main() -> anyhow::Result<()> {
             r.exchange_cpu_us_per_frame,
             r.frames,
             r.round_cpu_ms,
+            r.idle_cpu_pct,
             r.resent,
             r.agree,
             r.same_as_sim
@@ -744,13 +759,13 @@ async fn main() -> anyhow::Result<()> {
     println!("cpu_floor = core_cpu_ms ÷ cores: every node's core shares this machine (one node per machine has no such floor)");
     println!("start_ms / iter_ms / final_ms (medians over nodes): until iteration 1 (every member's start in), per later iteration, last iteration to the outcome (rounding, final digests)");
     println!("span_ms = an iteration from the first member's send of its column to the last member's completion (median over iterations ≥ 2)");
-    println!("µs/frm = process CPU per frame of the exchanges; frames / cpu_ms = frames on the mesh and process CPU per round (every node, mesh and kernel included)");
+    println!("µs/frm = process CPU per frame of the exchanges; frames / cpu_ms = frames on the mesh and process CPU per round (every node, mesh and kernel included); idle_% = process CPU of the formed swarm with nothing sent (% of one core)");
     println!("exch_ms = one all-to-all exchange of a column-sized message with no solver: what an iteration costs on this mesh, compute aside");
     let body: Vec<String> = rows
         .iter()
         .map(|r| {
             format!(
-                "\"{}\": {{\"gap_pct\": null, \"iterations\": {}, \"max_iterations\": {}, \"at_cap_pct\": {:.1}, \"bytes_per_node_per_iter\": {:.0}, \"core_ms\": {:.3}, \"warm_iterations\": null, \"wall_ms\": {}, \"agree\": {}, \"same_as_sim\": {}, \"wall_ms_max\": {}, \"core_cpu_ms\": {}, \"cpu_floor_ms\": {}, \"exchange_ms\": {}, \"exchange_cpu_us_per_frame\": {}, \"frames\": {}, \"round_cpu_ms\": {}, \"start_ms\": {}, \"iter_ms\": {}, \"iter_span_ms\": {}, \"final_ms\": {}, \"resent\": {}, \"formation_s\": {}, \"runs\": {}}}",
+                "\"{}\": {{\"gap_pct\": null, \"iterations\": {}, \"max_iterations\": {}, \"at_cap_pct\": {:.1}, \"bytes_per_node_per_iter\": {:.0}, \"core_ms\": {:.3}, \"warm_iterations\": null, \"wall_ms\": {}, \"agree\": {}, \"same_as_sim\": {}, \"wall_ms_max\": {}, \"core_cpu_ms\": {}, \"cpu_floor_ms\": {}, \"exchange_ms\": {}, \"exchange_cpu_us_per_frame\": {}, \"frames\": {}, \"round_cpu_ms\": {}, \"idle_cpu_pct\": {}, \"start_ms\": {}, \"iter_ms\": {}, \"iter_span_ms\": {}, \"final_ms\": {}, \"resent\": {}, \"formation_s\": {}, \"runs\": {}}}",
                 r.name,
                 r.iterations,
                 r.max_iterations,
@@ -767,6 +782,7 @@ async fn main() -> anyhow::Result<()> {
                 num(r.exchange_cpu_us_per_frame, 1),
                 num(r.frames, 0),
                 num(r.round_cpu_ms, 1),
+                num(r.idle_cpu_pct, 1),
                 num(r.start_ms, 1),
                 num(r.iter_ms, 2),
                 num(r.iter_span_ms, 2),
