@@ -330,8 +330,9 @@ struct Inbound {
 
 /// Takes the first whole frame out of `buf` (a length prefix and that many bytes):
 /// `Ok(None)` if `buf` does not hold one yet, `Err(len)` if the prefix announces more
-/// than `max` bytes (nothing is allocated for it).
-fn take_frame(buf: &mut Vec<u8>, max: usize) -> Result<Option<Vec<u8>>, usize> {
+/// than `max` bytes (nothing is allocated for it). What the inbound side of a stream
+/// runs on the bytes it read (public for the fuzz target).
+pub fn take_frame(buf: &mut Vec<u8>, max: usize) -> Result<Option<Vec<u8>>, usize> {
     let Some(head) = buf.get(..4) else {
         return Ok(None);
     };
