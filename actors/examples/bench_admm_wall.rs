@@ -4,13 +4,19 @@
 //! `placement/examples/bench_admm.rs` (`random_instance(seed, …)`, seeds 1..=runs).
 //!
 //! `wall_ms`: from just before the first node starts the round to the last node's
-//! outcome (median over seeds). `agree`: every node of every run reported the same
-//! integer placement; `same_as_sim`: and it is the one the pure core gives on the
-//! simulated bus. Also per size: `core_cpu_ms`, the time spent inside the cores summed
-//! over all nodes (every node shares this machine's cores, so `core_cpu_ms ÷ cores` is a
-//! floor under `wall_ms` that a real swarm, one node per machine, does not have);
-//! `exchange_ms`, one all-to-all exchange of a column-sized message on the same mesh
-//! with no solver (what an iteration costs here, compute aside); the re-sends the ticks
+//! outcome (median over seeds). It is the solve only: the swarm is formed first (every
+//! pair dialled, every node has seen every other subscribe, `form_s`) and that set-up,
+//! done once before the first round, is not timed. `agree`: every node of every run
+//! reported the same integer placement; `same_as_sim`: and it is the one the pure core
+//! gives on the simulated bus. Also per size: `core_cpu_ms`, the time spent inside the
+//! cores summed over all nodes (every node shares this machine's cores, so
+//! `core_cpu_ms ÷ cores` is a floor under `wall_ms` that a real swarm, one node per
+//! machine, does not have); `exchange_ms`, one all-to-all exchange of a column-sized
+//! message on the same mesh with no solver (what an iteration costs here, compute
+//! aside) and `exchange_cpu_us_per_frame`, the process CPU per frame it took; per round
+//! `frames` (messages × recipients) and `round_cpu_ms` (process CPU: every node's mesh,
+//! shell and core, and the kernel's share); `iter_span_ms`, an iteration from the first
+//! member's send of its column to the last member's completion; the re-sends the ticks
 //! caused. `bytes_per_node_per_iter` counts first sends' payloads, as bench_admm does.
 //!
 //! `gap_pct` and `warm_iterations` are null here: the LP bound and the warm re-solve are
@@ -19,7 +25,9 @@
 //!
 //! Run: `cargo run --release -p actors --example bench_admm_wall -- [--sizes 32x256,…]
 //! [--runs N] [--tick-ms N] [--max-tick-ms N] [--topology full|star]
-//! [--transport direct|gossip] [--mesh-degree D]`
+//! [--transport direct|gossip] [--mesh-degree D] [--exchanges N] [--runtimes K]`
+//! (`--runtimes K`: the nodes on K single-thread runtimes instead of the shared
+//! multi-thread one, to see what the work-stealing scheduler's wake-ups cost).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -68,6 +76,12 @@ struct Opts {
     transport: ShellTransport,
     /// Gossipsub mesh degree (target, low, high); the mesh's default if None.
     degree: Option<(usize, usize, usize)>,
+    /// All-to-all exchanges measured per size.
+    exchanges: u64,
+    /// 0: every node on the process's shared multi-thread runtime (like `roam node`'s);
+    /// K > 0: the nodes spread over K single-thread runtimes, one OS thread each (node i
+    /// on runtime i mod K: its mesh, connections and shell).
+    runtimes: usize,
 }
 
 fn parse_args() -> anyhow::Result<Opts> {
@@ -79,6 +93,8 @@ fn parse_args() -> anyhow::Result<Opts> {
         topology: Topology::Full,
         transport: ShellTransport::default(),
         degree: None,
+        exchanges: EXCHANGES,
+        runtimes: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -101,6 +117,8 @@ fn parse_args() -> anyhow::Result<Opts> {
                 }
                 o.sizes = sizes;
             }
+            "--exchanges" => o.exchanges = val("--exchanges")?.parse().context("--exchanges")?,
+            "--runtimes" => o.runtimes = val("--runtimes")?.parse().context("--runtimes")?,
             "--runs" => o.runs = Some(val("--runs")?.parse().context("--runs")?),
             "--tick-ms" => {
                 o.tick = Duration::from_millis(val("--tick-ms")?.parse().context("--tick-ms")?)
@@ -131,7 +149,7 @@ fn parse_args() -> anyhow::Result<Opts> {
                 o.degree = Some((d, d.div_ceil(2).max(1), 2 * d));
             }
             "-h" | "--help" => {
-                println!("bench_admm_wall [--sizes 3x1,8x32,32x256,64x512] [--runs N] [--tick-ms N] [--max-tick-ms N] [--topology full|star] [--transport direct|gossip] [--mesh-degree D]");
+                println!("bench_admm_wall [--sizes 3x1,8x32,32x256,64x512] [--runs N] [--tick-ms N] [--max-tick-ms N] [--topology full|star] [--transport direct|gossip] [--mesh-degree D] [--exchanges N] [--runtimes K]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?}"),
@@ -141,6 +159,8 @@ fn parse_args() -> anyhow::Result<Opts> {
 }
 
 struct MeshNode {
+    /// The runtime the node's tasks run on.
+    rt: tokio::runtime::Handle,
     handle: MeshHandle,
     peer: PeerId,
     inputs: Option<mpsc::Receiver<Input>>,
@@ -179,6 +199,7 @@ async fn swarm(
     n: usize,
     topology: Topology,
     degree: Option<(usize, usize, usize)>,
+    rts: &[tokio::runtime::Handle],
 ) -> anyhow::Result<(Mesh, Duration)> {
     let t0 = Instant::now();
     let key = SwarmKey::generate();
@@ -198,8 +219,11 @@ async fn swarm(
         if topology == Topology::Star && i > 0 {
             cfg.bootstrap = vec![addrs[0].clone()];
         }
-        let (handle, mut events) = mesh::start(Identity::generate(), cfg, Arc::new(NoChunks))
+        let rt = rts[i % rts.len()].clone();
+        let (handle, mut events) = rt
+            .spawn(mesh::start(Identity::generate(), cfg, Arc::new(NoChunks)))
             .await
+            .context("mesh start task")?
             .context("start mesh node")?;
         addrs.push(
             handle
@@ -211,7 +235,7 @@ async fn swarm(
         );
         let (tx, rx) = mpsc::channel(INPUT_QUEUE);
         let seen_tx = seen_tx.clone();
-        tokio::spawn(async move {
+        rt.spawn(async move {
             let (mut subs, mut heard) = (HashSet::new(), HashSet::new());
             while let Some(ev) = events.recv().await {
                 match ev {
@@ -253,6 +277,7 @@ async fn swarm(
         });
         let peer = handle.local_peer_id();
         nodes.push(MeshNode {
+            rt,
             handle,
             peer,
             inputs: Some(rx),
@@ -354,6 +379,13 @@ struct Run {
     start_ms: f64,
     iter_ms: f64,
     finish_ms: f64,
+    /// Frames the round put on the mesh (each message × its recipients, re-sends
+    /// included) and the process CPU it took.
+    frames: u64,
+    cpu_ms: f64,
+    /// Median over iterations k ≥ 2 of the first member's send of its column k (its
+    /// completion of k − 1) → the last member's completion of k (every column in).
+    iter_span_ms: f64,
 }
 
 /// One round on every node of `nodes` for the instance of `seed`.
@@ -384,6 +416,7 @@ async fn run_round(
         .collect();
     let (done_tx, done_rx) = watch::channel(0usize);
     let done_tx = Arc::new(done_tx);
+    let cpu0 = process_cpu();
     let t0 = Instant::now();
     let mut tasks = Vec::with_capacity(n);
     for (i, node) in nodes.iter_mut().enumerate() {
@@ -395,8 +428,9 @@ async fn run_round(
         let mut shell = Shell::new(node.handle.clone(), shell_cfg.clone(), members.clone());
         let (done_tx, mut done_rx) = (done_tx.clone(), done_rx.clone());
         let cfg = cfg.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.push(node.rt.spawn(async move {
             let mut core = Node::new(id, cfg);
+            let began = Instant::now();
             let res: Result<Placed, ShellError> =
                 match core.start_round(round, 0, member_ids, jobs, env) {
                     Ok(()) => shell.run(&mut core, &mut inputs).await,
@@ -409,22 +443,34 @@ async fn run_round(
                 let _ = done_rx.wait_for(|&c| c >= n).await;
             };
             let _ = shell.linger(&mut core, &mut inputs, all_done).await;
-            (inputs, res, at, shell.stats().clone(), core.stats().clone())
+            (
+                inputs,
+                res,
+                began,
+                at,
+                shell.stats().clone(),
+                core.stats().clone(),
+            )
         }));
     }
     let mut outcomes = Vec::with_capacity(n);
     let (mut starts, mut iters, mut finishes) = (Vec::new(), Vec::new(), Vec::new());
     let mut errors = Vec::new();
     let (mut last, mut bytes, mut core_cpu, mut resent) = (t0, 0u64, Duration::ZERO, 0u64);
+    let mut frames = 0u64;
+    // Per node, the instant each iteration completed there.
+    let mut done_at: Vec<Vec<Instant>> = Vec::with_capacity(n);
     for (i, t) in tasks.into_iter().enumerate() {
-        let (inputs, res, at, shell_stats, core_stats) = t.await.context("node task")?;
+        let (inputs, res, began, at, shell_stats, core_stats) = t.await.context("node task")?;
         nodes[i].inputs = Some(inputs);
         last = last.max(at);
+        frames += shell_stats.published * (n as u64 - 1);
         bytes += shell_stats.published_bytes - shell_stats.resent_bytes;
         core_cpu += shell_stats.core_time;
         resent += core_stats.resent;
         match res {
             Ok(p) => {
+                done_at.push(p.iteration_at.iter().map(|&d| began + d).collect());
                 let ms = |d: Duration| d.as_secs_f64() * 1e3;
                 if let (Some(&first), Some(&last)) = (p.iteration_at.first(), p.iteration_at.last())
                 {
@@ -440,6 +486,15 @@ async fn run_round(
         }
     }
     let wall_ms = last.duration_since(t0).as_secs_f64() * 1e3;
+    let cpu_ms = process_cpu().saturating_sub(cpu0).as_secs_f64() * 1e3;
+    let k_max = done_at.iter().map(Vec::len).min().unwrap_or(0);
+    let spans: Vec<f64> = (1..k_max)
+        .filter_map(|k| {
+            let first = done_at.iter().map(|d| d[k - 1]).min()?;
+            let last = done_at.iter().map(|d| d[k]).max()?;
+            Some(last.duration_since(first).as_secs_f64() * 1e3)
+        })
+        .collect();
     let agree = errors.is_empty()
         && outcomes
             .windows(2)
@@ -463,7 +518,22 @@ async fn run_round(
         start_ms: median(starts),
         iter_ms: median(iters),
         finish_ms: median(finishes),
+        frames,
+        cpu_ms,
+        iter_span_ms: median(spans),
     })
+}
+
+/// CPU time of this process so far (user + system, every thread): every node's mesh,
+/// shell and core.
+fn process_cpu() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(u.ru_utime) + tv(u.ru_stime)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -492,13 +562,31 @@ struct Row {
     resent: f64,
     errors: Vec<String>,
     exchange_ms: f64,
+    /// Process CPU per frame of the exchanges (mesh, channels, kernel; no solver).
+    exchange_cpu_us_per_frame: f64,
+    /// Process CPU of the idle swarm, % of one core.
+    idle_cpu_pct: f64,
+    frames: f64,
+    round_cpu_ms: f64,
+    iter_span_ms: f64,
     start_ms: f64,
     iter_ms: f64,
     finish_ms: f64,
 }
 
-async fn bench(nodes: usize, jobs: usize, runs: u64, o: &Opts) -> anyhow::Result<Row> {
-    let (mut mesh, formation) = swarm(nodes, o.topology, o.degree).await?;
+async fn bench(
+    nodes: usize,
+    jobs: usize,
+    runs: u64,
+    o: &Opts,
+    rts: &[tokio::runtime::Handle],
+) -> anyhow::Result<Row> {
+    let (mut mesh, formation) = swarm(nodes, o.topology, o.degree, rts).await?;
+    // What the formed, idle swarm burns (heartbeats, pings, timers): process CPU over
+    // half a second with nothing sent. A measurement window, not a synchronisation.
+    let cpu0 = process_cpu();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_cpu_pct = process_cpu().saturating_sub(cpu0).as_secs_f64() / 0.5 * 100.0;
     let shell_cfg = ShellConfig {
         transport: o.transport,
         tick: o.tick,
@@ -516,9 +604,12 @@ async fn bench(nodes: usize, jobs: usize, runs: u64, o: &Opts) -> anyhow::Result
     // The same mesh with no solver: all-to-all exchanges of column-sized messages.
     let size = median(rs.iter().map(|r| r.bytes_per_node_per_iter).collect());
     let mut ex = Vec::new();
-    for k in 0..EXCHANGES {
+    let cpu0 = process_cpu();
+    for k in 0..o.exchanges {
         ex.push(exchange(&mut mesh, k * nodes as u64, size as usize, o.transport).await?);
     }
+    let ex_frames = (o.exchanges * (nodes * (nodes - 1)) as u64).max(1);
+    let ex_cpu_us = process_cpu().saturating_sub(cpu0).as_secs_f64() * 1e6 / ex_frames as f64;
     for m in &mesh.nodes {
         let _ = m.handle.shutdown().await;
     }
@@ -541,6 +632,11 @@ async fn bench(nodes: usize, jobs: usize, runs: u64, o: &Opts) -> anyhow::Result
         resent: f(|r| r.resent as f64),
         errors: rs.iter().flat_map(|r| r.errors.iter().cloned()).collect(),
         exchange_ms: median(ex),
+        exchange_cpu_us_per_frame: if o.exchanges > 0 { ex_cpu_us } else { f64::NAN },
+        idle_cpu_pct,
+        frames: f(|r| r.frames as f64),
+        round_cpu_ms: f(|r| r.cpu_ms),
+        iter_span_ms: f(|r| r.iter_span_ms),
         start_ms: f(|r| r.start_ms),
         iter_ms: f(|r| r.iter_ms),
         finish_ms: f(|r| r.finish_ms),
@@ -565,19 +661,44 @@ async fn main() -> anyhow::Result<()> {
         .try_init();
     let o = parse_args()?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The runtimes the nodes run on (see `Opts::runtimes`); each extra one is driven by
+    // its own thread until `_stop` drops.
+    let mut rts = Vec::new();
+    let mut _stop = Vec::new();
+    for k in 0..o.runtimes {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("node runtime")?;
+        rts.push(rt.handle().clone());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        _stop.push(tx);
+        std::thread::Builder::new()
+            .name(format!("nodes-{k}"))
+            .spawn(move || rt.block_on(async move { drop(rx.await) }))
+            .context("node runtime thread")?;
+    }
+    if rts.is_empty() {
+        rts.push(tokio::runtime::Handle::current());
+    }
     let mut rows = Vec::new();
     for &(n, j, runs) in &o.sizes {
-        rows.push(bench(n, j, o.runs.unwrap_or(runs), &o).await?);
+        rows.push(bench(n, j, o.runs.unwrap_or(runs), &o, &rts).await?);
     }
     println!(
-        "ADMM placement on a real mesh, all nodes in this process on 127.0.0.1 ({:?} topology, {:?} transport, tick {}–{} ms, {threads} cores; medians over seeds)",
+        "ADMM placement on a real mesh, all nodes in this process on 127.0.0.1 ({:?} topology, {:?} transport, tick {}–{} ms, {threads} cores, {}; medians over seeds)",
         o.topology,
         o.transport,
         o.tick.as_millis(),
-        o.max_tick.as_millis()
+        o.max_tick.as_millis(),
+        if o.runtimes == 0 {
+            "one shared multi-thread runtime".to_string()
+        } else {
+            format!("nodes on {} single-thread runtimes", o.runtimes)
+        }
     );
     println!(
-        "{:>8} {:>5} {:>8} {:>9} {:>9} {:>8} {:>7} {:>8} {:>6} {:>5} {:>12} {:>8} {:>12} {:>10} {:>8} {:>11} {:>7} {:>6} {:>6}",
+        "{:>8} {:>5} {:>8} {:>9} {:>9} {:>8} {:>7} {:>8} {:>8} {:>6} {:>5} {:>12} {:>8} {:>12} {:>10} {:>8} {:>11} {:>7} {:>7} {:>8} {:>7} {:>7} {:>6} {:>6}",
         "size",
         "runs",
         "form_s",
@@ -585,6 +706,7 @@ async fn main() -> anyhow::Result<()> {
         "wall_max",
         "start_ms",
         "iter_ms",
+        "span_ms",
         "final_ms",
         "iters",
         "max",
@@ -594,13 +716,17 @@ async fn main() -> anyhow::Result<()> {
         "cpu_floor",
         "exch_ms",
         "iters×exch",
+        "µs/frm",
+        "frames",
+        "cpu_ms",
+        "idle_%",
         "resent",
         "agree",
         "=sim"
     );
     for r in &rows {
         println!(
-            "{:>8} {:>5} {:>8.2} {:>9.1} {:>9.1} {:>8.1} {:>7.2} {:>8.1} {:>6.0} {:>5} {:>12.0} {:>8.2} {:>12.1} {:>10.1} {:>8.2} {:>11.1} {:>7.0} {:>6} {:>6}",
+            "{:>8} {:>5} {:>8.2} {:>9.1} {:>9.1} {:>8.1} {:>7.2} {:>8.2} {:>8.1} {:>6.0} {:>5} {:>12.0} {:>8.2} {:>12.1} {:>10.1} {:>8.2} {:>11.1} {:>7.1} {:>7.0} {:>8.1} {:>7.1} {:>7.0} {:>6} {:>6}",
             r.name,
             r.runs,
             r.formation_s,
@@ -608,6 +734,7 @@ async fn main() -> anyhow::Result<()> {
             r.wall_ms_max,
             r.start_ms,
             r.iter_ms,
+            r.iter_span_ms,
             r.finish_ms,
             r.iterations,
             r.max_iterations,
@@ -617,6 +744,10 @@ async fn main() -> anyhow::Result<()> {
             r.core_cpu_ms / threads as f64,
             r.exchange_ms,
             r.exchange_ms * r.iterations,
+            r.exchange_cpu_us_per_frame,
+            r.frames,
+            r.round_cpu_ms,
+            r.idle_cpu_pct,
             r.resent,
             r.agree,
             r.same_as_sim
@@ -627,12 +758,14 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("cpu_floor = core_cpu_ms ÷ cores: every node's core shares this machine (one node per machine has no such floor)");
     println!("start_ms / iter_ms / final_ms (medians over nodes): until iteration 1 (every member's start in), per later iteration, last iteration to the outcome (rounding, final digests)");
+    println!("span_ms = an iteration from the first member's send of its column to the last member's completion (median over iterations ≥ 2)");
+    println!("µs/frm = process CPU per frame of the exchanges; frames / cpu_ms = frames on the mesh and process CPU per round (every node, mesh and kernel included); idle_% = process CPU of the formed swarm with nothing sent (% of one core)");
     println!("exch_ms = one all-to-all exchange of a column-sized message with no solver: what an iteration costs on this mesh, compute aside");
     let body: Vec<String> = rows
         .iter()
         .map(|r| {
             format!(
-                "\"{}\": {{\"gap_pct\": null, \"iterations\": {}, \"max_iterations\": {}, \"at_cap_pct\": {:.1}, \"bytes_per_node_per_iter\": {:.0}, \"core_ms\": {:.3}, \"warm_iterations\": null, \"wall_ms\": {}, \"agree\": {}, \"same_as_sim\": {}, \"wall_ms_max\": {}, \"core_cpu_ms\": {}, \"cpu_floor_ms\": {}, \"exchange_ms\": {}, \"start_ms\": {}, \"iter_ms\": {}, \"final_ms\": {}, \"resent\": {}, \"formation_s\": {}, \"runs\": {}}}",
+                "\"{}\": {{\"gap_pct\": null, \"iterations\": {}, \"max_iterations\": {}, \"at_cap_pct\": {:.1}, \"bytes_per_node_per_iter\": {:.0}, \"core_ms\": {:.3}, \"warm_iterations\": null, \"wall_ms\": {}, \"agree\": {}, \"same_as_sim\": {}, \"wall_ms_max\": {}, \"core_cpu_ms\": {}, \"cpu_floor_ms\": {}, \"exchange_ms\": {}, \"exchange_cpu_us_per_frame\": {}, \"frames\": {}, \"round_cpu_ms\": {}, \"idle_cpu_pct\": {}, \"start_ms\": {}, \"iter_ms\": {}, \"iter_span_ms\": {}, \"final_ms\": {}, \"resent\": {}, \"formation_s\": {}, \"runs\": {}}}",
                 r.name,
                 r.iterations,
                 r.max_iterations,
@@ -646,8 +779,13 @@ async fn main() -> anyhow::Result<()> {
                 num(r.core_cpu_ms, 1),
                 num(r.core_cpu_ms / threads as f64, 1),
                 num(r.exchange_ms, 2),
+                num(r.exchange_cpu_us_per_frame, 1),
+                num(r.frames, 0),
+                num(r.round_cpu_ms, 1),
+                num(r.idle_cpu_pct, 1),
                 num(r.start_ms, 1),
                 num(r.iter_ms, 2),
+                num(r.iter_span_ms, 2),
                 num(r.finish_ms, 1),
                 num(r.resent, 0),
                 num(r.formation_s, 3),
