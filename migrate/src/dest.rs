@@ -1,6 +1,8 @@
 //! The destination side: the node the job moves to.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
+
+use crate::ids::FastSet;
 
 use store::{ChunkId, ChunkMap, Manifest};
 
@@ -152,7 +154,7 @@ pub struct Destination {
     /// Our answer to the offer (resent on a duplicate Offer).
     have: Vec<ChunkId>,
     /// Chunks in our store as far as this migration knows.
-    known: HashSet<ChunkId>,
+    known: FastSet,
     /// Chunks of the fetch in progress.
     pending: Vec<ChunkRef>,
     acked: u32,
@@ -326,7 +328,7 @@ impl Destination {
 
     /// Ask the shell for the chunks we lack; false if there are none.
     fn fetch(&mut self, round: u32, chunks: Vec<ChunkRef>, compression: Compression) -> bool {
-        let mut seen = HashSet::new();
+        let mut seen = FastSet::default();
         let want: Vec<ChunkRef> = chunks
             .into_iter()
             .filter(|c| !self.known.contains(&c.id) && seen.insert(c.id))
@@ -403,7 +405,7 @@ impl Destination {
     /// The memory chunks of a post-copy Final's manifest this node lacks (and the
     /// Final does not bring): the hot slots first, then by address, each id once.
     fn deferred_chunks(&self, m: &Manifest, now: &[ChunkRef], d: &Deferral) -> Vec<ChunkRef> {
-        let mut skip: HashSet<ChunkId> = now.iter().map(|c| c.id).collect();
+        let mut skip: FastSet = now.iter().map(|c| c.id).collect();
         skip.extend(self.known.iter().copied());
         let mut out = Vec::new();
         let mem = &m.memory;

@@ -148,6 +148,7 @@ pub mod adapt;
 mod bytes;
 mod dest;
 mod error;
+mod ids;
 mod msg;
 mod patch;
 mod source;

@@ -7,7 +7,7 @@
 //! [`MessageError`]. Checks that need the protocol state (migration id,
 //! generation, round number) are done by the state machines.
 
-use std::collections::HashSet;
+use crate::ids::FastSet;
 
 use serde::{Deserialize, Serialize};
 use store::{BlobRef, ChunkId, ChunkMap, Manifest, MAX_CHUNK_SIZE, MAX_JOB_ID_LEN};
@@ -119,7 +119,7 @@ impl StateMap {
 
     /// Every chunk the state needs, each id once, with its length.
     pub fn distinct_chunks(&self) -> Vec<ChunkRef> {
-        let mut seen: HashSet<ChunkId> = HashSet::with_capacity(self.entry_count());
+        let mut seen: FastSet = crate::ids::with_capacity(self.entry_count());
         let mut out = Vec::with_capacity(self.entry_count());
         for map in self.maps() {
             for (i, id) in &map.chunks {

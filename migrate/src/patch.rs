@@ -9,7 +9,7 @@
 //! destination rebuilds the full manifest and checks it against the manifest id,
 //! so a wrong patch is caught as surely as a wrong manifest.
 
-use std::collections::HashSet;
+use crate::ids::FastSet;
 
 use serde::{Deserialize, Serialize};
 use store::{ChunkId, ChunkMap, Manifest};
@@ -92,7 +92,7 @@ impl ManifestPatch {
             detail,
         };
         let mut m = Manifest::decode(&self.head).map_err(|e| malformed(e.to_string()))?;
-        let zeroed: HashSet<u64> = self.zeroed.iter().copied().collect();
+        let zeroed: FastSet<u64> = self.zeroed.iter().copied().collect();
         if zeroed.len() != self.zeroed.len() {
             return Err(malformed("a zeroed slot is listed twice".into()));
         }

@@ -1,6 +1,8 @@
 //! The source side: the node that runs the job and wants to move it.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
+
+use crate::ids::FastSet;
 
 use store::{ChunkId, ChunkMap, Manifest};
 
@@ -234,9 +236,9 @@ pub struct Source {
     phase: SourcePhase,
     /// Distinct chunks of the offer (a Have may only name these).
     offered: Vec<ChunkRef>,
-    offered_ids: HashSet<ChunkId>,
+    offered_ids: FastSet,
     /// Chunks the destination holds: its Have plus every acknowledged round.
-    at_dest: HashSet<ChunkId>,
+    at_dest: FastSet,
     /// The round in flight.
     rounds_sent: u32,
     round_chunks: Vec<ChunkRef>,
@@ -270,7 +272,7 @@ pub struct Source {
     last_memory: Option<ChunkMap>,
     /// Offered chunks that are only memory (a post-copy leaves them for after the
     /// resume; the module and files go first).
-    memory_only: HashSet<ChunkId>,
+    memory_only: FastSet,
 }
 
 fn ewma(old: Option<u64>, new: u64) -> u64 {
@@ -293,11 +295,11 @@ impl Source {
     ) -> Result<Source, MigrateError> {
         cfg.validate()?;
         let offered = state.distinct_chunks();
-        let elsewhere: HashSet<ChunkId> = std::iter::once(&state.module.map)
+        let elsewhere: FastSet = std::iter::once(&state.module.map)
             .chain(state.extra.iter().map(|b| &b.map))
             .flat_map(|m| m.chunks.iter().map(|(_, id)| *id))
             .collect();
-        let memory_only: HashSet<ChunkId> = state
+        let memory_only: FastSet = state
             .memory
             .chunks
             .iter()
@@ -317,7 +319,7 @@ impl Source {
             phase: SourcePhase::Offering,
             offered_ids: offered.iter().map(|c| c.id).collect(),
             offered,
-            at_dest: HashSet::new(),
+            at_dest: FastSet::default(),
             rounds_sent: 0,
             round_chunks: Vec::new(),
             round_bytes: 0,
@@ -510,17 +512,17 @@ impl Source {
         if self.mode == MoveMode::PreCopy {
             return (all, Vec::new(), Vec::new());
         }
-        let memory: HashSet<ChunkId> = state.memory.chunks.iter().map(|(_, id)| *id).collect();
-        let elsewhere: HashSet<ChunkId> = std::iter::once(&state.module.map)
+        let memory: FastSet = state.memory.chunks.iter().map(|(_, id)| *id).collect();
+        let elsewhere: FastSet = std::iter::once(&state.module.map)
             .chain(state.extra.iter().map(|b| &b.map))
             .flat_map(|m| m.chunks.iter().map(|(_, id)| *id))
             .collect();
         let (now, deferred): (Vec<ChunkRef>, Vec<ChunkRef>) = all
             .into_iter()
             .partition(|c| elsewhere.contains(&c.id) || !memory.contains(&c.id));
-        let deferred_ids: HashSet<ChunkId> = deferred.iter().map(|c| c.id).collect();
+        let deferred_ids: FastSet = deferred.iter().map(|c| c.id).collect();
         let mut hot = Vec::new();
-        let mut listed = HashSet::new();
+        let mut listed = FastSet::default();
         for base in [self.last_memory.as_ref(), Some(&self.offered_memory)]
             .into_iter()
             .flatten()
