@@ -56,6 +56,7 @@ pub struct Published {
     pub holdings: Vec<(String, CheckpointRef)>,
     pub ended: Vec<String>,
     pub abandoned: Vec<(String, u64)>,
+    pub members: Vec<String>,
 }
 
 /// `Placed::incarnation` of a job its node gave up (see `Heartbeat::abandoned`): the
@@ -136,6 +137,10 @@ pub struct Recovery {
     last_copy: HashMap<String, (u64, f64)>,
     held: HashMap<String, Held>,
     quorum_paused: HashMap<String, u64>,
+    /// Since when the members out of sight are too few to resume jobs without this
+    /// node (`None` while they could): a paused job waits a while after that for the
+    /// members still out of sight ([`recovery::OwnerSight::settled_ms`]).
+    settled_since: Option<u64>,
     resuming: HashSet<String>,
     /// Jobs on this node (running or paused) and their generation, from the scheduler.
     mine: HashMap<String, u64>,
@@ -186,6 +191,7 @@ impl Recovery {
             last_copy: HashMap::new(),
             held: HashMap::new(),
             quorum_paused: HashMap::new(),
+            settled_since: None,
             resuming: HashSet::new(),
             mine: HashMap::new(),
             claims: HashMap::new(),
@@ -220,7 +226,8 @@ impl Recovery {
         a
     }
 
-    /// Members not declared dead, and this node.
+    /// Members not declared dead, and this node: they may hold and resume a job, but
+    /// only [`Self::alive`] counts towards a majority (see `recovery::decide`).
     fn live(&self) -> BTreeSet<NodeId> {
         let mut a: BTreeSet<NodeId> = self.detector.not_dead().cloned().collect();
         a.insert(self.me.clone());
@@ -249,11 +256,18 @@ impl Recovery {
         let mut ended: Vec<String> = ended_here.to_vec();
         ended.truncate(super::proto::MAX_HEARTBEAT_ENDED);
         let abandoned = self.abandoned_here();
+        let members = self
+            .members
+            .iter()
+            .take(super::proto::MAX_HEARTBEAT_MEMBERS)
+            .map(|m| m.0.clone())
+            .collect();
         if let Ok(mut p) = self.shared.published.lock() {
             *p = Published {
                 holdings,
                 ended,
                 abandoned,
+                members,
             };
         }
     }
@@ -376,6 +390,7 @@ impl Recovery {
         // same rule `owner_action` applies before running them again).
         let out_of_sight = self.members.difference(&alive).count();
         if out_of_sight * 2 > self.members.len() {
+            self.settled_since = None;
             for j in running {
                 if self.quorum_paused.insert(j.job.clone(), now).is_none() {
                     tracing::warn!(job = %j.job, node = %self.me.as_str(),
@@ -384,6 +399,7 @@ impl Recovery {
                 }
             }
         }
+        let settled_since = *self.settled_since.get_or_insert(now);
         let paused: Vec<(String, u64)> = self
             .quorum_paused
             .iter()
@@ -397,7 +413,15 @@ impl Recovery {
                 .filter(|(_, p)| p.heard_at > since)
                 .map(|(n, p)| (n.clone(), p.jobs.get(&job).map_or(0, |(g, _)| *g)))
                 .collect();
-            match recovery::owner_action(&self.members, &alive, generation, &reported) {
+            let sight = recovery::OwnerSight {
+                members: &self.members,
+                alive: &alive,
+                generation,
+                reported: &reported,
+                settled_ms: now.saturating_sub(settled_since),
+                settle_ms: self.cfg.suspect_after_ms,
+            };
+            match recovery::owner_action(&sight) {
                 OwnerAction::Run => {
                     tracing::info!(%job, "majority back: the job runs again");
                     self.quorum_paused.remove(&job);
@@ -449,6 +473,7 @@ impl Recovery {
     /// Resumes the jobs this node must recover.
     fn recover(&mut self, here: &HashSet<String>, ctx: &mut Context<Self>) {
         let live = self.live();
+        let reachable = self.alive();
         let jobs: Vec<(String, Placed)> = self
             .placed
             .iter()
@@ -488,6 +513,7 @@ impl Recovery {
                 job: job.clone(),
                 members: self.members.clone(),
                 live: live.clone(),
+                reachable: reachable.clone(),
                 owner: still_owner.then(|| placed.node.clone()),
                 generation: placed.generation,
                 replicas: recovery::replica_set(
@@ -752,6 +778,14 @@ impl Handler<Seen> for Recovery {
         }
         self.detector.heard(&node, now);
         self.members.insert(node.clone());
+        // Members the peer knows count too (only against a majority: they are not
+        // watched until heard). Bounded like the detector.
+        for name in &hb.members {
+            if self.members.len() >= recovery::detector::MAX_PEERS {
+                break;
+            }
+            self.members.insert(NodeId(name.clone()));
+        }
         for job in &hb.ended {
             self.remember_ended(job);
         }
