@@ -305,18 +305,34 @@ impl Recovery {
                 self.schedule.track(&j.job, now, self.cfg.min_period_ms);
             }
         }
-        let alive = self.alive();
+        // Draining peers (a gateway) never hold replicas: leave them out *before* ranking,
+        // so that a job whose ranking puts one first still gets `replicas` real copies.
+        let candidates: BTreeSet<NodeId> = self
+            .alive()
+            .into_iter()
+            .filter(|n| *n == self.me || self.peers.get(n).is_some_and(|p| !p.draining))
+            .collect();
+        for j in running {
+            let targets: Vec<(NodeId, u64)> =
+                recovery::replica_set(&j.job, &candidates, Some(&self.me), self.cfg.replicas)
+                    .into_iter()
+                    .filter_map(|n| self.peers.get(&n).map(|p| (n, p.incarnation)))
+                    .collect();
+            if self
+                .schedule
+                .retarget(&j.job, &targets, self.cfg.min_period_ms)
+            {
+                tracing::debug!(job = %j.job, "replica targets changed: copying again soon");
+            }
+        }
         for job in self.schedule.due(now) {
             let Some(summary) = running.iter().find(|j| j.job == job) else {
                 continue;
             };
             let targets: Vec<(NodeId, PeerId)> =
-                recovery::replica_set(&job, &alive, Some(&self.me), self.cfg.replicas)
+                recovery::replica_set(&job, &candidates, Some(&self.me), self.cfg.replicas)
                     .into_iter()
-                    .filter(|n| *n != self.me)
-                    .filter_map(|n| self.peers.get(&n).map(|p| (n.clone(), p.peer, p.draining)))
-                    .filter(|(_, _, draining)| !draining)
-                    .map(|(n, p, _)| (n, p))
+                    .filter_map(|n| self.peers.get(&n).map(|p| (n.clone(), p.peer)))
                     .collect();
             if targets.is_empty() {
                 continue;
