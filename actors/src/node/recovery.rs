@@ -99,6 +99,9 @@ pub struct Recovered {
     pub at_ms: u64,
     /// The checkpoint it resumed from: generation and copy number.
     pub checkpoint: String,
+    /// The same, whole (for the chaos harness's "no acknowledged checkpoint lost").
+    #[serde(default)]
+    pub from: Option<CheckpointRef>,
 }
 
 /// Replication and recovery figures for `/status`.
@@ -305,19 +308,12 @@ impl Recovery {
                 self.schedule.track(&j.job, now, self.cfg.min_period_ms);
             }
         }
-        // Draining peers (a gateway) never hold replicas: leave them out *before* ranking,
-        // so that a job whose ranking puts one first still gets `replicas` real copies.
-        let candidates: BTreeSet<NodeId> = self
-            .alive()
-            .into_iter()
-            .filter(|n| *n == self.me || self.peers.get(n).is_some_and(|p| !p.draining))
-            .collect();
         for j in running {
-            let targets: Vec<(NodeId, u64)> =
-                recovery::replica_set(&j.job, &candidates, Some(&self.me), self.cfg.replicas)
-                    .into_iter()
-                    .filter_map(|n| self.peers.get(&n).map(|p| (n, p.incarnation)))
-                    .collect();
+            let targets: Vec<(NodeId, u64)> = self
+                .replica_candidates(&j.job)
+                .into_iter()
+                .filter_map(|n| self.peers.get(&n).map(|p| (n, p.incarnation)))
+                .collect();
             if self
                 .schedule
                 .retarget(&j.job, &targets, self.cfg.min_period_ms)
@@ -329,11 +325,7 @@ impl Recovery {
             let Some(summary) = running.iter().find(|j| j.job == job) else {
                 continue;
             };
-            let targets: Vec<(NodeId, PeerId)> =
-                recovery::replica_set(&job, &candidates, Some(&self.me), self.cfg.replicas)
-                    .into_iter()
-                    .filter_map(|n| self.peers.get(&n).map(|p| (n.clone(), p.peer)))
-                    .collect();
+            let targets = self.replica_targets(&job);
             if targets.is_empty() {
                 continue;
             }
@@ -386,6 +378,68 @@ impl Recovery {
             _ => 0.0,
         };
         self.last_copy.insert(r.job.clone(), (now, rate));
+    }
+
+    /// Copies the checkpoint a recovery resumes from to the job's replica targets
+    /// around this node, during the claim period, before the new generation runs.
+    /// Without it the job's only copy for a while is the one here: the other holders
+    /// of that checkpoint are often gone (that is why it is being recovered), and the
+    /// first copy of the new generation takes a while for a large job — a kill of this
+    /// node in that window lost the job (level 2's `bench.toml`, twice a run).
+    fn protect(
+        &mut self,
+        job: &str,
+        from: CheckpointRef,
+        home: PeerId,
+        manifest: Vec<u8>,
+        ctx: &mut Context<Self>,
+    ) {
+        let targets = self.replica_targets(job);
+        if targets.is_empty() {
+            return;
+        }
+        let msg = encode(&NodeMsg::Replicate {
+            job: job.to_string(),
+            generation: from.generation,
+            seq: from.seq,
+            home: home.to_bytes(),
+            manifest,
+        });
+        let shared = self.shared.clone();
+        let job = job.to_string();
+        ctx.spawn(
+            async move { offer(&shared, msg, targets).await }
+                .into_actor(self)
+                .map(move |acked, act, _| {
+                    for (holder, _) in &acked {
+                        act.copies_acked += 1;
+                        if let Err(e) = act.acks.ack(&job, holder, from) {
+                            tracing::warn!(%job, %e, "acknowledgement refused");
+                        }
+                    }
+                    tracing::info!(%job, from = %from, holders = acked.len(),
+                        "the recovered checkpoint is replicated again");
+                }),
+        );
+    }
+
+    /// The peers that should hold copies of `job` running here: `replicas` of the live
+    /// members by rendezvous ranking, leaving out draining peers *before* ranking, so a
+    /// job that ranks a gateway first still gets `replicas` real copies.
+    fn replica_targets(&self, job: &str) -> Vec<(NodeId, PeerId)> {
+        self.replica_candidates(job)
+            .into_iter()
+            .filter_map(|n| self.peers.get(&n).map(|p| (n, p.peer)))
+            .collect()
+    }
+
+    fn replica_candidates(&self, job: &str) -> Vec<NodeId> {
+        let candidates: BTreeSet<NodeId> = self
+            .alive()
+            .into_iter()
+            .filter(|n| *n == self.me || self.peers.get(n).is_some_and(|p| !p.draining))
+            .collect();
+        recovery::replica_set(job, &candidates, Some(&self.me), self.cfg.replicas)
     }
 
     /// A new copy period from the job's dirty rate and the link to its replicas.
@@ -573,6 +627,7 @@ impl Recovery {
         let shared = self.shared.clone();
         let cp = self.checkpoint.clone();
         let j = job.clone();
+        let home = held.home;
         let fut = async move {
             let id = ChunkId(from.id.0);
             let manifest = shared
@@ -584,18 +639,19 @@ impl Recovery {
                 job: j.clone(),
                 generation,
                 home: held.home,
-                manifest,
+                manifest: manifest.clone(),
                 manifest_id: id,
                 deferred: false,
             })
             .await
             .map_err(|e| e.to_string())??;
-            Ok::<(), String>(())
+            Ok::<Vec<u8>, String>(manifest)
         };
-        ctx.spawn(fut.into_actor(self).map(move |r, act, _| {
+        ctx.spawn(fut.into_actor(self).map(move |r, act, ctx| {
             act.resuming.remove(&job);
             match r {
-                Ok(()) => {
+                Ok(manifest) => {
+                    act.protect(&job, from, home, manifest, ctx);
                     // Restored, not running: announced in the heartbeat as a claim; it
                     // runs once the claim period passed without a conflict.
                     let now = act.shared.now_ms();
@@ -614,6 +670,7 @@ impl Recovery {
                         from_node: owner.0,
                         at_ms: now,
                         checkpoint: from.to_string(),
+                        from: Some(from),
                     });
                 }
                 Err(e) => tracing::warn!(%job, %e, "recovery failed"),
@@ -672,6 +729,17 @@ async fn copy_once(
         home,
         manifest: taken.manifest,
     });
+    result.acked = offer(&shared, msg, targets).await;
+    result
+}
+
+/// Offers one encoded `Replicate` to every target at once; returns those that
+/// acknowledged it (stored every chunk and the manifest).
+async fn offer(
+    shared: &Shared,
+    msg: Vec<u8>,
+    targets: Vec<(NodeId, PeerId)>,
+) -> Vec<(NodeId, PeerId)> {
     let asks = targets.into_iter().map(|(node, peer)| {
         let mesh = shared.mesh.clone();
         let msg = msg.clone();
@@ -691,12 +759,11 @@ async fn copy_once(
             }
         }
     });
-    result.acked = futures::future::join_all(asks)
+    futures::future::join_all(asks)
         .await
         .into_iter()
         .flatten()
-        .collect();
-    result
+        .collect()
 }
 
 impl Actor for Recovery {
@@ -1074,6 +1141,15 @@ impl Handler<Status> for Recovery {
             quorum_paused,
         })
     }
+}
+
+/// What `GET /recovery` answers: acknowledged copies of jobs running here (job, holder,
+/// checkpoint) and the recoveries this node made, timed by its `uptime_ms`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct RecoveryFacts {
+    pub uptime_ms: u64,
+    pub acks: Vec<(String, String, CheckpointRef)>,
+    pub recovered: Vec<Recovered>,
 }
 
 /// Acknowledged copies of jobs that ran here: (job, holder, checkpoint) — facts for the
