@@ -136,6 +136,8 @@ pub struct Recovery {
     schedule: CopySchedule,
     acks: AckBook,
     seq: HashMap<String, u64>,
+    /// Jobs whose copies the schedule tracks (those running here).
+    copying: HashSet<String>,
     /// When the last copy of each job was taken, and its dirty bytes/s since the one before.
     last_copy: HashMap<String, (u64, f64)>,
     held: HashMap<String, Held>,
@@ -191,6 +193,7 @@ impl Recovery {
             schedule: CopySchedule::new(),
             acks: AckBook::new(),
             seq: HashMap::new(),
+            copying: HashSet::new(),
             last_copy: HashMap::new(),
             held: HashMap::new(),
             quorum_paused: HashMap::new(),
@@ -294,17 +297,22 @@ impl Recovery {
     /// Copies due checkpoints of jobs running here to their replicas.
     fn replicate(&mut self, running: &[&JobSummary], now: u64, ctx: &mut Context<Self>) {
         let here: HashSet<&str> = running.iter().map(|j| j.job.as_str()).collect();
-        let tracked: Vec<String> = self.seq.keys().cloned().collect();
+        let tracked: Vec<String> = self.copying.iter().cloned().collect();
         for job in tracked {
             if !here.contains(job.as_str()) {
                 self.schedule.untrack(&job);
-                self.seq.remove(&job);
+                self.copying.remove(&job);
                 self.last_copy.remove(&job);
             }
         }
+        // A job paused here keeps its copy numbers: numbering its next copies from 1
+        // again gave two checkpoints of one generation the same number, which every
+        // holder refuses ("two histories of one generation").
+        self.seq
+            .retain(|job, _| here.contains(job.as_str()) || self.mine.contains_key(job));
         for j in running {
-            if !self.seq.contains_key(&j.job) {
-                self.seq.insert(j.job.clone(), 0);
+            if self.copying.insert(j.job.clone()) {
+                self.seq.entry(j.job.clone()).or_insert(0);
                 self.schedule.track(&j.job, now, self.cfg.min_period_ms);
             }
         }
@@ -314,9 +322,11 @@ impl Recovery {
                 .into_iter()
                 .filter_map(|n| self.peers.get(&n).map(|p| (n, p.incarnation)))
                 .collect();
+            // At most one extra copy per `suspect_after_ms`: under load the live set
+            // flaps, and each change must not cost a copy.
             if self
                 .schedule
-                .retarget(&j.job, &targets, self.cfg.min_period_ms)
+                .retarget(&j.job, &targets, self.cfg.suspect_after_ms)
             {
                 tracing::debug!(job = %j.job, "replica targets changed: copying again soon");
             }
