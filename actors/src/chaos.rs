@@ -1626,7 +1626,7 @@ impl Run<'_> {
             observe(level, &mut obs, at).await;
             slow(took, || "observing the nodes".into());
             rounds = rounds.wrapping_add(1);
-            if rounds % REPLICATION_EVERY == 0 {
+            if rounds.is_multiple_of(REPLICATION_EVERY) {
                 replication_facts(level, at, &mut replicated, &mut obs).await;
             }
             if obs.all_finished() {

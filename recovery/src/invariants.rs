@@ -326,7 +326,7 @@ pub fn check<'a>(facts: impl IntoIterator<Item = &'a Fact>) -> Report {
             }
             Fact::NodeDown { node, at_ms } => {
                 let spells = down.entry(node).or_default();
-                if !spells.last().is_some_and(|(_, to)| *to == u64::MAX) {
+                if spells.last().is_none_or(|(_, to)| *to != u64::MAX) {
                     spells.push((*at_ms, u64::MAX));
                 }
             }
