@@ -57,6 +57,7 @@ use wasm_host::{Host, HostConfig};
 use crate::demo::{straight_run_of, timed_moves, TimedMove};
 use crate::node::api::RunRequest;
 use crate::node::proto::{JobSummary, LogSlice, StreamKind};
+use crate::node::recovery::RecoveryFacts;
 use crate::node::{self, scheduler, NodeHandle};
 use crate::timeline::{Timeline, What};
 
@@ -339,8 +340,8 @@ impl Observer {
                     node: NodeId::from(node),
                     generation,
                     at_ms,
-                    // Which checkpoint a resumed generation came from is not visible
-                    // in a scheduler's list (see `checkpoint_facts`).
+                    // Which checkpoint a recovery resumed from comes from the node's
+                    // recovery record (`replication_facts`: a Resumed fact).
                     from: None,
                 });
             }
@@ -372,6 +373,7 @@ impl Observer {
     /// `node` was killed at `at_ms`: every copy it ran stops, every copy it held
     /// is gone.
     pub fn killed(&mut self, at_ms: u64, node: &str) {
+        self.down(at_ms, node);
         let here = self.open_on(node);
         for (job, generation, running) in here {
             if running {
@@ -380,6 +382,23 @@ impl Observer {
             self.open.remove(&(job.clone(), node.to_string()));
             self.last_held_ms.insert(job, at_ms);
         }
+    }
+
+    /// `node` went down for the others at `at_ms` (killed, stopped, cut off): what it
+    /// holds may be gone or out of reach.
+    pub fn down(&mut self, at_ms: u64, node: &str) {
+        self.facts.push(Fact::NodeDown {
+            node: NodeId::from(node),
+            at_ms,
+        });
+    }
+
+    /// `node` is back (restarted, resumed, healed).
+    pub fn up(&mut self, at_ms: u64, node: &str) {
+        self.facts.push(Fact::NodeUp {
+            node: NodeId::from(node),
+            at_ms,
+        });
     }
 
     /// `node` was stopped at `at_ms` (SIGSTOP): every copy it ran stops running but
@@ -890,8 +909,8 @@ pub(crate) trait Level {
     /// Shapes a link (delay, loss, rate); returns the line to print, or `None` when
     /// the level skips it.
     async fn shape(&mut self, e: &Event) -> anyhow::Result<Option<String>>;
-    /// Checkpoints replicas acknowledged: (job, holder, checkpoint).
-    async fn acks(&mut self) -> Vec<(String, String, recovery::CheckpointRef)>;
+    /// Every live node's acknowledged copies and recoveries, by node name.
+    async fn recovery_facts(&mut self) -> Vec<(String, RecoveryFacts)>;
     /// Housekeeping between observations (the job threads' priority).
     fn tick(&mut self);
     /// Every move every incarnation of every node made as the source, timed from
@@ -1126,10 +1145,13 @@ impl Level for InProcess {
         Ok(None)
     }
 
-    async fn acks(&mut self) -> Vec<(String, String, recovery::CheckpointRef)> {
+    async fn recovery_facts(&mut self) -> Vec<(String, RecoveryFacts)> {
         let mut out = Vec::new();
-        for h in self.live.values() {
-            out.extend(h.replication_acks().await.unwrap_or_default());
+        for (name, h) in &self.live {
+            match h.recovery_facts().await {
+                Ok(f) => out.push((name.clone(), f)),
+                Err(e) => tracing::debug!(node = %name, "reading recovery facts: {e:#}"),
+            }
         }
         out
     }
@@ -1176,35 +1198,53 @@ impl Say {
     }
 }
 
-/// Collects [`Fact::CheckpointAcked`] facts: the single place replication
-/// acknowledgements enter the run.
-///
-/// Off for now: [`NodeHandle::replication_acks`] says which checkpoints replicas
-/// acknowledged, but a scheduler's job list does not say which checkpoint a resumed
-/// generation started from, so every [`Fact::Started`] carries `from: None` and
-/// [`check`] would count each recovery after an acknowledgement as a lost checkpoint.
-/// Turn it on once the node reports that (e.g. a `from: Option<CheckpointRef>` in
-/// `JobSummary`, filled into the Started facts in [`Observer::saw`]; level 2 then
-/// needs a route serving the acknowledgements).
-const RECORD_ACKS: bool = false;
+/// What the run has recorded of replication already (each fact once).
+#[derive(Default)]
+struct ReplicationSeen {
+    acks: BTreeSet<(String, String, recovery::CheckpointRef)>,
+    resumes: BTreeSet<(String, String, u64)>,
+}
 
-async fn checkpoint_facts<L: Level>(
+/// How many observation rounds between two reads of the nodes' replication facts (an
+/// HTTP request per node at levels 2 and 3).
+const REPLICATION_EVERY: u32 = 5;
+
+/// Collects [`Fact::CheckpointAcked`] (the owners' acknowledged copies) and
+/// [`Fact::Resumed`] (each recovery and the checkpoint it resumed from) facts: the
+/// single place replication enters the run, for "no acknowledged checkpoint lost".
+/// Each is timed when the harness first sees it: an acknowledgement seen late only
+/// weakens the check, and a resume is judged at its `Started` when that came first.
+async fn replication_facts<L: Level>(
     level: &mut L,
     at_ms: u64,
-    seen: &mut BTreeSet<(String, String, recovery::CheckpointRef)>,
+    seen: &mut ReplicationSeen,
     obs: &mut Observer,
 ) {
-    if !RECORD_ACKS {
-        return;
-    }
-    for (job, holder, checkpoint) in level.acks().await {
-        if seen.insert((job.clone(), holder.clone(), checkpoint)) {
-            obs.push(Fact::CheckpointAcked {
-                job,
-                holder: NodeId::from(holder),
-                checkpoint,
-                at_ms,
-            });
+    for (node, facts) in level.recovery_facts().await {
+        for (job, holder, checkpoint) in facts.acks {
+            if seen.acks.insert((job.clone(), holder.clone(), checkpoint)) {
+                obs.push(Fact::CheckpointAcked {
+                    job,
+                    holder: NodeId::from(holder),
+                    checkpoint,
+                    at_ms,
+                });
+            }
+        }
+        for r in facts.recovered {
+            let Some(from) = r.from else { continue };
+            if seen
+                .resumes
+                .insert((r.job.clone(), node.clone(), r.generation))
+            {
+                obs.push(Fact::Resumed {
+                    job: r.job,
+                    node: NodeId::from(node.as_str()),
+                    generation: r.generation,
+                    from,
+                    at_ms,
+                });
+            }
         }
     }
 }
@@ -1443,7 +1483,10 @@ impl Run<'_> {
         let mut open_pauses: BTreeMap<String, usize> = BTreeMap::new();
         let (mut restarts, mut pauses, mut partitions, mut shaped) = (0usize, 0, 0, 0);
         let mut skipped = Vec::new();
-        let mut acked = BTreeSet::new();
+        let mut replicated = ReplicationSeen::default();
+        let mut rounds = 0u32;
+        // The nodes cut off by the partition in force (down until the heal).
+        let mut cut_off_now: Vec<String> = Vec::new();
         let mut not_played = 0usize;
         loop {
             while next < timeline.len() && scale(timeline[next].at_ms) <= now(t0) {
@@ -1486,6 +1529,7 @@ impl Run<'_> {
                         let name = node.to_string();
                         match level.restart(&name).await? {
                             Some(line) => {
+                                obs.up(at, &name);
                                 restarts += 1;
                                 say.line(line);
                             }
@@ -1501,6 +1545,7 @@ impl Run<'_> {
                             }
                             obs.paused(at, &name);
                         }
+                        obs.down(at, &name);
                         let line = level.pause(&name).await?;
                         pauses += 1;
                         open_pauses.insert(name.clone(), marks.len());
@@ -1514,12 +1559,20 @@ impl Run<'_> {
                     Event::Resume { node } => {
                         let name = node.to_string();
                         level.resume(&name).await?;
+                        obs.up(at, &name);
                         end_mark(&mut marks, open_pauses.remove(&name), at);
                         say.line(format!("resume {name}"));
                     }
                     Event::Partition { groups } => {
                         end_mark(&mut marks, open_partition.take(), at);
                         let cut_off = level.partition(groups, sc.nodes as usize).await?;
+                        for n in cut_off_now.drain(..) {
+                            obs.up(at, &n);
+                        }
+                        for n in &cut_off {
+                            obs.down(at, n);
+                        }
+                        cut_off_now = cut_off.clone();
                         partitions += 1;
                         open_partition = Some(marks.len());
                         marks.push(Mark::Cut {
@@ -1531,6 +1584,9 @@ impl Run<'_> {
                     }
                     Event::Heal => {
                         level.heal().await?;
+                        for n in cut_off_now.drain(..) {
+                            obs.up(at, &n);
+                        }
                         end_mark(&mut marks, open_partition.take(), at);
                         say.line("heal");
                     }
@@ -1569,7 +1625,10 @@ impl Run<'_> {
             let took = Instant::now();
             observe(level, &mut obs, at).await;
             slow(took, || "observing the nodes".into());
-            checkpoint_facts(level, at, &mut acked, &mut obs).await;
+            rounds = rounds.wrapping_add(1);
+            if rounds.is_multiple_of(REPLICATION_EVERY) {
+                replication_facts(level, at, &mut replicated, &mut obs).await;
+            }
             if obs.all_finished() {
                 not_played = timeline.len() - next;
                 if not_played > 0 {

@@ -120,6 +120,21 @@ fn smoke_scenario_plays_its_timeline_and_keeps_the_invariants() {
     );
     assert_eq!(v["outputs_identical"], true, "{}", ctx());
     assert!(report.finished + report.unfinished.len() == report.jobs);
+    // "No acknowledged checkpoint lost" judged something: the recovery of n2's job is
+    // recorded with the checkpoint it resumed from.
+    assert!(
+        report.resumes >= 1,
+        "no recovery recorded with its checkpoint
+{}",
+        ctx()
+    );
+    assert!(
+        report.lost_checkpoints.is_empty(),
+        "{:?}
+{}",
+        report.lost_checkpoints,
+        ctx()
+    );
 
     // The timeline was drawn, with the kill and the partition.
     let drawn = std::fs::read_to_string(&svg).expect("the SVG is written");
@@ -250,9 +265,11 @@ fn level_2_plays_a_seeded_scenario_on_node_processes_and_keeps_every_invariant()
     assert_eq!(v["kills"], 1, "{}", ctx());
     assert_eq!(v["partitions"], 1, "{}", ctx());
 
-    // Every invariant: recovery is in, so every job finishes too.
+    // Every invariant: recovery is in, so every job finishes too; the recoveries were
+    // read from the node processes (`GET /recovery`) with their checkpoints.
     assert_eq!(report.jobs, 3);
     assert!(report.ok(), "{report}\n{}", ctx());
+    assert!(report.resumes >= 1, "{report:?}\n{}", ctx());
     assert_eq!(v["outputs_identical"], true, "{}", ctx());
     assert_eq!(out.status.code(), Some(0), "{}", ctx());
 

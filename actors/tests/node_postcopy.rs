@@ -76,7 +76,7 @@ fn a_source_dead_mid_post_copy_is_recovered_from_a_replicated_checkpoint() {
         // Both other nodes hold an acknowledged replica of the job before it moves.
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let acks = nodes[1].replication_acks().await.expect("acks");
+            let acks = nodes[1].recovery_facts().await.expect("acks").acks;
             let holders: std::collections::BTreeSet<&str> =
                 acks.iter().map(|(_, h, _)| h.as_str()).collect();
             if holders.contains("home") && holders.contains("dst") {

@@ -72,7 +72,7 @@ fn a_job_whose_node_dies_resumes_on_a_replica_exactly_once() {
         // Wait until both other nodes hold a replica the owner saw acknowledged.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let acks = nodes[1].replication_acks().await.expect("acks");
+            let acks = nodes[1].recovery_facts().await.expect("acks").acks;
             let holders: std::collections::BTreeSet<&str> =
                 acks.iter().map(|(_, h, _)| h.as_str()).collect();
             if holders.contains("r1") && holders.contains("r3") {
@@ -168,7 +168,7 @@ fn the_cut_off_owner_pauses_the_majority_resumes_the_heal_drops_the_old_copy() {
     node::actix_system().block_on(async {
         let (host, nodes, tracker, args) = swarm_with_tracker(["p1", "p2", "p3"], 500, "p3").await;
         let deadline = Instant::now() + Duration::from_secs(30);
-        while nodes[2].replication_acks().await.expect("acks").len() < 2 {
+        while nodes[2].recovery_facts().await.expect("acks").acks.len() < 2 {
             assert!(Instant::now() < deadline, "no replicas acknowledged");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

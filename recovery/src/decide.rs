@@ -15,12 +15,22 @@
 //!    that just lacks a majority — the survivor of a two-node swarm — runs on:
 //!    no other side can resume its jobs.)
 //!
-//! Timing: an owner counts only peers heard within `suspect_after_ms`
-//! ([`crate::Detector::alive`]), a would-be resumer needs the owner declared
-//! dead after `dead_after_ms` ([`crate::Detector::not_dead`]). An owner cut
-//! off from the majority therefore pauses `dead_after_ms − suspect_after_ms`
-//! before the majority may resume its job (give or take message delays and
-//! clock rates, which that margin must cover).
+//! Timing: both an owner and a would-be resumer count towards a majority only
+//! the peers they heard within `suspect_after_ms` ([`crate::Detector::alive`]:
+//! [`View::reachable`]); a would-be resumer also needs the owner declared dead
+//! after `dead_after_ms`. An owner cut off from the majority therefore pauses
+//! `dead_after_ms − suspect_after_ms` before the majority may resume its job
+//! (give or take message delays and clock rates, which that margin must cover).
+//!
+//! Why not count every peer not yet declared dead ([`crate::Detector::not_dead`])?
+//! Because that set is stale on a cut-off side: the nodes across the cut are
+//! declared dead one by one, each `dead_after_ms` after *its* last message, so
+//! for up to a heartbeat period after the first of them (say the job's owner)
+//! is declared dead the others still count as "not dead", and a minority that
+//! counted them saw a majority and resumed the job (seen in a level-3 chaos run:
+//! two generations of a job overlapped after the heal). Two sides' sets of peers
+//! heard within `suspect_after_ms` are disjoint as soon as the cut is that old,
+//! and a dead owner means the cut is at least `dead_after_ms` old.
 //!
 //! Every node of a side that has the same view reaches the same [`Decision`]
 //! (ties go to the rendezvous ranking of [`crate::replicas::rank`]), so exactly
@@ -39,8 +49,13 @@ pub struct View {
     pub job: String,
     /// The last agreed membership: the majority is counted against it.
     pub members: BTreeSet<NodeId>,
-    /// Nodes this side has not declared dead (including the deciding node).
+    /// Nodes this side has not declared dead (including the deciding node):
+    /// their holdings count, they may be named to resume.
     pub live: BTreeSet<NodeId>,
+    /// Nodes heard within `suspect_after_ms` (and the deciding node): the only
+    /// ones counted towards the majority (see the module doc for why not
+    /// `live`). The shell keeps it a subset of `live`.
+    pub reachable: BTreeSet<NodeId>,
     /// The node running the newest known generation, if known and still
     /// running it: a node that restarted (quicker than `dead_after_ms`) and
     /// no longer lists the job in its heartbeat is not its owner any more,
@@ -61,8 +76,8 @@ pub struct View {
 pub enum Decision {
     /// The owner is alive on this side: nothing to recover.
     OwnerAlive,
-    /// This side sees `live` of `members` members: not a strict majority, so
-    /// it never resumes.
+    /// This side reaches `live` of `members` members: not a strict majority,
+    /// so it never resumes.
     NoQuorum { live: usize, members: usize },
     /// Live replicas have not reported what they hold yet.
     Wait { missing: Vec<NodeId> },
@@ -95,9 +110,15 @@ pub fn decide(view: &View) -> Decision {
             return Decision::OwnerAlive;
         }
     }
-    if !has_quorum(&view.members, &view.live) {
+    // Only nodes both reachable and not dead count (the shell's sets should nest,
+    // this keeps a forged or racy view from counting a dead node).
+    let counted: BTreeSet<&NodeId> = view.reachable.intersection(&view.live).collect();
+    if !has_quorum(&view.members, counted.iter().copied()) {
         return Decision::NoQuorum {
-            live: view.live.intersection(&view.members).count(),
+            live: counted
+                .iter()
+                .filter(|n| view.members.contains(**n))
+                .count(),
             members: view.members.len(),
         };
     }
@@ -146,27 +167,49 @@ pub enum OwnerAction {
     },
 }
 
-/// The owner's rule, re-evaluated whenever its view changes. `alive`: the
-/// peers heard within `suspect_after_ms` plus the owner itself;
-/// `reported`: the newest generation of the job each peer reported (in its
-/// heartbeat) since the owner last lost sight of it.
+/// What a paused owner knows when it asks whether to run its copy again.
+#[derive(Clone, Debug)]
+pub struct OwnerSight<'a> {
+    pub members: &'a BTreeSet<NodeId>,
+    /// The peers heard within `suspect_after_ms` plus the owner itself.
+    pub alive: &'a BTreeSet<NodeId>,
+    /// The generation of the owner's copy.
+    pub generation: u64,
+    /// The newest generation of the job each peer reported (in its heartbeat,
+    /// running, paused or claimed) since the owner paused it.
+    pub reported: &'a BTreeMap<NodeId, u64>,
+    /// How long the members out of sight have been too few to resume the job
+    /// without the owner (0 while they could).
+    pub settled_ms: u64,
+    /// How long to wait after that for members still out of sight before
+    /// running (the shell passes `suspect_after_ms`).
+    pub settle_ms: u64,
+}
+
+/// The owner's rule, re-evaluated whenever its view changes.
 ///
 /// After a heal the owner waits for a report of every member in sight before
 /// it runs again, so it learns of a resume by the majority from the resumer
-/// itself or from any node that heard of it. A resume that nobody in sight
-/// has heard of yet can still let the old copy run briefly; it is a lower
-/// generation and stops on the first report, and the output offsets keep
-/// the user from seeing anything twice.
-pub fn owner_action<'a>(
-    members: &BTreeSet<NodeId>,
-    alive: impl IntoIterator<Item = &'a NodeId>,
-    generation: u64,
-    reported: &BTreeMap<NodeId, u64>,
-) -> OwnerAction {
+/// itself. Members come back in sight one heartbeat at a time, though: the
+/// first one heard after a heal already gives the owner a majority, while the
+/// resumer may be the next one. So while some member is still out of sight the
+/// owner also waits `settle_ms` (a node reachable again is heard well within
+/// it). A resume that nobody reachable has reported by then can still let the
+/// old copy run briefly; it is a lower generation and stops on the first
+/// report, and the output offsets keep the user from seeing anything twice.
+pub fn owner_action(sight: &OwnerSight<'_>) -> OwnerAction {
+    let OwnerSight {
+        members,
+        alive,
+        generation,
+        reported,
+        settled_ms,
+        settle_ms,
+    } = *sight;
     if let Some(newer) = reported.values().copied().filter(|g| *g > generation).max() {
         return OwnerAction::Stop { newer };
     }
-    let alive: BTreeSet<&NodeId> = alive.into_iter().filter(|n| members.contains(n)).collect();
+    let alive: BTreeSet<&NodeId> = alive.iter().filter(|n| members.contains(n)).collect();
     // Pause only if the members out of sight could be a strict majority, i.e. could
     // resume the job: an owner that merely lacks a majority itself (one node of two, two
     // of four) keeps running, because no other side can resume it either.
@@ -177,6 +220,9 @@ pub fn owner_action<'a>(
     // The owner itself never reports to itself: one unreported member is fine.
     let unreported = alive.iter().filter(|n| !reported.contains_key(**n)).count();
     if unreported > 1 {
+        return OwnerAction::Pause;
+    }
+    if out_of_sight > 0 && settled_ms < settle_ms {
         return OwnerAction::Pause;
     }
     OwnerAction::Run
@@ -235,6 +281,7 @@ mod tests {
             job: "tracker".into(),
             members: set(&["n1", "n2", "n3", "n4", "n5"]),
             live: set(&["n2", "n3", "n4"]),
+            reachable: set(&["n2", "n3", "n4"]),
             owner: Some(n("n1")),
             generation: 3,
             replicas: vec![n("n2"), n("n3")],
@@ -271,6 +318,7 @@ mod tests {
         assert_eq!(decide(&v), Decision::OwnerAlive);
         let mut v = base();
         v.live = set(&["n2", "n3"]);
+        v.reachable = v.live.clone();
         assert_eq!(
             decide(&v),
             Decision::NoQuorum {
@@ -280,6 +328,7 @@ mod tests {
         );
         // Live non-members do not make a majority.
         v.live = set(&["n2", "n3", "x", "y"]);
+        v.reachable = v.live.clone();
         assert!(matches!(decide(&v), Decision::NoQuorum { .. }));
         let mut v = base();
         v.members = set(&["n1", "n2", "n3", "n4", "n5", "n6"]);
@@ -303,6 +352,7 @@ mod tests {
             }
         );
         v.live = set(&["n2", "n4", "n5"]);
+        v.reachable = v.live.clone();
         // n3 is dead now: no waiting for it, and a report from it is ignored.
         v.holdings.insert(n("n3"), Some(ck(3, 9)));
         assert!(matches!(decide(&v), Decision::Resume { from, .. } if from == ck(3, 4)));
@@ -314,6 +364,71 @@ mod tests {
         assert_eq!(decide(&v), Decision::Overflow);
     }
 
+    /// The level-3 split brain: n1 is cut off from {n2, n3}; n3 runs the job and n1
+    /// holds its newest replica. n1 last heard n3 at 9.0 s and n2 at 9.4 s (n2's
+    /// heartbeat falls later in the period), so when n1 declares n3 dead, n2 is only
+    /// suspected: "not dead" still counts n2, and a majority counted on it let n1
+    /// resume the job while n3 ran on.
+    #[test]
+    fn a_cut_off_node_counts_only_the_peers_it_still_hears() {
+        let mut d = crate::Detector::new(&crate::RecoveryConfig::default()).unwrap();
+        d.watch(n("n2"), 0);
+        d.watch(n("n3"), 0);
+        for t in (0..=9000).step_by(500) {
+            d.heard(&n("n3"), t);
+            d.heard(&n("n2"), t + 400);
+        }
+        let mut now = 9400;
+        while d.state(&n("n3")) != Some(crate::Liveness::Dead) {
+            now += 100;
+            d.tick(now);
+        }
+        assert_eq!(now, 13_000);
+        assert_eq!(d.state(&n("n2")), Some(crate::Liveness::Suspect));
+        let me = n("n1");
+        let members = set(&["n1", "n2", "n3"]);
+        let job = "autopilot-0";
+        let view = View {
+            job: job.into(),
+            members: members.clone(),
+            live: d.not_dead().cloned().chain([me.clone()]).collect(),
+            reachable: d.alive().cloned().chain([me.clone()]).collect(),
+            owner: Some(n("n3")),
+            generation: 1,
+            replicas: replica_set(job, &members, Some(&n("n3")), 2),
+            holdings: [(me.clone(), Some(ck(1, 5))), (n("n2"), Some(ck(1, 4)))]
+                .into_iter()
+                .collect(),
+        };
+        assert_eq!(view.live, set(&["n1", "n2"]), "the stale view n1 has");
+        assert_eq!(
+            decide(&view),
+            Decision::NoQuorum {
+                live: 1,
+                members: 3
+            }
+        );
+        // The majority side, whose owner n1 is cut off, still resumes.
+        let majority = View {
+            live: set(&["n2", "n3"]),
+            reachable: set(&["n2", "n3"]),
+            owner: Some(me.clone()),
+            replicas: replica_set(job, &members, Some(&me), 2),
+            holdings: [(n("n2"), Some(ck(1, 4))), (n("n3"), Some(ck(1, 3)))]
+                .into_iter()
+                .collect(),
+            ..view
+        };
+        assert_eq!(
+            decide(&majority),
+            Decision::Resume {
+                node: n("n2"),
+                from: ck(1, 4),
+                generation: 2
+            }
+        );
+    }
+
     #[test]
     fn ties_go_to_the_rendezvous_ranking() {
         let mut v = base();
@@ -323,25 +438,76 @@ mod tests {
         assert!(matches!(decide(&v), Decision::Resume { ref node, .. } if *node == first));
     }
 
+    /// `owner_action` for a sight settled long ago.
+    fn act(
+        members: &BTreeSet<NodeId>,
+        alive: &BTreeSet<NodeId>,
+        generation: u64,
+        reported: &BTreeMap<NodeId, u64>,
+    ) -> OwnerAction {
+        owner_action(&OwnerSight {
+            members,
+            alive,
+            generation,
+            reported,
+            settled_ms: 10_000,
+            settle_ms: 1500,
+        })
+    }
+
     #[test]
     fn owner_pauses_without_majority_and_stops_on_newer_generation() {
         let m = set(&["a", "b", "c", "d", "e"]);
         let all: BTreeMap<NodeId, u64> = m.iter().map(|x| (x.clone(), 2)).collect();
         let alive = set(&["a", "b", "c"]);
-        assert_eq!(owner_action(&m, &alive, 2, &all), OwnerAction::Run);
-        assert_eq!(
-            owner_action(&m, &set(&["a", "b"]), 2, &all),
-            OwnerAction::Pause
-        );
+        assert_eq!(act(&m, &alive, 2, &all), OwnerAction::Run);
+        assert_eq!(act(&m, &set(&["a", "b"]), 2, &all), OwnerAction::Pause);
         let mut r = all.clone();
         r.insert(n("e"), 3);
-        assert_eq!(
-            owner_action(&m, &alive, 2, &r),
-            OwnerAction::Stop { newer: 3 }
-        );
+        assert_eq!(act(&m, &alive, 2, &r), OwnerAction::Stop { newer: 3 });
         // Back from isolation: wait for the reports of those in sight.
         let few: BTreeMap<NodeId, u64> = [(n("b"), 2)].into_iter().collect();
-        assert_eq!(owner_action(&m, &alive, 2, &few), OwnerAction::Pause);
+        assert_eq!(act(&m, &alive, 2, &few), OwnerAction::Pause);
+    }
+
+    /// The heal of the level-3 run: n1 was cut off from {n2, n3}, paused its job at
+    /// generation 1, and n3 resumed it as generation 2. After the heal n1 hears n2
+    /// first (n2 does not run the job): n1 already has a majority in sight and every
+    /// member in sight reported, but n3 — the resumer — has not been heard yet.
+    #[test]
+    fn after_a_heal_the_owner_waits_for_the_members_still_out_of_sight() {
+        let m = set(&["n1", "n2", "n3"]);
+        let alive = set(&["n1", "n2"]);
+        let n2_only: BTreeMap<NodeId, u64> = [(n("n2"), 0)].into_iter().collect();
+        let sight = |settled_ms, reported| OwnerSight {
+            members: &m,
+            alive: &alive,
+            generation: 1,
+            reported,
+            settled_ms,
+            settle_ms: 1500,
+        };
+        assert_eq!(owner_action(&sight(200, &n2_only)), OwnerAction::Pause);
+        // n3's heartbeat (its claimed or running generation 2) arrives meanwhile.
+        let both: BTreeMap<NodeId, u64> = [(n("n2"), 0), (n("n3"), 2)].into_iter().collect();
+        assert_eq!(
+            owner_action(&OwnerSight {
+                alive: &m,
+                ..sight(600, &both)
+            }),
+            OwnerAction::Stop { newer: 2 }
+        );
+        // Nobody resumed and n3 stays silent: the owner runs once the wait is over,
+        // and at once when every member reported.
+        assert_eq!(owner_action(&sight(1500, &n2_only)), OwnerAction::Run);
+        let all_old: BTreeMap<NodeId, u64> = [(n("n2"), 0), (n("n3"), 1)].into_iter().collect();
+        assert_eq!(
+            owner_action(&OwnerSight {
+                alive: &m,
+                ..sight(0, &all_old)
+            }),
+            OwnerAction::Run
+        );
     }
 
     #[test]
@@ -350,20 +516,14 @@ mod tests {
         // two, can never resume).
         let m = set(&["a", "b"]);
         let none = BTreeMap::new();
-        assert_eq!(owner_action(&m, &set(&["a"]), 0, &none), OwnerAction::Run);
+        assert_eq!(act(&m, &set(&["a"]), 0, &none), OwnerAction::Run);
         // Four nodes split two and two: neither side can resume, both owners run on.
         let m4 = set(&["a", "b", "c", "d"]);
         let b: BTreeMap<NodeId, u64> = [(n("b"), 1)].into_iter().collect();
-        assert_eq!(
-            owner_action(&m4, &set(&["a", "b"]), 1, &b),
-            OwnerAction::Run
-        );
+        assert_eq!(act(&m4, &set(&["a", "b"]), 1, &b), OwnerAction::Run);
         // Three nodes, alone: the other two can resume: pause.
         let m3 = set(&["a", "b", "c"]);
-        assert_eq!(
-            owner_action(&m3, &set(&["a"]), 1, &none),
-            OwnerAction::Pause
-        );
+        assert_eq!(act(&m3, &set(&["a"]), 1, &none), OwnerAction::Pause);
     }
 
     #[test]
@@ -434,6 +594,9 @@ mod tests {
         }
     }
 
+    /// The view of one side: it hears its own nodes; its detector has declared the
+    /// owner dead but not yet (one in three) some nodes across the cut or crashed —
+    /// a stale "not dead" set that overlaps other sides.
     fn view_of(w: &World, side: &BTreeSet<NodeId>, r: &mut SplitMix64) -> View {
         let mut holdings = BTreeMap::new();
         for m in &w.members {
@@ -442,10 +605,17 @@ mod tests {
                 holdings.insert(m.clone(), w.truth[m]);
             }
         }
+        let stale = w
+            .members
+            .iter()
+            .filter(|m| !side.contains(*m) && Some(*m) != w.owner.as_ref())
+            .filter(|_| r.below(3) == 0)
+            .cloned();
         View {
             job: w.job.clone(),
             members: w.members.clone(),
-            live: side.clone(),
+            live: side.iter().cloned().chain(stale).collect(),
+            reachable: side.clone(),
             owner: w.owner.clone(),
             generation: w.generation,
             replicas: w.replicas.clone(),
@@ -486,8 +656,9 @@ mod tests {
                     let all_in = w
                         .replicas
                         .iter()
-                        .all(|x| !side.contains(x) || v.holdings.contains_key(x));
-                    let any = side
+                        .all(|x| !v.live.contains(x) || v.holdings.contains_key(x));
+                    let any = v
+                        .live
                         .iter()
                         .any(|m| v.holdings.get(m).copied().flatten().is_some());
                     if has_quorum(&w.members, side) && !owner_here && all_in && any {
@@ -496,19 +667,23 @@ mod tests {
                     continue;
                 };
                 resumes += 1;
-                resuming_sides += 1;
                 assert!(
                     side.len() * 2 > w.members.len(),
                     "world {i}: minority resumed"
                 );
-                assert!(side.contains(node), "world {i}: resumer not live");
+                // A node across the cut that this side has not declared dead yet may be
+                // named: it does not act (its own side has no majority), and this side
+                // decides again once it is declared dead.
+                assert!(v.live.contains(node), "world {i}: resumer not live");
+                resuming_sides += usize::from(side.contains(node));
                 assert!(w.owner.as_ref().is_none_or(|o| !side.contains(o)));
                 assert_eq!(
                     w.truth[node],
                     Some(*from),
                     "world {i}: resumer lacks the checkpoint"
                 );
-                let newest = side
+                let newest = v
+                    .live
                     .iter()
                     .filter_map(|m| v.holdings.get(m).copied().flatten())
                     .max();
@@ -519,7 +694,7 @@ mod tests {
                     if let Some(other) = w.sides.iter().find(|s| s.contains(o)) {
                         let reports = other.iter().map(|m| (m.clone(), w.generation)).collect();
                         assert_ne!(
-                            owner_action(&w.members, other, w.generation, &reports),
+                            act(&w.members, other, w.generation, &reports),
                             OwnerAction::Run,
                             "world {i}: owner runs on while the majority resumes"
                         );

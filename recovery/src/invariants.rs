@@ -10,9 +10,12 @@
 //!   (`duplicate_output_bytes`) and none missing (`missing_output_bytes`);
 //! - no generation of a job ran on two nodes at overlapping times
 //!   (`duplicate_generations`);
-//! - no acknowledged checkpoint was lost: a new generation never started
-//!   from a checkpoint older than one a holder had acknowledged before it
-//!   started (`lost_checkpoints`).
+//! - no acknowledged checkpoint was lost: a recovery never resumed a job
+//!   from a checkpoint older than one a holder had acknowledged before it,
+//!   when that holder stayed up and on the majority side from its
+//!   acknowledgement to the resume (`lost_checkpoints`). A holder that was
+//!   killed, stopped or cut off meanwhile may rightly be passed over: a
+//!   restarted node holds nothing, a cut-off one is out of reach.
 //!
 //! The facts are the harness's, but they describe a run that may have gone
 //! wrong in any way: offsets may overlap or overflow, stops may come without
@@ -61,6 +64,21 @@ pub enum Fact {
         generation: u64,
         at_ms: u64,
     },
+    /// A recovery on `node` resumed `generation` of the job from
+    /// `from`, a replicated checkpoint (seen by the harness at `at_ms`).
+    Resumed {
+        job: String,
+        node: NodeId,
+        generation: u64,
+        from: CheckpointRef,
+        at_ms: u64,
+    },
+    /// `node` went down for the others: killed, stopped, or cut off from the
+    /// majority by a partition. A replica it held may be gone (a restart holds
+    /// nothing) or out of reach.
+    NodeDown { node: NodeId, at_ms: u64 },
+    /// `node` is back after a [`Fact::NodeDown`] (restarted, resumed, healed).
+    NodeUp { node: NodeId, at_ms: u64 },
     /// `holder` acknowledged storing `checkpoint` of the job.
     CheckpointAcked {
         job: String,
@@ -253,7 +271,10 @@ pub fn check<'a>(facts: impl IntoIterator<Item = &'a Fact>) -> Report {
     let mut straight: BTreeMap<&str, (u64, &str)> = BTreeMap::new();
     let mut runs: BTreeMap<(&str, u64), Vec<Run>> = BTreeMap::new();
     let mut acks: BTreeMap<&str, Vec<(u64, &NodeId, CheckpointRef)>> = BTreeMap::new();
-    let mut starts = Vec::new();
+    // Resumes from a known checkpoint: (job, node, generation, at, from).
+    let mut starts: Vec<(&str, &NodeId, u64, u64, CheckpointRef)> = Vec::new();
+    // Each node's spells down: [from, to), `to` u64::MAX while still down.
+    let mut down: BTreeMap<&NodeId, Vec<(u64, u64)>> = BTreeMap::new();
     let mut outputs: BTreeMap<&str, Output> = BTreeMap::new();
     let mut finished: BTreeMap<&str, &str> = BTreeMap::new();
     let mut report = Report::default();
@@ -288,7 +309,33 @@ pub fn check<'a>(facts: impl IntoIterator<Item = &'a Fact>) -> Report {
                     });
                 }
                 report.resumes += u64::from(from.is_some());
-                starts.push((job.as_str(), *generation, *at_ms, *from));
+                if let Some(from) = from {
+                    starts.push((job.as_str(), node, *generation, *at_ms, *from));
+                }
+            }
+            Fact::Resumed {
+                job,
+                node,
+                generation,
+                from,
+                at_ms,
+            } => {
+                jobs.insert(job);
+                report.resumes += 1;
+                starts.push((job.as_str(), node, *generation, *at_ms, *from));
+            }
+            Fact::NodeDown { node, at_ms } => {
+                let spells = down.entry(node).or_default();
+                if spells.last().is_none_or(|(_, to)| *to != u64::MAX) {
+                    spells.push((*at_ms, u64::MAX));
+                }
+            }
+            Fact::NodeUp { node, at_ms } => {
+                if let Some(last) = down.get_mut(node).and_then(|v| v.last_mut()) {
+                    if last.1 == u64::MAX {
+                        last.1 = (*at_ms).max(last.0);
+                    }
+                }
             }
             Fact::Stopped {
                 job,
@@ -367,12 +414,34 @@ pub fn check<'a>(facts: impl IntoIterator<Item = &'a Fact>) -> Report {
         }
     }
 
-    for (job, generation, at, from) in starts {
+    // A resume seen twice (its Started and its Resumed fact) is judged at the
+    // earlier time: acknowledgements after it do not count against it.
+    let mut first: BTreeMap<(&str, &NodeId, u64), (u64, CheckpointRef)> = BTreeMap::new();
+    for (job, node, generation, at, from) in starts {
+        let e = first.entry((job, node, generation)).or_insert((at, from));
+        if at < e.0 {
+            *e = (at, from);
+        }
+    }
+    for ((job, node, generation), e) in first.iter_mut() {
+        if let Some(v) = runs.get(&(*job, *generation)) {
+            if let Some(start) = v.iter().filter(|r| r.node == **node).map(|r| r.start).min() {
+                e.0 = e.0.min(start);
+            }
+        }
+    }
+    // Down at any moment from the acknowledgement to the resume.
+    let went_down = |holder: &NodeId, ack: u64, resume: u64| {
+        down.get(holder)
+            .is_some_and(|v| v.iter().any(|(d, u)| *d <= resume && *u >= ack))
+    };
+    for ((job, _, generation), (at, from)) in first {
         let worst = acks
             .get(job)
             .into_iter()
             .flatten()
-            .filter(|(t, _, c)| *t < at && c.generation < generation && Some(*c) > from)
+            .filter(|(t, _, c)| *t < at && c.generation < generation && *c > from)
+            .filter(|(t, holder, _)| !went_down(holder, *t, at))
             .max_by_key(|(_, _, c)| *c);
         if let Some((_, holder, c)) = worst {
             report.lost_checkpoints.push(LostCheckpoint {
@@ -380,7 +449,7 @@ pub fn check<'a>(facts: impl IntoIterator<Item = &'a Fact>) -> Report {
                 acked: *c,
                 acked_by: (*holder).clone(),
                 generation,
-                started_from: from,
+                started_from: Some(from),
                 at_ms: at,
             });
         }
@@ -557,6 +626,16 @@ mod tests {
         }
     }
 
+    fn resumed(job: &str, node: &str, generation: u64, at_ms: u64, from: CheckpointRef) -> Fact {
+        Fact::Resumed {
+            job: job.into(),
+            node: n(node),
+            generation,
+            from,
+            at_ms,
+        }
+    }
+
     fn finished(job: &str, node: &str, generation: u64, at_ms: u64) -> Fact {
         Fact::Finished {
             job: job.into(),
@@ -700,13 +779,67 @@ mod tests {
         let r = check(&f);
         assert_eq!(r.lost_checkpoints.len(), 1);
         assert_eq!(r.lost_checkpoints[0].acked, ck(0, 2));
-        // A restart from scratch after acknowledgements loses them too.
+        // A start whose checkpoint the harness cannot see (a move, a first start) is
+        // not judged...
         f[8] = started("j", "n2", 1, 4300, None);
-        assert_eq!(check(&f).lost_checkpoints.len(), 1);
+        assert!(check(&f).lost_checkpoints.is_empty());
+        // ...unless the node's recovery record says where it resumed from.
+        f.push(resumed("j", "n2", 1, 4500, ck(0, 1)));
+        let r = check(&f);
+        assert_eq!(r.lost_checkpoints.len(), 1);
+        assert_eq!(r.lost_checkpoints[0].at_ms, 4300, "judged when it started");
         // An acknowledgement after the start does not count against it.
         let mut f = clean_run();
         f.push(acked("j", "n2", ck(0, 9), 9000));
         assert!(check(&f).lost_checkpoints.is_empty());
+    }
+
+    /// What the harness records: the owner's acknowledgements, kills and cuts, and
+    /// each recovery's checkpoint from the resumer's record. Here ck(0, 2) was
+    /// acknowledged by n3 alone, and n2 resumed from ck(0, 1).
+    #[test]
+    fn only_a_holder_that_went_down_may_be_passed_over() {
+        let run = |down: Option<(u64, Option<u64>)>| {
+            let mut f = clean_run();
+            f.retain(|x| {
+                !matches!(x, Fact::CheckpointAcked { holder, checkpoint, .. }
+                    if *holder == n("n2") && *checkpoint == ck(0, 2))
+            });
+            f[7] = started("j", "n2", 1, 4300, None);
+            f.push(resumed("j", "n2", 1, 4400, ck(0, 1)));
+            if let Some((at_ms, up)) = down {
+                f.push(Fact::NodeDown {
+                    node: n("n3"),
+                    at_ms,
+                });
+                if let Some(at_ms) = up {
+                    f.push(Fact::NodeUp {
+                        node: n("n3"),
+                        at_ms,
+                    });
+                }
+            }
+            check(&f)
+        };
+        // n3 stayed up and reachable: its copy was there to resume from.
+        let r = run(None);
+        assert_eq!(r.lost_checkpoints.len(), 1, "{r:?}");
+        assert_eq!(r.lost_checkpoints[0].acked_by, n("n3"));
+        assert_eq!(r.lost_checkpoints[0].started_from, Some(ck(0, 1)));
+        assert!(!r.ok());
+        assert!(r.to_string().contains('✗'));
+        // Down and back before its acknowledgement, or down after the resume: no
+        // excuse.
+        assert_eq!(run(Some((50, Some(150)))).lost_checkpoints.len(), 1);
+        assert_eq!(run(Some((5000, None))).lost_checkpoints.len(), 1);
+        // Killed or cut off in between, back or not: its copy may be gone or out of
+        // reach; down since before its acknowledgement and still down at the resume
+        // (acknowledged across the cut, to an owner on its side) too.
+        for spell in [(2500, None), (2500, Some(3000)), (100, Some(9000))] {
+            let r = run(Some(spell));
+            assert!(r.lost_checkpoints.is_empty(), "{spell:?}: {r:?}");
+            assert_eq!(r.resumes, 1);
+        }
     }
 
     #[test]

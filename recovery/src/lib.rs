@@ -31,7 +31,9 @@ mod rng;
 pub mod scenario;
 
 pub use config::{ConfigError, RecoveryConfig};
-pub use decide::{decide, on_generation, owner_action, Decision, Fence, OwnerAction, View};
+pub use decide::{
+    decide, on_generation, owner_action, Decision, Fence, OwnerAction, OwnerSight, View,
+};
 pub use detector::{Detector, DetectorEvent, Liveness};
 pub use ids::{CheckpointId, CheckpointRef, NodeId};
 pub use invariants::{check, Fact, Report};

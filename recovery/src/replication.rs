@@ -109,13 +109,20 @@ struct Slot {
     last_start: Option<u64>,
     registered: u64,
     in_flight: bool,
+    /// The replica targets last seen (name, incarnation), see [`CopySchedule::retarget`].
+    targets: Option<Vec<(NodeId, u64)>>,
+    /// The targets changed since the last copy started: the next one is due after
+    /// `hurry_ms` instead of the period.
+    hurry_ms: Option<u64>,
 }
 
 impl Slot {
     fn next_due(&self) -> u64 {
         match self.last_start {
             None => self.registered,
-            Some(t) => t.saturating_add(self.period_ms),
+            Some(t) => {
+                t.saturating_add(self.hurry_ms.unwrap_or(self.period_ms).min(self.period_ms))
+            }
         }
     }
 }
@@ -151,6 +158,8 @@ impl CopySchedule {
                 last_start: None,
                 registered: now,
                 in_flight: false,
+                targets: None,
+                hurry_ms: None,
             },
         );
         true
@@ -161,6 +170,28 @@ impl CopySchedule {
         if let Some(s) = self.jobs.get_mut(job) {
             s.period_ms = period_ms;
         }
+    }
+
+    /// The replica targets of `job` as the owner would pick them now, each with its
+    /// incarnation. When they differ from the last ones seen — a holder died and
+    /// another takes its place, or a holder restarted and lost what it held — the
+    /// job has fewer copies than it should until the next copy, which may be a whole
+    /// (long) period away; a crash of the owner then loses the job. So the next copy
+    /// falls due `min_gap_ms` after the last one started (or at once) instead.
+    /// Returns whether it did.
+    pub fn retarget(&mut self, job: &str, targets: &[(NodeId, u64)], min_gap_ms: u64) -> bool {
+        let Some(s) = self.jobs.get_mut(job) else {
+            return false;
+        };
+        if s.targets.as_deref() == Some(targets) {
+            return false;
+        }
+        let changed = s.targets.is_some();
+        s.targets = Some(targets.to_vec());
+        if changed {
+            s.hurry_ms = Some(min_gap_ms);
+        }
+        changed
     }
 
     pub fn untrack(&mut self, job: &str) {
@@ -181,6 +212,7 @@ impl CopySchedule {
         if let Some(s) = self.jobs.get_mut(job) {
             s.in_flight = true;
             s.last_start = Some(now);
+            s.hurry_ms = None;
         }
     }
 
@@ -406,6 +438,39 @@ mod tests {
         s.started("k", u64::MAX);
         s.finished("k");
         assert_eq!(s.poll_timeout(), Some(u64::MAX));
+    }
+
+    /// The level-2 loss: B held the job's only replica (the other target was the
+    /// draining gateway), B was killed and restarted with nothing, and the owner's next
+    /// copy was a 10 s period away when the owner was killed too.
+    #[test]
+    fn a_changed_or_restarted_target_gets_a_copy_without_waiting_the_period() {
+        let (b, c) = (NodeId::from("b"), NodeId::from("c"));
+        let mut s = CopySchedule::new();
+        s.track("j", 0, 10_000);
+        assert!(!s.retarget("j", &[(b.clone(), 1), (c.clone(), 1)], 250));
+        s.started("j", 0);
+        s.finished("j");
+        assert!(s.due(5_000).is_empty());
+        // Same targets: nothing changes.
+        assert!(!s.retarget("j", &[(b.clone(), 1), (c.clone(), 1)], 250));
+        assert!(s.due(5_000).is_empty());
+        // b restarted (new incarnation): its replica is gone.
+        assert!(s.retarget("j", &[(b.clone(), 2), (c.clone(), 1)], 250));
+        assert_eq!(s.due(5_000), ["j"]);
+        s.started("j", 5_000);
+        s.finished("j");
+        // Back to the period once copied to the new targets, but never sooner than
+        // the gap after the last copy when they change again.
+        assert!(s.due(5_200).is_empty());
+        assert!(s.retarget("j", &[(c.clone(), 1)], 250));
+        assert!(s.due(5_200).is_empty());
+        assert_eq!(s.due(5_250), ["j"]);
+        s.started("j", 5_250);
+        s.finished("j");
+        assert!(s.due(15_000).is_empty());
+        assert_eq!(s.due(15_250), ["j"]);
+        assert!(!s.retarget("other", &[(c, 1)], 250));
     }
 
     #[test]

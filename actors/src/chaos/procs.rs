@@ -49,6 +49,7 @@ use crate::http::{self, ClientResponse};
 use crate::node::api::{JobsAnswer, RunRequest, MAX_RUN_BODY};
 use crate::node::migrator::MoveReport;
 use crate::node::proto::{JobSummary, LogSlice, MAX_OUTPUT_PIECE};
+use crate::node::recovery::RecoveryFacts;
 use crate::node::{NodeConfig, NodeStatus, PeerRow};
 
 /// How long a node may take to answer on its API after it was started.
@@ -638,9 +639,22 @@ impl Level for Processes {
         )))
     }
 
-    async fn acks(&mut self) -> Vec<(String, String, recovery::CheckpointRef)> {
-        // No route serves them yet (and they are not recorded, see RECORD_ACKS).
-        Vec::new()
+    async fn recovery_facts(&mut self) -> Vec<(String, RecoveryFacts)> {
+        let names: Vec<String> = self.nodes.keys().cloned().collect();
+        let mut out = Vec::new();
+        for name in names {
+            if !self.answers(&name) {
+                continue;
+            }
+            let Some(p) = self.nodes.get_mut(&name) else {
+                continue;
+            };
+            match p.get("/recovery").and_then(|r| Ok(r.json()?)) {
+                Ok(f) => out.push((name, f)),
+                Err(e) => tracing::debug!(node = %name, "reading recovery facts: {e:#}"),
+            }
+        }
+        out
     }
 
     fn tick(&mut self) {

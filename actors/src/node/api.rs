@@ -141,6 +141,7 @@ async fn handle(node: NodeHandle, req: Request) -> Response {
             }
         }
         ("GET", "/peers") => json_or_500(node.peers().await),
+        ("GET", "/recovery") => json_or_500(node.recovery_facts().await),
         ("GET", "/moves") => match node.migrator.send(Moves).await {
             Ok(m) => Response::json(200, &m),
             Err(e) => err(500, e),

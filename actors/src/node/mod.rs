@@ -546,11 +546,17 @@ impl NodeHandle {
         Ok(rows)
     }
 
-    /// Copies of jobs running here that replicas acknowledged: (job, holder, checkpoint).
-    pub async fn replication_acks(
-        &self,
-    ) -> anyhow::Result<Vec<(String, String, ::recovery::CheckpointRef)>> {
-        Ok(self.recovery.send(recovery::Acks).await?)
+    /// Copies of jobs running here that replicas acknowledged, and the recoveries this
+    /// node made with the checkpoint each resumed from (`GET /recovery`; the chaos
+    /// harness's "no acknowledged checkpoint lost").
+    pub async fn recovery_facts(&self) -> anyhow::Result<recovery::RecoveryFacts> {
+        let acks = self.recovery.send(recovery::Acks).await?;
+        let recovered = self.recovery.send(recovery::Status).await?.recovered;
+        Ok(recovery::RecoveryFacts {
+            uptime_ms: self.shared.now_ms(),
+            acks,
+            recovered,
+        })
     }
 
     pub async fn status(&self) -> anyhow::Result<NodeStatus> {

@@ -107,6 +107,8 @@ pub enum NodeMsg {
 
 /// Most jobs a heartbeat lists as recently ended.
 pub const MAX_HEARTBEAT_ENDED: usize = 128;
+/// Most member names in one heartbeat.
+pub const MAX_HEARTBEAT_MEMBERS: usize = 256;
 
 /// A chunk carried inside a control message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,6 +178,11 @@ pub struct Heartbeat {
     /// completed), with the generation it ran: recover them as if the node had died.
     #[serde(default)]
     pub abandoned: Vec<(String, u64)>,
+    /// Every member this node knows of (by name): a node that just (re)started learns
+    /// the whole membership from its first heartbeat, instead of counting a majority
+    /// of the few members it has heard itself.
+    #[serde(default)]
+    pub members: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -291,6 +298,11 @@ impl Heartbeat {
         if h.name.len() > 64 || !h.load.is_finite() || !h.speed.is_finite() {
             return Err(ProtoError::Invalid("bad name, load or speed".into()));
         }
+        if h.members.len() > MAX_HEARTBEAT_MEMBERS
+            || h.members.iter().any(|m| m.is_empty() || m.len() > 64)
+        {
+            return Err(ProtoError::Invalid("too many or bad member names".into()));
+        }
         if h.holdings.len() > MAX_HEARTBEAT_JOBS
             || h.ended.len() > MAX_HEARTBEAT_ENDED
             || h.abandoned.len() > MAX_HEARTBEAT_ENDED
@@ -353,7 +365,29 @@ mod tests {
             holdings: vec![],
             ended: vec![],
             abandoned: vec![],
+            members: vec![],
         };
         assert!(Heartbeat::decode(&encode(&hb)).is_err());
+        let too_long = Heartbeat {
+            load: 0.0,
+            members: vec!["m".repeat(65)],
+            ..hb.clone()
+        };
+        assert!(Heartbeat::decode(&encode(&too_long)).is_err());
+        let many = Heartbeat {
+            load: 0.0,
+            members: vec!["m".into(); MAX_HEARTBEAT_MEMBERS + 1],
+            ..hb.clone()
+        };
+        assert!(Heartbeat::decode(&encode(&many)).is_err());
+        let fine = Heartbeat {
+            load: 0.0,
+            members: vec!["n1".into(), "gw".into()],
+            ..hb
+        };
+        assert_eq!(
+            Heartbeat::decode(&encode(&fine)).map(|h| h.members).ok(),
+            Some(vec!["n1".to_string(), "gw".to_string()])
+        );
     }
 }

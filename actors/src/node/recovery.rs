@@ -56,6 +56,7 @@ pub struct Published {
     pub holdings: Vec<(String, CheckpointRef)>,
     pub ended: Vec<String>,
     pub abandoned: Vec<(String, u64)>,
+    pub members: Vec<String>,
 }
 
 /// `Placed::incarnation` of a job its node gave up (see `Heartbeat::abandoned`): the
@@ -98,6 +99,9 @@ pub struct Recovered {
     pub at_ms: u64,
     /// The checkpoint it resumed from: generation and copy number.
     pub checkpoint: String,
+    /// The same, whole (for the chaos harness's "no acknowledged checkpoint lost").
+    #[serde(default)]
+    pub from: Option<CheckpointRef>,
 }
 
 /// Replication and recovery figures for `/status`.
@@ -132,10 +136,16 @@ pub struct Recovery {
     schedule: CopySchedule,
     acks: AckBook,
     seq: HashMap<String, u64>,
+    /// Jobs whose copies the schedule tracks (those running here).
+    copying: HashSet<String>,
     /// When the last copy of each job was taken, and its dirty bytes/s since the one before.
     last_copy: HashMap<String, (u64, f64)>,
     held: HashMap<String, Held>,
     quorum_paused: HashMap<String, u64>,
+    /// Since when the members out of sight are too few to resume jobs without this
+    /// node (`None` while they could): a paused job waits a while after that for the
+    /// members still out of sight ([`recovery::OwnerSight::settled_ms`]).
+    settled_since: Option<u64>,
     resuming: HashSet<String>,
     /// Jobs on this node (running or paused) and their generation, from the scheduler.
     mine: HashMap<String, u64>,
@@ -183,9 +193,11 @@ impl Recovery {
             schedule: CopySchedule::new(),
             acks: AckBook::new(),
             seq: HashMap::new(),
+            copying: HashSet::new(),
             last_copy: HashMap::new(),
             held: HashMap::new(),
             quorum_paused: HashMap::new(),
+            settled_since: None,
             resuming: HashSet::new(),
             mine: HashMap::new(),
             claims: HashMap::new(),
@@ -220,7 +232,8 @@ impl Recovery {
         a
     }
 
-    /// Members not declared dead, and this node.
+    /// Members not declared dead, and this node: they may hold and resume a job, but
+    /// only [`Self::alive`] counts towards a majority (see `recovery::decide`).
     fn live(&self) -> BTreeSet<NodeId> {
         let mut a: BTreeSet<NodeId> = self.detector.not_dead().cloned().collect();
         a.insert(self.me.clone());
@@ -249,11 +262,18 @@ impl Recovery {
         let mut ended: Vec<String> = ended_here.to_vec();
         ended.truncate(super::proto::MAX_HEARTBEAT_ENDED);
         let abandoned = self.abandoned_here();
+        let members = self
+            .members
+            .iter()
+            .take(super::proto::MAX_HEARTBEAT_MEMBERS)
+            .map(|m| m.0.clone())
+            .collect();
         if let Ok(mut p) = self.shared.published.lock() {
             *p = Published {
                 holdings,
                 ended,
                 abandoned,
+                members,
             };
         }
     }
@@ -277,33 +297,45 @@ impl Recovery {
     /// Copies due checkpoints of jobs running here to their replicas.
     fn replicate(&mut self, running: &[&JobSummary], now: u64, ctx: &mut Context<Self>) {
         let here: HashSet<&str> = running.iter().map(|j| j.job.as_str()).collect();
-        let tracked: Vec<String> = self.seq.keys().cloned().collect();
+        let tracked: Vec<String> = self.copying.iter().cloned().collect();
         for job in tracked {
             if !here.contains(job.as_str()) {
                 self.schedule.untrack(&job);
-                self.seq.remove(&job);
+                self.copying.remove(&job);
                 self.last_copy.remove(&job);
             }
         }
+        // A job paused here keeps its copy numbers: numbering its next copies from 1
+        // again gave two checkpoints of one generation the same number, which every
+        // holder refuses ("two histories of one generation").
+        self.seq
+            .retain(|job, _| here.contains(job.as_str()) || self.mine.contains_key(job));
         for j in running {
-            if !self.seq.contains_key(&j.job) {
-                self.seq.insert(j.job.clone(), 0);
+            if self.copying.insert(j.job.clone()) {
+                self.seq.entry(j.job.clone()).or_insert(0);
                 self.schedule.track(&j.job, now, self.cfg.min_period_ms);
             }
         }
-        let alive = self.alive();
+        for j in running {
+            let targets: Vec<(NodeId, u64)> = self
+                .replica_candidates(&j.job)
+                .into_iter()
+                .filter_map(|n| self.peers.get(&n).map(|p| (n, p.incarnation)))
+                .collect();
+            // At most one extra copy per `suspect_after_ms`: under load the live set
+            // flaps, and each change must not cost a copy.
+            if self
+                .schedule
+                .retarget(&j.job, &targets, self.cfg.suspect_after_ms)
+            {
+                tracing::debug!(job = %j.job, "replica targets changed: copying again soon");
+            }
+        }
         for job in self.schedule.due(now) {
             let Some(summary) = running.iter().find(|j| j.job == job) else {
                 continue;
             };
-            let targets: Vec<(NodeId, PeerId)> =
-                recovery::replica_set(&job, &alive, Some(&self.me), self.cfg.replicas)
-                    .into_iter()
-                    .filter(|n| *n != self.me)
-                    .filter_map(|n| self.peers.get(&n).map(|p| (n.clone(), p.peer, p.draining)))
-                    .filter(|(_, _, draining)| !draining)
-                    .map(|(n, p, _)| (n, p))
-                    .collect();
+            let targets = self.replica_targets(&job);
             if targets.is_empty() {
                 continue;
             }
@@ -358,6 +390,68 @@ impl Recovery {
         self.last_copy.insert(r.job.clone(), (now, rate));
     }
 
+    /// Copies the checkpoint a recovery resumes from to the job's replica targets
+    /// around this node, during the claim period, before the new generation runs.
+    /// Without it the job's only copy for a while is the one here: the other holders
+    /// of that checkpoint are often gone (that is why it is being recovered), and the
+    /// first copy of the new generation takes a while for a large job — a kill of this
+    /// node in that window lost the job (level 2's `bench.toml`, twice a run).
+    fn protect(
+        &mut self,
+        job: &str,
+        from: CheckpointRef,
+        home: PeerId,
+        manifest: Vec<u8>,
+        ctx: &mut Context<Self>,
+    ) {
+        let targets = self.replica_targets(job);
+        if targets.is_empty() {
+            return;
+        }
+        let msg = encode(&NodeMsg::Replicate {
+            job: job.to_string(),
+            generation: from.generation,
+            seq: from.seq,
+            home: home.to_bytes(),
+            manifest,
+        });
+        let shared = self.shared.clone();
+        let job = job.to_string();
+        ctx.spawn(
+            async move { offer(&shared, msg, targets).await }
+                .into_actor(self)
+                .map(move |acked, act, _| {
+                    for (holder, _) in &acked {
+                        act.copies_acked += 1;
+                        if let Err(e) = act.acks.ack(&job, holder, from) {
+                            tracing::warn!(%job, %e, "acknowledgement refused");
+                        }
+                    }
+                    tracing::info!(%job, from = %from, holders = acked.len(),
+                        "the recovered checkpoint is replicated again");
+                }),
+        );
+    }
+
+    /// The peers that should hold copies of `job` running here: `replicas` of the live
+    /// members by rendezvous ranking, leaving out draining peers *before* ranking, so a
+    /// job that ranks a gateway first still gets `replicas` real copies.
+    fn replica_targets(&self, job: &str) -> Vec<(NodeId, PeerId)> {
+        self.replica_candidates(job)
+            .into_iter()
+            .filter_map(|n| self.peers.get(&n).map(|p| (n, p.peer)))
+            .collect()
+    }
+
+    fn replica_candidates(&self, job: &str) -> Vec<NodeId> {
+        let candidates: BTreeSet<NodeId> = self
+            .alive()
+            .into_iter()
+            .filter(|n| *n == self.me || self.peers.get(n).is_some_and(|p| !p.draining))
+            .collect();
+        recovery::replica_set(job, &candidates, Some(&self.me), self.cfg.replicas)
+    }
+
     /// A new copy period from the job's dirty rate and the link to its replicas.
     fn adapt_period(&mut self, job: &str, bandwidth: Option<u64>) {
         let Some((_, rate)) = self.last_copy.get(job) else {
@@ -376,6 +470,7 @@ impl Recovery {
         // same rule `owner_action` applies before running them again).
         let out_of_sight = self.members.difference(&alive).count();
         if out_of_sight * 2 > self.members.len() {
+            self.settled_since = None;
             for j in running {
                 if self.quorum_paused.insert(j.job.clone(), now).is_none() {
                     tracing::warn!(job = %j.job, node = %self.me.as_str(),
@@ -384,6 +479,7 @@ impl Recovery {
                 }
             }
         }
+        let settled_since = *self.settled_since.get_or_insert(now);
         let paused: Vec<(String, u64)> = self
             .quorum_paused
             .iter()
@@ -397,7 +493,15 @@ impl Recovery {
                 .filter(|(_, p)| p.heard_at > since)
                 .map(|(n, p)| (n.clone(), p.jobs.get(&job).map_or(0, |(g, _)| *g)))
                 .collect();
-            match recovery::owner_action(&self.members, &alive, generation, &reported) {
+            let sight = recovery::OwnerSight {
+                members: &self.members,
+                alive: &alive,
+                generation,
+                reported: &reported,
+                settled_ms: now.saturating_sub(settled_since),
+                settle_ms: self.cfg.suspect_after_ms,
+            };
+            match recovery::owner_action(&sight) {
                 OwnerAction::Run => {
                     tracing::info!(%job, "majority back: the job runs again");
                     self.quorum_paused.remove(&job);
@@ -449,6 +553,7 @@ impl Recovery {
     /// Resumes the jobs this node must recover.
     fn recover(&mut self, here: &HashSet<String>, ctx: &mut Context<Self>) {
         let live = self.live();
+        let reachable = self.alive();
         let jobs: Vec<(String, Placed)> = self
             .placed
             .iter()
@@ -488,6 +593,7 @@ impl Recovery {
                 job: job.clone(),
                 members: self.members.clone(),
                 live: live.clone(),
+                reachable: reachable.clone(),
                 owner: still_owner.then(|| placed.node.clone()),
                 generation: placed.generation,
                 replicas: recovery::replica_set(
@@ -531,6 +637,7 @@ impl Recovery {
         let shared = self.shared.clone();
         let cp = self.checkpoint.clone();
         let j = job.clone();
+        let home = held.home;
         let fut = async move {
             let id = ChunkId(from.id.0);
             let manifest = shared
@@ -542,19 +649,20 @@ impl Recovery {
                 job: j.clone(),
                 generation,
                 home: held.home,
-                manifest,
+                manifest: manifest.clone(),
                 manifest_id: id,
                 decoded: None,
                 deferred: None,
             })
             .await
             .map_err(|e| e.to_string())??;
-            Ok::<(), String>(())
+            Ok::<Vec<u8>, String>(manifest)
         };
-        ctx.spawn(fut.into_actor(self).map(move |r, act, _| {
+        ctx.spawn(fut.into_actor(self).map(move |r, act, ctx| {
             act.resuming.remove(&job);
             match r {
-                Ok(()) => {
+                Ok(manifest) => {
+                    act.protect(&job, from, home, manifest, ctx);
                     // Restored, not running: announced in the heartbeat as a claim; it
                     // runs once the claim period passed without a conflict.
                     let now = act.shared.now_ms();
@@ -573,6 +681,7 @@ impl Recovery {
                         from_node: owner.0,
                         at_ms: now,
                         checkpoint: from.to_string(),
+                        from: Some(from),
                     });
                 }
                 Err(e) => tracing::warn!(%job, %e, "recovery failed"),
@@ -631,6 +740,17 @@ async fn copy_once(
         home,
         manifest: taken.manifest,
     });
+    result.acked = offer(&shared, msg, targets).await;
+    result
+}
+
+/// Offers one encoded `Replicate` to every target at once; returns those that
+/// acknowledged it (stored every chunk and the manifest).
+async fn offer(
+    shared: &Shared,
+    msg: Vec<u8>,
+    targets: Vec<(NodeId, PeerId)>,
+) -> Vec<(NodeId, PeerId)> {
     let asks = targets.into_iter().map(|(node, peer)| {
         let mesh = shared.mesh.clone();
         let msg = msg.clone();
@@ -650,12 +770,11 @@ async fn copy_once(
             }
         }
     });
-    result.acked = futures::future::join_all(asks)
+    futures::future::join_all(asks)
         .await
         .into_iter()
         .flatten()
-        .collect();
-    result
+        .collect()
 }
 
 impl Actor for Recovery {
@@ -753,6 +872,14 @@ impl Handler<Seen> for Recovery {
         }
         self.detector.heard(&node, now);
         self.members.insert(node.clone());
+        // Members the peer knows count too (only against a majority: they are not
+        // watched until heard). Bounded like the detector.
+        for name in &hb.members {
+            if self.members.len() >= recovery::detector::MAX_PEERS {
+                break;
+            }
+            self.members.insert(NodeId(name.clone()));
+        }
         for job in &hb.ended {
             self.remember_ended(job);
         }
@@ -1025,6 +1152,15 @@ impl Handler<Status> for Recovery {
             quorum_paused,
         })
     }
+}
+
+/// What `GET /recovery` answers: acknowledged copies of jobs running here (job, holder,
+/// checkpoint) and the recoveries this node made, timed by its `uptime_ms`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct RecoveryFacts {
+    pub uptime_ms: u64,
+    pub acks: Vec<(String, String, CheckpointRef)>,
+    pub recovered: Vec<Recovered>,
 }
 
 /// Acknowledged copies of jobs that ran here: (job, holder, checkpoint) — facts for the

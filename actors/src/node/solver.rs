@@ -436,6 +436,7 @@ impl Handler<Observed> for Solver {
             holdings: published.holdings,
             ended: published.ended,
             abandoned: published.abandoned,
+            members: published.members,
             jobs: m
                 .jobs
                 .iter()
