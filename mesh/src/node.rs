@@ -193,6 +193,9 @@ impl Fetch {
 
 type Reply<T> = oneshot::Sender<Result<T, MeshError>>;
 
+/// Where the answer to [`MeshHandle::control_request_now`] arrives.
+pub type ControlAnswer = oneshot::Receiver<Result<Vec<u8>, MeshError>>;
+
 enum Command {
     Dial(Multiaddr, Reply<PeerId>),
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
@@ -359,28 +362,31 @@ impl MeshHandle {
     /// [`Self::control_request`] without waiting: the request is queued for the
     /// swarm before this returns (no task switch between the caller and the wire,
     /// which matters for a message inside a migration's downtime); the answer comes
-    /// on the returned receiver. Fails at once if the mesh's command queue is full.
+    /// on the returned receiver. Fails at once if the mesh's command queue is full,
+    /// handing `data` back (for [`Self::control_request`], which waits for room).
     pub fn control_request_now(
         &self,
         peer: PeerId,
         data: Vec<u8>,
-    ) -> Result<oneshot::Receiver<Result<Vec<u8>, MeshError>>, MeshError> {
+    ) -> Result<ControlAnswer, (MeshError, Vec<u8>)> {
         if data.len() > self.limits.max_control_bytes {
-            return Err(MeshError::TooLarge {
-                size: data.len(),
-                max: self.limits.max_control_bytes,
-            });
+            let size = data.len();
+            let max = self.limits.max_control_bytes;
+            return Err((MeshError::TooLarge { size, max }, data));
         }
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .try_send(Command::Control(peer, data, tx))
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => {
-                    MeshError::Request("the mesh's command queue is full".into())
-                }
-                mpsc::error::TrySendError::Closed(_) => MeshError::Stopped,
-            })?;
-        Ok(rx)
+        match self.tx.try_send(Command::Control(peer, data, tx)) {
+            Ok(()) => Ok(rx),
+            Err(mpsc::error::TrySendError::Full(Command::Control(_, data, _))) => Err((
+                MeshError::Request("the mesh's command queue is full".into()),
+                data,
+            )),
+            Err(mpsc::error::TrySendError::Closed(Command::Control(_, data, _))) => {
+                Err((MeshError::Stopped, data))
+            }
+            // try_send hands back the command it was given.
+            Err(_) => Err((MeshError::Stopped, Vec::new())),
+        }
     }
 
     /// The current link measurements of every peer seen.

@@ -158,7 +158,10 @@ pub struct Destination {
     /// Chunks of the fetch in progress.
     pending: Vec<ChunkRef>,
     acked: u32,
-    final_manifest: Option<(Vec<u8>, ChunkId, Box<Manifest>)>,
+    /// The final manifest's id (set by the Final), and the manifest itself (encoded and
+    /// decoded) until `verify` hands it to the shell.
+    final_id: Option<ChunkId>,
+    final_manifest: Option<(Vec<u8>, Box<Manifest>)>,
     /// The offered memory map: the base of the Final's manifest patch.
     offered_memory: ChunkMap,
     /// Post-copy: memory chunks restored lazily, and the compression (from the Final).
@@ -228,6 +231,7 @@ impl Destination {
             have,
             pending: Vec::new(),
             acked: 0,
+            final_id: None,
             final_manifest: None,
             offered_memory: o.state.memory.clone(),
             deferred: Vec::new(),
@@ -356,7 +360,9 @@ impl Destination {
 
     fn verify(&mut self) {
         self.known.extend(self.pending.drain(..).map(|c| c.id));
-        if let Some((manifest, manifest_id, decoded)) = self.final_manifest.clone() {
+        if let (Some((manifest, decoded)), Some(manifest_id)) =
+            (self.final_manifest.take(), self.final_id)
+        {
             self.restore_asked = true;
             self.phase = DestPhase::Verifying;
             if !self.deferred.is_empty() {
@@ -378,10 +384,9 @@ impl Destination {
     /// unless we abort, which we never do from here on.
     fn run(&mut self, handed_over: u64, now: u64) {
         // Only `verify` leads to Ready or to a restore, and it needs the manifest.
-        let Some((_, manifest_id, _)) = self.final_manifest.as_ref() else {
+        let Some(manifest_id) = self.final_id else {
             return;
         };
-        let manifest_id = *manifest_id;
         self.phase = DestPhase::Running;
         self.deadline = None;
         self.report.held_ms = now.saturating_sub(handed_over);
@@ -405,8 +410,7 @@ impl Destination {
     /// The memory chunks of a post-copy Final's manifest this node lacks (and the
     /// Final does not bring): the hot slots first, then by address, each id once.
     fn deferred_chunks(&self, m: &Manifest, now: &[ChunkRef], d: &Deferral) -> Vec<ChunkRef> {
-        let mut skip: FastSet = now.iter().map(|c| c.id).collect();
-        skip.extend(self.known.iter().copied());
+        let mut seen: FastSet = now.iter().map(|c| c.id).collect();
         let mut out = Vec::new();
         let mem = &m.memory;
         let hot = d
@@ -414,7 +418,7 @@ impl Destination {
             .iter()
             .filter_map(|slot| mem.get(*slot).map(|id| (*slot, id)));
         for (slot, id) in hot.chain(mem.chunks.iter().copied()) {
-            if skip.insert(id) {
+            if !self.known.contains(&id) && seen.insert(id) {
                 // A validated map's chunk length fits in u32 (MAX_CHUNK_SIZE).
                 let len = u32::try_from(mem.chunk_len(slot)).unwrap_or(u32::MAX);
                 out.push(ChunkRef { id, len });
@@ -516,7 +520,8 @@ impl Destination {
                         self.report.deferred_chunks = self.deferred.len();
                         self.handover_at = Some(now);
                     }
-                    self.final_manifest = Some((bytes, manifest_id, Box::new(full)));
+                    self.final_id = Some(manifest_id);
+                    self.final_manifest = Some((bytes, Box::new(full)));
                     self.deferred_compression = compression;
                     self.phase = DestPhase::FetchingFinal;
                     if !self.fetch(after_round + 1, chunks, compression) {
@@ -540,7 +545,7 @@ impl Destination {
                 _ => Err(unexpected("Final")),
             },
             Body::Go => match phase {
-                DestPhase::Ready if self.final_manifest.is_some() => {
+                DestPhase::Ready if self.final_id.is_some() => {
                     self.run(now, now);
                     Ok(())
                 }

@@ -219,7 +219,8 @@ pub struct SourceReport {
     /// Post-copy: chunks and bytes the destination fetches after it resumed the job.
     pub deferred_chunks: usize,
     pub deferred_bytes: u64,
-    /// Encoded size of the Final's manifest patch (sent while the job is paused).
+    /// Size of the Final's manifest patch (its head's encoding plus ~9 bytes per zeroed
+    /// slot; sent while the job is paused).
     pub manifest_patch_bytes: usize,
     /// From the GoAck: how long the destination took from the handover to the
     /// resume (its restore, after a post-copy Final).

@@ -293,6 +293,16 @@ impl StagedRestore {
     /// A checkpoint of another module is [`CheckpointError::Invalid`].
     pub fn finish(self, store: &Store, id: &ChunkId) -> Result<(Job, Checkpoint), CheckpointError> {
         let cp = store.load_checkpoint(id)?;
+        self.finish_checkpoint(store, cp)
+    }
+
+    /// [`finish`](Self::finish) with the checkpoint in hand (e.g. as
+    /// `Store::import_manifest` returned it), so it is not read and decoded again.
+    pub fn finish_checkpoint(
+        self,
+        store: &Store,
+        cp: Checkpoint,
+    ) -> Result<(Job, Checkpoint), CheckpointError> {
         let last = FinalState::read(store, &cp, self.files_limit)?;
         self.finish_with(store, cp, last)
     }

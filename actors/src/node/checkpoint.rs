@@ -358,7 +358,7 @@ fn restore(
         return Err("the imported manifest has another id".into());
     }
     if let Some(staged) = staged {
-        match staged.finish(&shared.store, id) {
+        match staged.finish_checkpoint(&shared.store, cp) {
             Ok(r) => return Ok(r),
             // E.g. the job grew past what was staged in a way finish refuses: restore
             // from scratch (slower, same result).

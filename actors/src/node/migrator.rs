@@ -260,7 +260,7 @@ impl Migrator {
                 inline: Vec::new(),
             });
             tracing::trace!(body, bytes = data.len(), "migration message out");
-            match mesh.control_request_now(peer, data.clone()) {
+            match mesh.control_request_now(peer, data) {
                 Ok(reply) => {
                     actix::spawn(async move {
                         // A lost message is the core's business (it retransmits or
@@ -272,7 +272,7 @@ impl Migrator {
                         }
                     });
                 }
-                Err(_) => {
+                Err((_, data)) => {
                     actix::spawn(async move {
                         if let Err(e) = mesh.control_request(peer, data).await {
                             tracing::debug!(%peer, %e, "migration message not delivered");
@@ -1049,7 +1049,6 @@ impl Handler<SourceFeed> for Migrator {
     type Result = ();
     fn handle(&mut self, m: SourceFeed, ctx: &mut Context<Self>) {
         let now = self.shared.now_ms();
-        tracing::trace!(id = %m.0, event = ?std::mem::discriminant(&m.1), "source event in");
         if let Some(run) = self.sources.get_mut(&m.0) {
             if let Err(e) = run.core.handle_event(now, m.1) {
                 tracing::warn!(%e, "source core refused an event");
