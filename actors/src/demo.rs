@@ -408,16 +408,20 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoResult> {
                 continue;
             }
             running = true;
+            if turn >= 6 {
+                continue;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            // It may have ended while we waited.
+            if finished(&home, job).await {
+                continue;
+            }
             let Some(at) = where_is(&nodes, job).await else {
                 continue;
             };
             // Never onto the drained node.
             let to = if at == 0 { 1 } else { 0 };
             turn += 1;
-            if turn > 6 {
-                continue;
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
             operator_move(&narr, &home, job, names[to]).await;
         }
         if !running {
@@ -480,7 +484,7 @@ fn on_big_stack<T: Send + 'static>(
 /// One line per move.
 pub fn line(r: &MoveReport) -> String {
     format!(
-        "{} {}→{} gen {} {} ({}): downtime {:.1} ms, {} rounds ({}), {} sent, {} total {:.0} ms",
+        "{} {}→{} gen {} {} ({}): downtime {:.1} ms, {} rounds ({}), {} sent, compression {}, total {:.0} ms",
         r.job,
         r.from,
         r.to,
