@@ -19,12 +19,17 @@ pub struct DestConfig {
     /// `max_retransmit_ms`, whose retransmissions keep a live migration
     /// going, and the time the source needs to checkpoint or pause.
     pub idle_timeout_ms: u64,
+    /// This node can restore a job lazily (post-copy: its memory fetched after the
+    /// resume; needs userfaultfd). Told to the source in `Have`; without it every
+    /// move here is pre-copy.
+    pub lazy_restore: bool,
 }
 
 impl Default for DestConfig {
     fn default() -> Self {
         DestConfig {
             idle_timeout_ms: 10_000,
+            lazy_restore: true,
         }
     }
 }
@@ -245,6 +250,7 @@ impl Destination {
         };
         d.send(Body::Have {
             have: d.have.clone(),
+            lazy: d.cfg.lazy_restore,
         });
         Ok(d)
     }
@@ -461,7 +467,8 @@ impl Destination {
                 // A retransmission (the shell routes by migration id).
                 if phase == DestPhase::Offered {
                     let have = self.have.clone();
-                    self.send(Body::Have { have });
+                    let lazy = self.cfg.lazy_restore;
+                    self.send(Body::Have { have, lazy });
                 }
                 Ok(())
             }

@@ -252,8 +252,14 @@ impl Message {
 pub enum Body {
     /// S→D: move this job; here is its newest state.
     Offer(Box<Offer>),
-    /// D→S: of the offered chunks, these are already in my store.
-    Have { have: Vec<ChunkId> },
+    /// D→S: of the offered chunks, these are already in my store. `lazy`: I can
+    /// restore a job without its memory and fetch it after the resume, so post-copy
+    /// and hybrid moves may come here (absent, from an older peer: no).
+    Have {
+        have: Vec<ChunkId>,
+        #[serde(default)]
+        lazy: bool,
+    },
     /// S→D: pre-copy round `round` (1-based): fetch these chunks.
     Round {
         round: u32,
@@ -398,7 +404,7 @@ impl Message {
                 }
                 o.state.validate()
             }
-            Body::Have { have } => {
+            Body::Have { have, .. } => {
                 if have.len() > MAX_STATE_CHUNKS {
                     return Err(MessageError::TooMany {
                         what: "have list",

@@ -561,11 +561,18 @@ impl Source {
                     role: "source",
                 })
             }
-            Body::Have { have } => {
+            Body::Have { have, lazy } => {
                 match phase {
                     SourcePhase::Offering => {
                         if let Some(id) = have.iter().find(|id| !self.offered_ids.contains(id)) {
                             return Err(MigrateError::NotOffered(*id));
+                        }
+                        if !lazy {
+                            // The destination cannot restore without the memory (no
+                            // userfaultfd there): nothing is sent yet, so the move
+                            // becomes pre-copy, even when post-copy was asked for.
+                            self.cfg.postcopy.available = false;
+                            self.mode = MoveMode::PreCopy;
                         }
                         self.at_dest.extend(have);
                         let missing: Vec<ChunkRef> = self

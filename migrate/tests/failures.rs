@@ -465,7 +465,14 @@ fn pausing_source() -> migrate::Source {
         generation: GENERATION,
         body,
     };
-    s.handle_message(1, m(Body::Have { have: vec![] })).unwrap();
+    s.handle_message(
+        1,
+        m(Body::Have {
+            have: vec![],
+            lazy: true,
+        }),
+    )
+    .unwrap();
     s.handle_message(50, m(Body::RoundAck { round: 1 }))
         .unwrap();
     // The job did not change: converged at once.

@@ -136,7 +136,13 @@ fn refused_d(d: &mut Destination, m: Message) -> MigrateError {
 fn huge_lists_are_refused() {
     let (mut s, _) = source();
     let too_many = vec![id("x"); MAX_STATE_CHUNKS + 1];
-    let e = refused_s(&mut s, msg(Body::Have { have: too_many }));
+    let e = refused_s(
+        &mut s,
+        msg(Body::Have {
+            have: too_many,
+            lazy: true,
+        }),
+    );
     assert!(
         matches!(e, MigrateError::Invalid(MessageError::TooMany { what: "have list", len, .. }) if len == MAX_STATE_CHUNKS as u64 + 1),
         "{e}"
@@ -373,7 +379,10 @@ fn wrong_migration_or_generation_is_refused() {
         let have = Message {
             migration: m,
             generation: g,
-            body: Body::Have { have: vec![] },
+            body: Body::Have {
+                have: vec![],
+                lazy: true,
+            },
         };
         let round = Message {
             migration: m,
@@ -519,6 +528,7 @@ fn a_have_may_only_name_offered_chunks() {
         &mut s,
         msg(Body::Have {
             have: vec![id("mem 0"), id("never offered")],
+            lazy: true,
         }),
     );
     assert_eq!(e, MigrateError::NotOffered(id("never offered")));
@@ -527,6 +537,7 @@ fn a_have_may_only_name_offered_chunks() {
         2,
         msg(Body::Have {
             have: vec![id("mem 0")],
+            lazy: true,
         }),
     )
     .unwrap();
@@ -589,8 +600,14 @@ fn rounds_out_of_order_are_refused() {
     );
 
     let (mut s, _) = source();
-    s.handle_message(1, msg(Body::Have { have: vec![] }))
-        .unwrap();
+    s.handle_message(
+        1,
+        msg(Body::Have {
+            have: vec![],
+            lazy: true,
+        }),
+    )
+    .unwrap();
     drain_s(&mut s);
     let e = refused_s(&mut s, msg(Body::RoundAck { round: 5 }));
     assert_eq!(
@@ -613,7 +630,10 @@ fn messages_in_the_wrong_direction_are_refused() {
     for b in [
         Body::Ready,
         Body::GoAck { held_ms: 0 },
-        Body::Have { have: vec![] },
+        Body::Have {
+            have: vec![],
+            lazy: true,
+        },
         Body::RoundAck { round: 1 },
     ] {
         let e = refused_d(&mut d, msg(b));
@@ -674,8 +694,14 @@ fn goack_before_go_never_drops_the_job() {
         matches!(e, MigrateError::Unexpected { what: "GoAck", .. }),
         "{e}"
     );
-    s.handle_message(1, msg(Body::Have { have: vec![] }))
-        .unwrap();
+    s.handle_message(
+        1,
+        msg(Body::Have {
+            have: vec![],
+            lazy: true,
+        }),
+    )
+    .unwrap();
     drain_s(&mut s);
     let e = refused_s(&mut s, msg(Body::GoAck { held_ms: 0 }));
     assert!(matches!(e, MigrateError::Unexpected { .. }), "{e}");
@@ -769,6 +795,7 @@ fn messages_round_trip_through_cbor() {
         offer().body,
         Body::Have {
             have: vec![id("a"), id("b")],
+            lazy: true,
         },
         Body::Round {
             round: 3,
@@ -813,8 +840,14 @@ fn messages_round_trip_through_cbor() {
 #[test]
 fn a_refusal_after_go_does_not_resume_the_source() {
     let (mut s, _) = source();
-    s.handle_message(1, msg(Body::Have { have: vec![] }))
-        .unwrap();
+    s.handle_message(
+        1,
+        msg(Body::Have {
+            have: vec![],
+            lazy: true,
+        }),
+    )
+    .unwrap();
     s.handle_message(2, msg(Body::RoundAck { round: 1 }))
         .unwrap();
     s.handle_event(

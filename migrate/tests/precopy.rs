@@ -196,7 +196,14 @@ fn compression_follows_the_link_estimate() {
         ..SourceConfig::default()
     };
     let mut s = Source::new(cfg, MIG, "job-a".into(), GENERATION, state.clone(), 0).unwrap();
-    s.handle_message(1, m(Body::Have { have: vec![] })).unwrap();
+    s.handle_message(
+        1,
+        m(Body::Have {
+            have: vec![],
+            lazy: true,
+        }),
+    )
+    .unwrap();
     assert_eq!(round_compression(&mut s), Compression::Zstd(19));
     // The link turns out to be as fast as loopback (faster than a core
     // compresses): the next round goes uncompressed.
@@ -355,4 +362,27 @@ fn auto_switches_from_pre_copy_when_the_dirty_rate_outruns_the_link() {
     let (_, r) = run(quiet);
     assert_eq!(r.mode, MoveMode::PreCopy, "{r:?}");
     assert_eq!(r.deferred_chunks, 0);
+}
+
+/// A destination that cannot restore lazily (no userfaultfd, e.g. a node under
+/// qemu-user) says so in `Have`: a post-copy, hybrid or automatic move to it is made
+/// as pre-copy, and nothing is deferred.
+#[test]
+fn a_destination_without_lazy_restore_gets_pre_copy() {
+    for requested in [
+        RequestedMode::Fixed(MoveMode::PostCopy),
+        RequestedMode::Fixed(MoveMode::Hybrid),
+        RequestedMode::Auto,
+    ] {
+        let mut p = big();
+        p.hot = 512;
+        p.dirty_rate = 20_000_000;
+        p.src.postcopy.available = true;
+        p.src.postcopy.requested = requested;
+        p.dst.lazy_restore = false;
+        let (_, r) = run(p);
+        assert_eq!(r.mode, MoveMode::PreCopy, "{requested:?}: {r:?}");
+        assert_eq!(r.deferred_chunks, 0, "{requested:?}: {r:?}");
+        assert_ne!(r.stop, Some(StopReason::PostCopy), "{requested:?}: {r:?}");
+    }
 }

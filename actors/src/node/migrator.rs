@@ -770,6 +770,7 @@ impl Migrator {
         match Destination::accept(
             DestConfig {
                 idle_timeout_ms: self.shared.config.migration.reply_timeout_ms * 4,
+                lazy_restore: postcopy_available(),
             },
             now,
             &msg,
