@@ -63,6 +63,7 @@ use crate::timeline::{Timeline, What};
 
 pub mod netns;
 pub mod procs;
+pub mod wire;
 
 /// The name of the extra, job-less home node (see [`Home::Gateway`]).
 pub const GATEWAY: &str = "gw";

@@ -12,9 +12,12 @@
 //!
 //! - a **partition** sets down, in both namespaces, the links the cut separates;
 //! - **rate** is a `tbf` on the sending end of the link, **delay** and **loss** a
-//!   `netem` (with the `tbf` as its child when both are set), only if the kernel has
-//!   `sch_netem`: without it, a scenario with delay or loss is refused before any node
-//!   starts ([`Fabric::create`]).
+//!   `netem` (with the `tbf` as its child when both are set) if the kernel has
+//!   `sch_netem`; without it, and only when the scenario delays or drops packets,
+//!   every link is built through a userspace wire instead ([`super::wire`]: two veth
+//!   pairs per link meeting in a namespace of the harness, `roam-PID-wire`, where a
+//!   thread per direction delays and drops frames), and `tbf` still rates the
+//!   node's end.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -23,6 +26,9 @@ use std::os::fd::AsRawFd as _;
 use std::process::Command;
 
 use anyhow::Context as _;
+
+use super::wire;
+use std::sync::Arc;
 
 /// One end of a link: the interface in a node's namespace, and its address.
 #[derive(Clone, Debug)]
@@ -47,6 +53,16 @@ pub struct Fabric {
     ends: BTreeMap<(String, String), End>,
     shapes: BTreeMap<(String, String), Shape>,
     netem: bool,
+    /// Without netem, for delay and loss: the wire namespace, each direction's
+    /// impairment, and the threads (stopped before the namespaces go).
+    wire: Option<WireNet>,
+}
+
+struct WireNet {
+    ns: String,
+    handle: File,
+    directions: BTreeMap<(String, String), Arc<wire::Direction>>,
+    threads: wire::Wires,
 }
 
 impl Fabric {
@@ -65,6 +81,7 @@ impl Fabric {
             ends: BTreeMap::new(),
             shapes: BTreeMap::new(),
             netem: false,
+            wire: None,
         };
         let pid = std::process::id();
         for name in names {
@@ -74,6 +91,26 @@ impl Fabric {
                 .with_context(|| format!("opening namespace {ns}"))?;
             f.ns.insert(name.clone(), (ns.clone(), handle));
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        }
+        // Whether this kernel has netem: try it on a loopback of ours.
+        if let Some(first) = names.first() {
+            let ns = f.ns_name(first)?;
+            f.netem = tc(&["-n", &ns, "qdisc", "add", "dev", "lo", "root", "netem"]).is_ok();
+            if f.netem {
+                tc(&["-n", &ns, "qdisc", "del", "dev", "lo", "root"])?;
+            }
+        }
+        if need_netem && !f.netem {
+            let ns = format!("roam-{pid}-wire");
+            ip(&["netns", "add", &ns]).context("`ip netns add` for the wire")?;
+            let handle = File::open(format!("/var/run/netns/{ns}"))
+                .with_context(|| format!("opening namespace {ns}"))?;
+            f.wire = Some(WireNet {
+                ns,
+                handle,
+                directions: BTreeMap::new(),
+                threads: wire::Wires::new(),
+            });
         }
         let mut k = 0u32;
         for (i, a) in names.iter().enumerate() {
@@ -88,10 +125,30 @@ impl Fabric {
                     addr: Ipv4Addr::new(base[0], base[1], base[2], base[3] + 2),
                 };
                 let (na, nb) = (f.ns_name(a)?, f.ns_name(b)?);
-                ip(&[
-                    "link", "add", &ea.ifname, "netns", &na, "type", "veth", "peer", "name",
-                    &eb.ifname, "netns", &nb,
-                ])?;
+                if let Some(w) = f.wire.as_mut() {
+                    // Two pairs meeting in the wire namespace (see the module doc).
+                    let (wa, wb) = (format!("w{k}a"), format!("w{k}b"));
+                    for (end, ns, wend) in [(&ea.ifname, &na, &wa), (&eb.ifname, &nb, &wb)] {
+                        ip(&[
+                            "link", "add", end, "netns", ns, "type", "veth", "peer", "name", wend,
+                            "netns", &w.ns,
+                        ])?;
+                        ip(&["-n", &w.ns, "link", "set", wend, "promisc", "on", "up"])?;
+                    }
+                    let ab = Arc::new(wire::Direction::default());
+                    let ba = Arc::new(wire::Direction::default());
+                    w.directions.insert((a.clone(), b.clone()), ab.clone());
+                    w.directions.insert((b.clone(), a.clone()), ba.clone());
+                    let fd = w.handle.as_raw_fd();
+                    w.threads
+                        .add(fd, &wa, &wb, ab, ba, 0x5eed ^ u64::from(k))
+                        .with_context(|| format!("the wire between {a} and {b}"))?;
+                } else {
+                    ip(&[
+                        "link", "add", &ea.ifname, "netns", &na, "type", "veth", "peer", "name",
+                        &eb.ifname, "netns", &nb,
+                    ])?;
+                }
                 for (ns, e) in [(&na, &ea), (&nb, &eb)] {
                     ip(&[
                         "-n",
@@ -108,22 +165,6 @@ impl Fabric {
                 f.ends.insert((b.clone(), a.clone()), eb);
                 k += 1;
             }
-        }
-        // Whether this kernel has netem: try it on a loopback of ours.
-        if let Some(first) = names.first() {
-            let ns = f.ns_name(first)?;
-            f.netem = tc(&["-n", &ns, "qdisc", "add", "dev", "lo", "root", "netem"]).is_ok();
-            if f.netem {
-                tc(&["-n", &ns, "qdisc", "del", "dev", "lo", "root"])?;
-            }
-        }
-        if need_netem && !f.netem {
-            anyhow::bail!(
-                "--level 3 on this kernel cannot delay or drop packets: it has no netem qdisc \
-                 (sch_netem, CONFIG_NET_SCH_NETEM), and level 3 uses no other mechanism for \
-                 them. Rate works (tbf); remove the delay and loss events, or run where \
-                 netem exists"
-            );
         }
         Ok(f)
     }
@@ -179,8 +220,18 @@ impl Fabric {
             .clone();
         let mut s = self.shapes.get(&key).copied().unwrap_or_default();
         change(&mut s);
-        if (s.delay_ms > 0.0 || s.loss_pct > 0.0) && !self.netem {
-            anyhow::bail!("this kernel has no netem qdisc: delay and loss cannot be shaped");
+        let wired = self.wire.as_ref().and_then(|w| w.directions.get(&key));
+        if (s.delay_ms > 0.0 || s.loss_pct > 0.0) && !self.netem && wired.is_none() {
+            anyhow::bail!(
+                "this kernel has no netem qdisc and the links were built without the \
+                 userspace wire: delay and loss cannot be shaped"
+            );
+        }
+        if let Some(d) = wired {
+            d.set(wire::Impairment {
+                delay_ms: s.delay_ms,
+                loss_pct: s.loss_pct,
+            });
         }
         let ns = self.ns_name(from)?;
         let dev = e.ifname.as_str();
@@ -198,7 +249,7 @@ impl Fabric {
             args.extend_from_slice(&["tbf", "rate", &rate, "burst", &burst, "latency", "50ms"]);
             tc(&args)
         };
-        if s.delay_ms > 0.0 || s.loss_pct > 0.0 {
+        if self.netem && (s.delay_ms > 0.0 || s.loss_pct > 0.0) {
             let delay = format!("{}ms", s.delay_ms);
             let loss = format!("{}%", s.loss_pct);
             tc(&[
@@ -216,8 +267,41 @@ impl Fabric {
     }
 }
 
+impl Fabric {
+    /// How delay and loss are made: "netem", "a userspace wire", or "" (not needed).
+    pub fn impairer(&self) -> &'static str {
+        if self.wire.is_some() {
+            "a userspace wire (this kernel has no netem)"
+        } else if self.netem {
+            "netem"
+        } else {
+            ""
+        }
+    }
+
+    /// Frames the wire carried and dropped from `from` to `to` (None: not wired).
+    pub fn wire_counts(&self, from: &str, to: &str) -> Option<(u64, u64)> {
+        let d = self
+            .wire
+            .as_ref()?
+            .directions
+            .get(&(from.to_string(), to.to_string()))?;
+        Some((
+            d.carried.load(std::sync::atomic::Ordering::Relaxed),
+            d.dropped.load(std::sync::atomic::Ordering::Relaxed),
+        ))
+    }
+}
+
 impl Drop for Fabric {
     fn drop(&mut self) {
+        // The wire's threads first: their sockets keep the wire namespace alive.
+        if let Some(w) = self.wire.take() {
+            drop(w.threads);
+            if let Err(e) = ip(&["netns", "del", &w.ns]) {
+                tracing::warn!(ns = w.ns, "deleting the wire namespace: {e:#}");
+            }
+        }
         for (ns, _) in self.ns.values() {
             if let Err(e) = ip(&["netns", "del", ns]) {
                 tracing::warn!(ns, "deleting the namespace: {e:#}");

@@ -419,7 +419,11 @@ impl Level for Processes {
     }
 
     fn what(&self) -> &'static str {
-        match self.net {
+        match &self.net {
+            Some(f) if f.impairer().starts_with("a userspace wire") => {
+                "level 3: a process per node, each in a network namespace, linked by veth \
+                 pairs through a userspace wire (delay and loss; this kernel has no netem)"
+            }
             Some(_) => {
                 "level 3: a process per node, each in a network namespace, linked by veth pairs"
             }
