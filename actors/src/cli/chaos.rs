@@ -26,7 +26,8 @@ pub struct ChaosArgs {
     /// SIGSTOP/SIGCONT, partition/heal = the nodes' POST /chaos/block; a scenario
     /// with delay, loss or rate is refused. 3 (root): as 2, each node in a network
     /// namespace with a veth link to every other; partition = links set down; rate =
-    /// tbf; delay and loss = netem (refused where the kernel has no sch_netem).
+    /// tbf; delay and loss = netem, or a userspace wire where the kernel has no
+    /// sch_netem.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=3))]
     pub level: u8,
     /// The node jobs are submitted to, whose log book collects their output: auto
