@@ -701,6 +701,20 @@ impl Level for Processes {
 impl Drop for Processes {
     fn drop(&mut self) {
         self.kill_all();
+        // `ROAM_CHAOS_KEEP_LOGS=DIR`: the nodes' logs outlive the run, as DIR/NODE.log.
+        if let Some(keep) = std::env::var_os("ROAM_CHAOS_KEEP_LOGS") {
+            let keep = PathBuf::from(keep);
+            let kept = std::fs::create_dir_all(&keep).and_then(|()| {
+                for (name, p) in &self.nodes {
+                    std::fs::copy(&p.log, keep.join(format!("{name}.log")))?;
+                }
+                Ok(())
+            });
+            match kept {
+                Ok(()) => eprintln!("node logs kept in {}", keep.display()),
+                Err(e) => tracing::warn!(dir = %keep.display(), "keeping the node logs: {e}"),
+            }
+        }
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             tracing::warn!(dir = %self.dir.display(), "removing the scratch directory: {e}");
         }
