@@ -556,11 +556,21 @@ pub enum Mark {
         at_ms: u64,
         node: String,
     },
-    /// `nodes` were cut off (a partition's minority, or one paused node).
+    /// `nodes` were cut off (a partition's minority).
     Cut {
         at_ms: u64,
         end_ms: Option<u64>,
         nodes: Vec<String>,
+    },
+    /// `node` was paused (SIGSTOP, or cut off from every peer at level 1).
+    Pause {
+        at_ms: u64,
+        end_ms: Option<u64>,
+        node: String,
+    },
+    Restart {
+        at_ms: u64,
+        node: String,
     },
 }
 
@@ -645,6 +655,20 @@ pub fn draw(
                     end_ms: end.unwrap_or(end_ms) as f64,
                 },
             ),
+            Mark::Pause {
+                at_ms,
+                end_ms: end,
+                node,
+            } => t.push(
+                *at_ms as f64,
+                What::Pause {
+                    node: node.clone(),
+                    end_ms: end.unwrap_or(end_ms) as f64,
+                },
+            ),
+            Mark::Restart { at_ms, node } => {
+                t.push(*at_ms as f64, What::Restart { node: node.clone() })
+            }
         }
     }
     t
@@ -1532,6 +1556,10 @@ impl Run<'_> {
                             Some(line) => {
                                 obs.up(at, &name);
                                 restarts += 1;
+                                marks.push(Mark::Restart {
+                                    at_ms: at,
+                                    node: name.clone(),
+                                });
                                 say.line(line);
                             }
                             None => say.line(format!("restart {name}: not killed, nothing to do")),
@@ -1550,10 +1578,10 @@ impl Run<'_> {
                         let line = level.pause(&name).await?;
                         pauses += 1;
                         open_pauses.insert(name.clone(), marks.len());
-                        marks.push(Mark::Cut {
+                        marks.push(Mark::Pause {
                             at_ms: at,
                             end_ms: None,
-                            nodes: vec![name],
+                            node: name,
                         });
                         say.line(line);
                     }
@@ -1747,9 +1775,11 @@ fn slow(since: Instant, what: impl FnOnce() -> String) {
     }
 }
 
-/// Ends the open cut at index `i` of `marks`.
+/// Ends the open cut or pause at index `i` of `marks`.
 fn end_mark(marks: &mut [Mark], i: Option<usize>, at_ms: u64) {
-    if let Some(Mark::Cut { end_ms, .. }) = i.and_then(|i| marks.get_mut(i)) {
+    if let Some(Mark::Cut { end_ms, .. } | Mark::Pause { end_ms, .. }) =
+        i.and_then(|i| marks.get_mut(i))
+    {
         end_ms.get_or_insert(at_ms);
     }
 }
@@ -2099,7 +2129,7 @@ mod tests {
     }
 
     #[test]
-    fn the_drawing_marks_kills_cuts_and_starts_not_explained_by_moves() {
+    fn the_drawing_marks_kills_restarts_cuts_pauses_and_starts_not_explained_by_moves() {
         let mut o = Observer::default();
         o.submitted(0, "a", "n1");
         o.saw(10, "n1", &[job("a", 0, "running")]);
@@ -2116,6 +2146,15 @@ mod tests {
                 end_ms: None,
                 nodes: vec!["n3".into()],
             },
+            Mark::Restart {
+                at_ms: 2000,
+                node: "n1".into(),
+            },
+            Mark::Pause {
+                at_ms: 3000,
+                end_ms: Some(3500),
+                node: "n2".into(),
+            },
         ];
         let lanes: Vec<String> = ["n1", "n2", "n3"].map(String::from).to_vec();
         let t = draw("t", &lanes, o.facts(), &marks, &[], 7000);
@@ -2125,6 +2164,16 @@ mod tests {
         assert_eq!((segs[1].node.as_str(), segs[1].from_ms), ("n2", 4300.0));
         assert!(t.events.iter().any(|e| matches!(&e.what,
             What::Partition { nodes, end_ms } if nodes == &["n3"] && *end_ms == 7000.0)));
-        assert!(crate::timeline::render_svg(&t).contains("n1 killed"));
+        assert!(t.events.iter().any(|e| matches!(&e.what,
+            What::Pause { node, end_ms } if node == "n2" && *end_ms == 3500.0)));
+        assert!(
+            t.events
+                .iter()
+                .any(|e| e.t_ms == 2000.0
+                    && matches!(&e.what, What::Restart { node } if node == "n1"))
+        );
+        let svg = crate::timeline::render_svg(&t);
+        assert!(svg.contains("n1 killed") && svg.contains("n1 restarted"));
+        assert!(svg.contains(">paused</text>"));
     }
 }

@@ -56,6 +56,11 @@ pub enum What {
     /// `nodes` were cut off from the rest of the swarm from the event's time until
     /// `end_ms`.
     Partition { nodes: Vec<String>, end_ms: f64 },
+    /// `node` was frozen (SIGSTOP; at level 1 of a chaos run, cut off from every
+    /// peer while its jobs compute) from the event's time until `end_ms`.
+    Pause { node: String, end_ms: f64 },
+    /// `node` came back after a kill (its jobs are not restarted by this).
+    Restart { node: String },
 }
 
 /// A swarm's history, to draw.
@@ -122,7 +127,9 @@ impl Timeline {
                 What::Start { node, .. }
                 | What::Drain { node }
                 | What::Load { node, .. }
-                | What::Kill { node, .. } => vec![node],
+                | What::Kill { node, .. }
+                | What::Pause { node, .. }
+                | What::Restart { node } => vec![node],
                 What::Move { from, to, .. } => vec![from, to],
                 What::Partition { nodes, .. } => nodes.iter().collect(),
                 What::Exit { .. } => vec![],
@@ -142,9 +149,9 @@ impl Timeline {
             self.events
                 .iter()
                 .map(|e| match &e.what {
-                    What::Move { end_ms, .. } | What::Partition { end_ms, .. } => {
-                        end_ms.max(e.t_ms)
-                    }
+                    What::Move { end_ms, .. }
+                    | What::Partition { end_ms, .. }
+                    | What::Pause { end_ms, .. } => end_ms.max(e.t_ms),
                     _ => e.t_ms,
                 })
                 .fold(0.0, f64::max)
@@ -367,6 +374,8 @@ impl Placed {
 /// Colours of the markers that are not jobs.
 const KILL: &str = "#8b0000";
 const PARTITION: &str = "#7b3294";
+const PAUSE: &str = "#5f6b7a";
+const RESTART: &str = "#2a7d2a";
 
 /// One entry of the legend under the plot.
 enum Key {
@@ -377,7 +386,9 @@ enum Key {
     Drain,
     Load,
     Kill,
+    Restart,
     Partition,
+    Pause,
 }
 
 impl Key {
@@ -390,7 +401,9 @@ impl Key {
             Key::Drain => "drain",
             Key::Load => "load",
             Key::Kill => "kill",
+            Key::Restart => "restart",
             Key::Partition => "partition",
+            Key::Pause => "paused",
         }
     }
 
@@ -437,6 +450,15 @@ impl Key {
             Key::Partition => write!(
                 s,
                 r#"<rect x="{x:.1}" y="{y0:.1}" width="22" height="{BAR}" fill="{PARTITION}" fill-opacity="0.15" stroke="{PARTITION}" stroke-dasharray="4,2"/>"#
+            ),
+            Key::Restart => write!(
+                s,
+                r#"<rect x="{a:.1}" y="{y0:.1}" width="3" height="{BAR}" fill="{RESTART}"/>"#,
+                a = x + 9.5
+            ),
+            Key::Pause => write!(
+                s,
+                r#"<rect x="{x:.1}" y="{y0:.1}" width="22" height="{BAR}" fill="{PAUSE}" fill-opacity="0.25" stroke="{PAUSE}"/>"#
             ),
         };
         let _ = write!(
@@ -493,10 +515,12 @@ pub fn render_svg(t: &Timeline) -> String {
         (has(&|w| matches!(w, What::Drain { .. })), Key::Drain),
         (has(&|w| matches!(w, What::Load { .. })), Key::Load),
         (has(&|w| matches!(w, What::Kill { .. })), Key::Kill),
+        (has(&|w| matches!(w, What::Restart { .. })), Key::Restart),
         (
             has(&|w| matches!(w, What::Partition { .. })),
             Key::Partition,
         ),
+        (has(&|w| matches!(w, What::Pause { .. })), Key::Pause),
     ] {
         if present {
             keys.push(key);
@@ -532,6 +556,7 @@ pub fn render_svg(t: &Timeline) -> String {
     let committed = count(&|w| matches!(w, What::Move { outcome, .. } if outcome == "committed"));
     let kills = count(&|w| matches!(w, What::Kill { .. }));
     let partitions = count(&|w| matches!(w, What::Partition { .. }));
+    let pauses = count(&|w| matches!(w, What::Pause { .. }));
     let mut summary = format!(
         "{} nodes, {} jobs, {} moves ({} committed)",
         lanes.len(),
@@ -545,6 +570,9 @@ pub fn render_svg(t: &Timeline) -> String {
     }
     if partitions > 0 {
         let _ = write!(summary, ", {}", plural(partitions, "partition"));
+    }
+    if pauses > 0 {
+        let _ = write!(summary, ", {}", plural(pauses, "pause"));
     }
     let _ = writeln!(
         s,
@@ -628,6 +656,18 @@ pub fn render_svg(t: &Timeline) -> String {
                         ty = y0 + 14.0,
                     );
                 }
+                What::Pause { node: p, end_ms } if p == node => {
+                    let (px, pw) = (x(e.t_ms), (x(*end_ms) - x(e.t_ms)).max(3.0));
+                    let ty = placed.place(px + 4.0, 6, &[y0 + 14.0, y0 + h - 6.0]);
+                    let _ = writeln!(
+                        s,
+                        r##"<g class="pause" data-node="{n}"><title>{n} paused, {:.2}–{:.2} s</title><rect x="{px:.1}" y="{y0}" width="{pw:.1}" height="{h}" fill="{PAUSE}" fill-opacity="0.18" stroke="{PAUSE}"/><text x="{tx:.1}" y="{ty}" fill="{PAUSE}" font-weight="bold">paused</text></g>"##,
+                        e.t_ms / 1e3,
+                        end_ms / 1e3,
+                        n = escape(node),
+                        tx = px + 4.0,
+                    );
+                }
                 What::Partition { nodes, end_ms } if nodes.contains(node) => {
                     let (px, pw) = (x(e.t_ms), (x(*end_ms) - x(e.t_ms)).max(3.0));
                     let ty = placed.place(px + 4.0, 9, &[y0 + 14.0, y0 + h - 6.0]);
@@ -696,6 +736,27 @@ pub fn render_svg(t: &Timeline) -> String {
             }
         }
         let _ = writeln!(s, "</g>");
+    }
+
+    // Restarts: a green mark across the lane.
+    for e in &sorted {
+        let What::Restart { node } = &e.what else {
+            continue;
+        };
+        let (rx, l) = (x(e.t_ms), lane_of(node));
+        let (y0, y1) = (lane_top(l), lane_top(l) + lane_h(l));
+        let label = format!("{node} restarted");
+        let ly = placed.place(rx + 5.0, label.chars().count(), &[y1 - 6.0, y0 + 12.0]);
+        let _ = writeln!(
+            s,
+            r##"<g class="restart" data-node="{n}"><title>{n} restarted at {:.2} s</title><rect x="{:.1}" y="{y0:.1}" width="3" height="{:.1}" fill="{RESTART}"/><text x="{:.1}" y="{ly:.1}" fill="{RESTART}" font-weight="bold" stroke="#fff" stroke-width="3" paint-order="stroke">{}</text></g>"##,
+            e.t_ms / 1e3,
+            rx - 1.5,
+            y1 - y0,
+            rx + 5.0,
+            escape(&label),
+            n = escape(node),
+        );
     }
 
     // Kills, over the bars they end.
@@ -1191,6 +1252,43 @@ mod tests {
         }
         let plain = render_svg(&Timeline::new("x", &["a"]));
         assert!(!plain.contains(">kill</text>") && !plain.contains(">partition</text>"));
+    }
+
+    #[test]
+    fn pauses_and_restarts_are_drawn_as_such_not_as_partitions() {
+        let mut t = sample();
+        t.push(
+            500.0,
+            What::Kill {
+                node: "n3".into(),
+                job: None,
+            },
+        );
+        t.push(900.0, What::Restart { node: "n3".into() });
+        t.push(
+            1000.0,
+            What::Pause {
+                node: "n2".into(),
+                end_ms: 1400.0,
+            },
+        );
+        let svg = render_svg(&t);
+        assert_shows_every_job_and_move(&t, &svg);
+        assert!(
+            svg.contains("class=\"pause\" data-node=\"n2\""),
+            "pause band"
+        );
+        assert!(svg.contains(">paused</text>"));
+        assert!(!svg.contains("class=\"pause\" data-node=\"n1\""));
+        assert!(
+            !svg.contains("class=\"partition\""),
+            "a pause is no partition"
+        );
+        assert!(svg.contains("class=\"restart\" data-node=\"n3\""));
+        assert!(svg.contains(">n3 restarted</text>"));
+        assert!(svg.contains("1 kill, 1 pause over"), "summary");
+        // The legend names both.
+        assert!(svg.contains(">restart</text>") && svg.contains(">paused</text>"));
     }
 
     #[test]
