@@ -557,14 +557,14 @@ pub fn render_svg(t: &Timeline) -> String {
     let kills = count(&|w| matches!(w, What::Kill { .. }));
     let partitions = count(&|w| matches!(w, What::Partition { .. }));
     let pauses = count(&|w| matches!(w, What::Pause { .. }));
+    let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
     let mut summary = format!(
-        "{} nodes, {} jobs, {} moves ({} committed)",
-        lanes.len(),
-        jobs.len(),
-        moves,
+        "{}, {}, {} ({} committed)",
+        plural(lanes.len(), "node"),
+        plural(jobs.len(), "job"),
+        plural(moves, "move"),
         committed
     );
-    let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
     if kills > 0 {
         let _ = write!(summary, ", {}", plural(kills, "kill"));
     }
