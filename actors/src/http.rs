@@ -1368,6 +1368,66 @@ fn percent_decode(raw: &str, plus_is_space: bool) -> Result<String, &'static str
     String::from_utf8(out).map_err(|_| "percent-decoded text is not UTF-8")
 }
 
+// ---------------------------------------------------------------------------------------
+// Fuzzing entry
+// ---------------------------------------------------------------------------------------
+
+/// For the fuzzer (`fuzz/fuzz_targets/http_request.rs`) and tests: the requests the
+/// server reads from `bytes` arriving on one connection, in order, up to the first one
+/// it refuses (its status and message) or the end of the bytes. Runs the server's own
+/// reading code on an in-memory stream.
+#[doc(hidden)]
+pub fn read_requests(bytes: &[u8], limits: &ServerLimits) -> Vec<Result<Request, (u16, String)>> {
+    /// Reads from the bytes; whatever the server writes (a 100 Continue) is dropped.
+    struct Memory<'a>(&'a [u8]);
+    impl AsyncRead for Memory<'_> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+    impl AsyncWrite for Memory<'_> {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+    let mut stream = Memory(bytes);
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    loop {
+        let mut started = false;
+        // Never pending: the stream is in memory.
+        match futures::executor::block_on(read_request(&mut stream, &mut buf, limits, &mut started))
+        {
+            Ok((request, _)) => out.push(Ok(request)),
+            Err(ReadFailure::Closed) => return out,
+            Err(ReadFailure::Reject(r)) => {
+                out.push(Err((r.status, r.message)));
+                return out;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1858,5 +1918,25 @@ mod tests {
             let (request, ()) = tokio::join!(serve_one, talk);
             assert_eq!(request.expect("request").0.body, b"body");
         });
+    }
+
+    #[test]
+    fn read_requests_reads_pipelined_requests_then_stops_at_a_refusal() {
+        let limits = ServerLimits::default();
+        let bytes = b"GET /a?x=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n\
+POST /b HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3\r\n\r\nabc\
+GET /c HTTP/9.9\r\n\r\nGET /d HTTP/1.1\r\n\r\n";
+        let got = read_requests(bytes, &limits);
+        assert_eq!(got.len(), 3, "{got:?}");
+        let a = got[0].as_ref().expect("first");
+        assert_eq!((a.method.as_str(), a.path.as_str()), ("GET", "/a"));
+        assert_eq!(a.query, vec![("x".to_string(), "1".to_string())]);
+        let b = got[1].as_ref().expect("second");
+        assert_eq!((b.path.as_str(), b.body.as_slice()), ("/b", &b"abc"[..]));
+        assert_eq!(got[2].as_ref().err().map(|e| e.0), Some(505));
+        // A body longer than the bytes sent: refused, never read past the end.
+        let short = read_requests(b"PUT /x HTTP/1.1\r\nContent-Length: 9\r\n\r\nab", &limits);
+        assert_eq!(short.len(), 1);
+        assert_eq!(short[0].as_ref().err().map(|e| e.0), Some(400));
     }
 }
