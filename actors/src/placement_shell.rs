@@ -29,7 +29,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use mesh::{MeshError, MeshHandle, PeerId, Topic};
-use placement::{Event, Msg, Node, NodeId, NodeStats, Outcome, PlacementError};
+use placement::{Event, Msg, Node, NodeId, NodeStats, Outcome, PlacementError, To};
 use tokio::sync::mpsc;
 
 /// Default shortest tick period. The core re-sends its last messages when a whole
@@ -159,6 +159,13 @@ pub struct ShellStats {
     pub publish_failed: u64,
     /// Messages the outbound test hook dropped.
     pub dropped_by_hook: u64,
+    /// Row bundles forwarded for the core's two-hop exchange (`placement::grid`),
+    /// counted in `published` too, and their bytes (also in `published_bytes`).
+    pub relayed: u64,
+    pub relayed_bytes: u64,
+    /// Recipients summed over every message handed to the mesh (direct frames; a
+    /// gossip publish counts its members).
+    pub frames: u64,
     pub received: u64,
     pub received_bytes: u64,
     pub too_large: u64,
@@ -233,8 +240,10 @@ pub struct Shell {
     cfg: ShellConfig,
     /// Mesh peer → the node id it may speak for.
     authors: HashMap<PeerId, NodeId>,
-    /// Every member's peer but this node's: the recipients of direct sends.
+    /// Every member's peer but this node's: the recipients of direct sends to all.
     recipients: Vec<PeerId>,
+    /// Member → its mesh peer (recipients of sends to some members).
+    peers: HashMap<NodeId, PeerId>,
     filter: Option<OutboundFilter>,
     stats: ShellStats,
     /// Smoothed interval between iterations (an estimate kept across rounds).
@@ -262,11 +271,13 @@ impl Shell {
     ) -> Shell {
         let authors: HashMap<PeerId, NodeId> = members.into_iter().map(|(n, p)| (p, n)).collect();
         let recipients = recipients(&authors, mesh.local_peer_id());
+        let peers = authors.iter().map(|(&p, &n)| (n, p)).collect();
         Shell {
             mesh,
             cfg,
             authors,
             recipients,
+            peers,
             filter: None,
             stats: ShellStats::default(),
             pace: None,
@@ -434,6 +445,7 @@ impl Shell {
             Input::Members { epoch, members } => {
                 self.authors = members.iter().map(|&(n, p)| (p, n)).collect();
                 self.recipients = recipients(&self.authors, self.mesh.local_peer_id());
+                self.peers = members.iter().copied().collect();
                 let ids = members.into_iter().map(|(n, _)| n).collect();
                 let t = Instant::now();
                 let res = core.set_members(epoch, ids);
@@ -446,9 +458,14 @@ impl Shell {
 
     /// Publishes everything the core wants sent.
     async fn flush(&mut self, core: &mut Node) -> Result<(), ShellError> {
-        while let Some(msg) = core.poll_transmit() {
-            let resend = self.resends_queued > 0;
-            self.resends_queued = self.resends_queued.saturating_sub(1);
+        while let Some(t) = core.poll_transmit() {
+            let msg = t.msg;
+            let relayed = matches!(msg.body, placement::msg::Body::Relay(_));
+            // Bundles are never queued by a tick, so they do not count as re-sends.
+            let resend = !relayed && self.resends_queued > 0;
+            if !relayed {
+                self.resends_queued = self.resends_queued.saturating_sub(1);
+            }
             if let Some(keep) = self.filter.as_mut() {
                 if !keep(&msg) {
                     self.stats.dropped_by_hook += 1;
@@ -459,16 +476,32 @@ impl Shell {
             let len = bytes.len() as u64;
             let sent = match self.cfg.transport {
                 ShellTransport::Direct => {
+                    let to = match &t.to {
+                        To::All => self.recipients.clone(),
+                        To::Only(ids) => ids
+                            .iter()
+                            .filter_map(|n| self.peers.get(n).copied())
+                            .collect(),
+                    };
+                    self.stats.frames += to.len() as u64;
                     self.mesh
-                        .send_direct_else_gossip(self.recipients.clone(), Topic::Placement, bytes)
+                        .send_direct_else_gossip(to, Topic::Placement, bytes)
                         .await
                 }
-                ShellTransport::Gossip => self.mesh.publish(Topic::Placement, bytes).await,
+                // Gossip reaches every member anyway: everything to all.
+                ShellTransport::Gossip => {
+                    self.stats.frames += self.recipients.len() as u64;
+                    self.mesh.publish(Topic::Placement, bytes).await
+                }
             };
             match sent {
                 Ok(()) => {
                     self.stats.published += 1;
                     self.stats.published_bytes += len;
+                    if relayed {
+                        self.stats.relayed += 1;
+                        self.stats.relayed_bytes += len;
+                    }
                     if resend {
                         self.stats.resent += 1;
                         self.stats.resent_bytes += len;

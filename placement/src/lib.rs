@@ -114,6 +114,7 @@
 
 pub mod error;
 mod flow;
+pub mod grid;
 pub mod integer;
 pub mod local;
 pub mod model;
@@ -126,4 +127,4 @@ pub use model::{
     effective_cost, raw_cost, Hysteresis, Job, JobId, Link, LoadPenalty, NodeEnv, NodeId, Problem,
 };
 pub use msg::Msg;
-pub use node::{Config, Event, Node, NodeStats, Outcome};
+pub use node::{Config, Event, Node, NodeStats, Outcome, To, Transmit};

@@ -64,6 +64,13 @@ pub enum Body {
     /// cheapest candidate).
     #[serde(rename = "F")]
     Final(u64),
+    /// Starts or columns of the sender's row of the view's [`crate::grid::Grid`]
+    /// (its own included), forwarded in one frame to the members of other rows it
+    /// relays to. Each inner message keeps its author; the receiver accepts only
+    /// `Start`/`Column` messages of the same round and view authored by members of the
+    /// sender's row, at most one row's worth.
+    #[serde(rename = "B")]
+    Relay(Vec<Msg>),
 }
 
 /// A rounding task's result.

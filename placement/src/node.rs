@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::error::PlacementError;
+use crate::grid::Grid;
 use crate::integer::{self, Fnv};
 use crate::local::Projector;
 use crate::model::{Hysteresis, Job, JobId, NodeEnv, NodeId, Problem};
@@ -49,6 +50,11 @@ pub struct Config {
     pub max_members: usize,
     /// Messages kept for views/rounds this node has not entered yet.
     pub max_buffered: usize,
+    /// From this many members on, starts and columns go over the two-hop
+    /// [`Grid`] (own message to the row, row bundles relayed to the other rows) instead
+    /// of straight to every member; below it (and for candidates, final digests and every
+    /// re-send) straight to all.
+    pub relay_min_members: usize,
 }
 
 impl Default for Config {
@@ -77,6 +83,7 @@ impl Default for Config {
             max_jobs: 1 << 16,
             max_members: 1024,
             max_buffered: 4096,
+            relay_min_members: 8,
         }
     }
 }
@@ -99,6 +106,7 @@ impl Config {
         h.u64(self.adaptive_rho as u64);
         h.u64(self.polish_passes as u64);
         h.u64(self.price_steps as u64);
+        h.u64(self.relay_min_members as u64);
         h.finish()
     }
 }
@@ -138,9 +146,36 @@ pub enum Event {
     Failed { round: u64, error: PlacementError },
 }
 
+/// Who a message is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum To {
+    /// Every other member of the view.
+    All,
+    /// These members (never empty, never this node).
+    Only(Vec<NodeId>),
+}
+
+/// A message to send, and to whom.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transmit {
+    pub msg: Msg,
+    pub to: To,
+}
+
+impl Transmit {
+    /// How many members it goes to in a view of `members` (this node included).
+    pub fn recipients(&self, members: usize) -> usize {
+        match &self.to {
+            To::All => members.saturating_sub(1),
+            To::Only(v) => v.len(),
+        }
+    }
+}
+
 /// Counters for tests and benchmarks.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct NodeStats {
+    /// Own messages (first sends; re-sends and relayed bundles not counted).
     pub sent: u64,
     pub resent: u64,
     pub received: u64,
@@ -149,6 +184,11 @@ pub struct NodeStats {
     pub rejected: u64,
     pub buffered: u64,
     pub views: u64,
+    /// Row bundles forwarded (see [`Grid`]), and the messages they carried.
+    pub relayed: u64,
+    pub relayed_msgs: u64,
+    /// Messages taken out of bundles from relays.
+    pub unbundled: u64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -219,6 +259,13 @@ struct Round {
     last_sent: VecDeque<Msg>,
     progressed: bool,
     peer_lagging: bool,
+    /// The exchange layout of the view (flat below `relay_min_members`).
+    grid: Grid,
+    /// Starts/columns of this node's row (its own included) by iteration, kept until the
+    /// row is complete and forwarded as a bundle.
+    relay: BTreeMap<u32, BTreeMap<NodeId, Msg>>,
+    /// Last iteration whose bundle went out (iteration 0: the starts).
+    relay_done: Option<u32>,
 }
 
 /// One node's placement core.
@@ -228,7 +275,7 @@ pub struct Node {
     cfg_digest: u64,
     round: Option<Round>,
     buffered: VecDeque<Msg>,
-    outbox: VecDeque<Msg>,
+    outbox: VecDeque<Transmit>,
     events: VecDeque<Event>,
     /// Own capacity price and ρ the last solve ended with (warm start of the next).
     memory: Option<(f32, f32)>,
@@ -308,7 +355,8 @@ impl Node {
             .map(|s| s.x.as_slice())
     }
 
-    pub fn poll_transmit(&mut self) -> Option<Msg> {
+    /// The next message to send and its recipients.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.outbox.pop_front()
     }
     pub fn poll_event(&mut self) -> Option<Event> {
@@ -366,6 +414,9 @@ impl Node {
             last_sent: VecDeque::new(),
             progressed: true,
             peer_lagging: false,
+            grid: Grid::flat(1),
+            relay: BTreeMap::new(),
+            relay_done: None,
         });
         self.enter_view(epoch, members)
     }
@@ -444,6 +495,13 @@ impl Node {
         r.phase = Phase::Gathering;
         r.last_sent.clear();
         r.progressed = true;
+        r.grid = if r.members.len() >= self.cfg.relay_min_members.max(2) {
+            Grid::new(r.members.len())
+        } else {
+            Grid::flat(r.members.len())
+        };
+        r.relay.clear();
+        r.relay_done = None;
         self.stats.views += 1;
         tracing::debug!(
             node = id,
@@ -496,15 +554,76 @@ impl Node {
         Ok(())
     }
 
+    /// Sends one of this node's own messages: starts and columns to the row-mates when
+    /// the view relays (and into the row's bundle), everything else to all.
     fn send(&mut self, msg: Msg) {
         self.stats.sent += 1;
+        let id = self.id;
+        let mut to = To::All;
+        let mut bundle_iter = None;
         if let Some(r) = self.round.as_mut() {
             if r.last_sent.len() == LAST_SENT {
                 r.last_sent.pop_front();
             }
             r.last_sent.push_back(msg.clone());
+            if !r.grid.is_flat() && matches!(msg.body, Body::Start(_) | Body::Column(..)) {
+                if let Ok(me) = r.members.binary_search(&id) {
+                    let mates: Vec<NodeId> = r.grid.row_mates(me).map(|i| r.members[i]).collect();
+                    to = To::Only(mates);
+                    bundle_iter = relay_store(r, me, &msg).then_some(msg.iter);
+                }
+            }
         }
-        self.outbox.push_back(msg);
+        match &to {
+            To::Only(v) if v.is_empty() => {}
+            _ => self.outbox.push_back(Transmit { msg, to }),
+        }
+        if let Some(k) = bundle_iter {
+            self.relay_check(k);
+        }
+    }
+
+    /// Forwards the row's bundle of iteration `k` once it holds every row member's
+    /// message of it.
+    fn relay_check(&mut self, k: u32) {
+        let id = self.id;
+        let Some(r) = self.round.as_mut() else { return };
+        if r.grid.is_flat() || r.relay_done.is_some_and(|d| k <= d) {
+            return;
+        }
+        let Ok(me) = r.members.binary_search(&id) else {
+            return;
+        };
+        let row_len = r.grid.row_len(r.grid.row(me));
+        if r.relay.get(&k).is_none_or(|m| m.len() < row_len) {
+            return;
+        }
+        let msgs: Vec<Msg> = r
+            .relay
+            .remove(&k)
+            .unwrap_or_default()
+            .into_values()
+            .collect();
+        r.relay_done = Some(k);
+        r.relay.retain(|&i, _| i > k);
+        let targets: Vec<NodeId> = r.grid.relay_targets(me).map(|i| r.members[i]).collect();
+        if targets.is_empty() {
+            return;
+        }
+        self.stats.relayed += 1;
+        self.stats.relayed_msgs += msgs.len() as u64;
+        let msg = Msg {
+            round: r.round,
+            view: r.view,
+            iter: k,
+            from: id,
+            body: Body::Relay(msgs),
+            probe: false,
+        };
+        self.outbox.push_back(Transmit {
+            msg,
+            to: To::Only(targets),
+        });
     }
 
     /// Timer: if nothing moved since the last tick (or a peer showed it lags), re-send
@@ -532,7 +651,9 @@ impl Node {
                 })
                 .collect();
             self.stats.resent += msgs.len() as u64;
-            self.outbox.extend(msgs);
+            // Re-sends go straight to every member (no relay in the way of a recovery).
+            self.outbox
+                .extend(msgs.into_iter().map(|msg| Transmit { msg, to: To::All }));
         }
     }
 
@@ -553,6 +674,7 @@ impl Node {
     }
 
     fn handle_inner(&mut self, msg: Msg) {
+        let id = self.id;
         let Some(r) = self.round.as_mut() else {
             self.buffer(msg);
             return;
@@ -565,11 +687,24 @@ impl Node {
             self.buffer(msg);
             return;
         }
-        if msg.from == self.id || r.members.binary_search(&msg.from).is_err() {
+        if msg.from == id || r.members.binary_search(&msg.from).is_err() {
             self.stats.rejected += 1;
             return;
         }
         let nj = r.jobs.len();
+        // A start or column of a row-mate: kept for the row's bundle (if accepted).
+        let me = r.members.binary_search(&id).ok();
+        let keep = match (me, &msg.body) {
+            (Some(me), Body::Start(_) | Body::Column(..)) if !r.grid.is_flat() => r
+                .members
+                .binary_search(&msg.from)
+                .ok()
+                .filter(|&a| r.grid.row(a) == r.grid.row(me))
+                .map(|_| (me, msg.clone())),
+            _ => None,
+        };
+        let (mut accepted, mut unbundle) = (false, Vec::new());
+        let iter = msg.iter;
         match msg.body {
             Body::Start(start) => {
                 if msg.iter != 0
@@ -586,6 +721,7 @@ impl Node {
                     }
                     std::collections::btree_map::Entry::Vacant(v) => {
                         v.insert(start);
+                        accepted = true;
                     }
                 }
             }
@@ -613,6 +749,7 @@ impl Node {
                         }
                         std::collections::btree_map::Entry::Vacant(v) => {
                             v.insert((x, sane(mu)));
+                            accepted = true;
                         }
                     }
                 }
@@ -644,6 +781,48 @@ impl Node {
                     r.peer_lagging |= msg.probe;
                 }
             }
+            Body::Relay(inner) => {
+                // The sender relays its own row to members of other rows: only starts and
+                // columns of this round and view by members of its row, at most one each,
+                // never to a member of that row (it has them first hand).
+                let (Some(me), Ok(q)) = (me, r.members.binary_search(&msg.from)) else {
+                    self.stats.rejected += 1;
+                    return;
+                };
+                let row = r.grid.row_range(r.grid.row(q));
+                if r.grid.is_flat() || row.contains(&me) || inner.len() > row.len() {
+                    self.stats.rejected += 1;
+                    return;
+                }
+                for m in inner {
+                    let ok = m.round == msg.round
+                        && m.view == msg.view
+                        && matches!(m.body, Body::Start(_) | Body::Column(..))
+                        && r.members
+                            .binary_search(&m.from)
+                            .is_ok_and(|a| row.contains(&a));
+                    if ok {
+                        unbundle.push(Msg { probe: false, ..m });
+                    } else {
+                        self.stats.rejected += 1;
+                    }
+                }
+            }
+        }
+        if accepted {
+            if let Some((me, raw)) = keep {
+                let raw = Msg {
+                    probe: false,
+                    ..raw
+                };
+                if relay_store(r, me, &raw) {
+                    self.relay_check(iter);
+                }
+            }
+        }
+        self.stats.unbundled += unbundle.len() as u64;
+        for m in unbundle {
+            self.handle_inner(m);
         }
     }
 
@@ -990,6 +1169,29 @@ impl Node {
         s.next = Some((next, sane(mu_wire)));
         self.send(msg);
     }
+}
+
+/// Keeps a start or column of member index `me`'s row (its own included) for the row's
+/// bundle; true if it was new and its bundle is still to go out.
+fn relay_store(r: &mut Round, me: usize, msg: &Msg) -> bool {
+    if r.grid.is_flat() || r.relay_done.is_some_and(|d| msg.iter <= d) {
+        return false;
+    }
+    let in_row = r
+        .members
+        .binary_search(&msg.from)
+        .is_ok_and(|a| r.grid.row(a) == r.grid.row(me));
+    if !in_row {
+        return false;
+    }
+    // Starts are iteration 0; a column is at most one ahead of this node (the same
+    // window `handle_inner` accepts), so the store stays within two rows of messages.
+    let entry = r.relay.entry(msg.iter).or_default();
+    if entry.contains_key(&msg.from) {
+        return false;
+    }
+    entry.insert(msg.from, msg.clone());
+    true
 }
 
 /// Members (the first of the sorted member list) that run a rounding task: member `m`

@@ -10,7 +10,7 @@ use placement::msg::{Body, Candidate, Column, Msg};
 use placement::sim::{random_instance, Codec, Instance, InstanceOpts, SimConfig, Swarm};
 use placement::{
     Config, Event, Hysteresis, Job, Link, LoadPenalty, Node, NodeEnv, Outcome, PlacementError,
-    Problem,
+    Problem, To, Transmit,
 };
 
 fn problem(inst: &Instance, cfg: &Config) -> Problem {
@@ -465,10 +465,10 @@ fn drive(
     for _ in 0..400 {
         let mut msgs = Vec::new();
         for n in &mut nodes {
-            while let Some(mut m) = n.poll_transmit() {
+            while let Some(Transmit { msg: mut m, to }) = n.poll_transmit() {
                 sent.push(m.clone());
                 if tamper(&mut m) {
-                    msgs.push(m);
+                    msgs.push((m, to));
                 }
             }
             while let Some(e) = n.poll_event() {
@@ -478,8 +478,13 @@ fn drive(
         if msgs.is_empty() {
             break;
         }
-        for m in &msgs {
+        for (m, to) in &msgs {
             for n in nodes.iter_mut().filter(|n| n.id() != m.from) {
+                if let To::Only(v) = to {
+                    if !v.contains(&n.id()) {
+                        continue;
+                    }
+                }
                 n.handle(m.clone());
             }
         }
@@ -602,7 +607,7 @@ fn a_diverging_placement_is_detected_by_the_final_digest() {
     for _ in 0..200 {
         let mut msgs = Vec::new();
         for n in &mut nodes {
-            while let Some(mut m) = n.poll_transmit() {
+            while let Some(Transmit { msg: mut m, .. }) = n.poll_transmit() {
                 if m.from == liar {
                     if let Body::Final(d) = &mut m.body {
                         *d ^= 1;
@@ -653,7 +658,7 @@ fn untrusted_messages_are_rejected_without_panic() {
         inst.envs[&members[0]].clone(),
     )
     .expect("start");
-    let first = a.poll_transmit().expect("start message");
+    let first = a.poll_transmit().expect("start message").msg;
     let view = first.view;
     let bad = [
         // Job index past the end, value above 1, odd length, repeated index.
@@ -769,4 +774,246 @@ fn duplicates_do_not_start_a_resend_storm() {
         "{} re-sends after the round finished",
         swarm.stats.resent - before
     );
+}
+
+/// The settings with the two-hop relay off: every message straight to every member.
+fn flat_cfg() -> Config {
+    Config {
+        relay_min_members: usize::MAX,
+        ..Config::default()
+    }
+}
+
+/// The relay changes the routing only: the same iterations and placement as the plain
+/// all-to-all, in well under half the frames (32 members: rows of about six).
+#[test]
+fn relayed_exchange_gives_the_flat_placement_in_fewer_frames() {
+    for seed in [3, 4] {
+        let inst = random_instance(seed, 32, 256, &InstanceOpts::default());
+        let (flat, fs) = solve(&inst, &flat_cfg(), SimConfig::default());
+        let (relay, rs) = solve(&inst, &Config::default(), SimConfig::default());
+        assert_eq!(relay.placement, flat.placement, "seed {seed}");
+        assert_eq!(relay.iterations, flat.iterations, "seed {seed}");
+        assert_eq!(relay.objective, flat.objective, "seed {seed}");
+        assert_eq!(fs.stats.relayed, 0);
+        assert!(rs.stats.relayed > 0);
+        assert!(
+            rs.stats.frames * 2 < fs.stats.frames,
+            "seed {seed}: {} frames relayed against {} flat",
+            rs.stats.frames,
+            fs.stats.frames
+        );
+        // Every member's own messages are what it always sent; only the bundles are new.
+        assert_eq!(rs.stats.messages, fs.stats.messages, "seed {seed}");
+        let unbundled: u64 = rs.nodes.values().map(|n| n.stats().unbundled).sum();
+        assert!(unbundled > 0);
+    }
+}
+
+/// Loss, duplicates and delays on a relayed swarm: a lost bundle costs a whole row's
+/// columns at its recipient, recovered by the direct re-sends; the placement is the one
+/// the lossless run gives.
+#[test]
+fn relayed_exchange_survives_loss_duplicates_and_delays() {
+    let cfg = Config::default();
+    let inst = random_instance(31, 24, 160, &InstanceOpts::default());
+    let (clean, _) = solve(&inst, &cfg, SimConfig::default());
+    for (seed, drop, duplicate, max_delay) in [
+        (1, 0.10, 0.0, 0),
+        (2, 0.10, 0.0, 0),
+        (3, 0.10, 0.05, 2),
+        (4, 0.0, 0.3, 6),
+    ] {
+        let sim = SimConfig {
+            seed,
+            drop,
+            duplicate,
+            max_delay,
+            tick_every: if max_delay > 2 { 16 } else { 3 },
+            ..SimConfig::default()
+        };
+        let (noisy, swarm) = solve(&inst, &cfg, sim);
+        assert!(swarm.stats.relayed > 0);
+        if drop > 0.0 {
+            assert!(swarm.stats.dropped > 0 && swarm.stats.resent > 0);
+        }
+        assert_eq!(noisy.placement, clean.placement, "seed {seed}");
+        assert_eq!(noisy.digest, clean.digest, "seed {seed}");
+        assert_eq!(noisy.iterations, clean.iterations, "seed {seed}");
+    }
+}
+
+/// Membership changes across the relay threshold and inside it: a node leaving a
+/// relayed view of 12, and one joining a view of 9 (both views relayed, with a new
+/// layout): the survivors reconverge and agree.
+#[test]
+fn relayed_views_reconverge_after_a_leave_and_a_join() {
+    let cfg = Config::default();
+    let opts = InstanceOpts {
+        load_factor: 0.6,
+        ..InstanceOpts::default()
+    };
+    // Leave.
+    let inst = random_instance(41, 12, 80, &opts);
+    let gone = *inst.envs.keys().nth(5).expect("node");
+    let mut swarm = Swarm::new(
+        &inst,
+        cfg.clone(),
+        SimConfig {
+            drop: 0.05,
+            max_delay: 1,
+            tick_every: 6,
+            ..SimConfig::default()
+        },
+    )
+    .with_codec(Box::new(common::Cbor));
+    swarm.start_round(1).expect("start");
+    for _ in 0..6 {
+        swarm.step().expect("step");
+    }
+    assert!(swarm.nodes.values().all(|n| !n.is_finished()));
+    swarm.schedule_leave(swarm.now() + 1, gone, 4);
+    let rep = swarm.run().expect("run");
+    assert!(rep.finished);
+    let out = rep.agreed().expect("survivors agree").clone();
+    assert!(out.placement.iter().all(|&(_, n)| n != gone));
+    assert!(swarm.stats.relayed > 0);
+    // Join.
+    let inst = random_instance(42, 9, 60, &opts);
+    let newcomer = 999;
+    let env = NodeEnv {
+        capacity: 2.0,
+        speed: 4.0,
+        ..inst.envs.values().next().expect("env").clone()
+    };
+    let mut swarm = Swarm::new(
+        &inst,
+        cfg.clone(),
+        SimConfig {
+            seed: 7,
+            drop: 0.05,
+            tick_every: 6,
+            ..SimConfig::default()
+        },
+    )
+    .with_codec(Box::new(common::Cbor));
+    swarm.start_round(1).expect("start");
+    for _ in 0..4 {
+        swarm.step().expect("step");
+    }
+    swarm.schedule_join(swarm.now() + 1, newcomer, env, 2);
+    let rep = swarm.run().expect("run");
+    let out = rep.agreed().expect("all agree, newcomer included").clone();
+    assert!(rep.last_events.contains_key(&newcomer));
+    assert!(out.placement.iter().any(|&(_, n)| n == newcomer));
+}
+
+/// A relay that forges a column it forwards (its recipients compute from other data
+/// than the rest): no two nodes may report different placements as agreed. Here the
+/// recipients' iterates part from the others', so they stop at another iteration and
+/// the round stalls (the shell times out: no outcome at all) or the final digests, which
+/// go straight to every member, expose it.
+#[test]
+fn a_forging_relay_never_splits_the_swarm_silently() {
+    let inst = random_instance(43, 9, 48, &InstanceOpts::default());
+    let members: Vec<u32> = inst.envs.keys().copied().collect();
+    let mut forged = 0;
+    let (events, sent, nodes) = drive(&inst, &members, |m| {
+        if let Body::Relay(inner) = &mut m.body {
+            for x in inner.iter_mut() {
+                if let (1, Body::Column(col, _)) = (x.iter, &mut x.body) {
+                    // Move the author's mass to the first job.
+                    *col = Column(vec![0, 65_535]);
+                    forged += 1;
+                }
+            }
+        }
+        true
+    });
+    assert!(forged > 0, "no bundle carried a column of iteration 1");
+    assert!(sent.iter().any(|m| matches!(m.body, Body::Relay(_))));
+    let placed: Vec<u64> = events
+        .values()
+        .filter_map(|e| match e {
+            Event::Placed(o) => Some(o.digest),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        placed.windows(2).all(|w| w[0] == w[1]),
+        "nodes placed differently without noticing: {events:?}"
+    );
+    assert!(
+        placed.len() < members.len(),
+        "the forgery went unnoticed: {events:?}"
+    );
+    // The same run untampered: every node places.
+    let (clean, _, _) = drive(&inst, &members, |_| true);
+    assert!(clean.values().all(|e| matches!(e, Event::Placed(_))));
+    assert_eq!(clean.len(), nodes.len());
+}
+
+/// Bundles are checked: from a member of the receiver's own row, carrying another row's
+/// message, a final digest, another view's message, or more messages than a row holds —
+/// each rejected (counted), never handled.
+#[test]
+fn malformed_bundles_are_rejected() {
+    let inst = random_instance(44, 9, 20, &InstanceOpts::default());
+    let members: Vec<u32> = inst.envs.keys().copied().collect();
+    let g = placement::grid::Grid::new(members.len());
+    assert!(!g.is_flat());
+    let me = members[0];
+    let mut a = Node::new(me, Config::default());
+    a.start_round(
+        1,
+        0,
+        members.clone(),
+        inst.jobs.clone(),
+        inst.envs[&me].clone(),
+    )
+    .expect("start");
+    let first = a.poll_transmit().expect("start message");
+    assert!(matches!(first.to, To::Only(ref v) if v.len() == g.row_len(0) - 1));
+    let view = first.msg.view;
+    let col = |from: u32, view: u32| Msg {
+        round: 1,
+        view,
+        iter: 1,
+        from,
+        body: Body::Column(Column(vec![0, 100]), 0.0),
+        probe: false,
+    };
+    let bundle = |from: u32, inner: Vec<Msg>| Msg {
+        round: 1,
+        view,
+        iter: 1,
+        from,
+        body: Body::Relay(inner),
+        probe: false,
+    };
+    let (row0, row1) = (g.row_range(0), g.row_range(1));
+    let mate = members[row0.start + 1];
+    let (q, q2) = (members[row1.start], members[row1.start + 1]);
+    let other = members[g.row_range(2).start];
+    let before = a.stats().rejected;
+    // From a row-mate (it sends its own column straight to us).
+    a.handle(bundle(mate, vec![col(mate, view)]));
+    // A column authored outside the relay's row, a final digest, another view's column.
+    a.handle(bundle(q, vec![col(other, view)]));
+    a.handle(bundle(
+        q,
+        vec![Msg {
+            body: Body::Final(7),
+            ..col(q2, view)
+        }],
+    ));
+    a.handle(bundle(q, vec![col(q2, view ^ 1)]));
+    // More messages than the row has.
+    a.handle(bundle(q, vec![col(q2, view); g.row_len(1) + 1]));
+    assert_eq!(a.stats().rejected - before, 5);
+    assert_eq!(a.stats().unbundled, 0);
+    // A valid one is taken apart.
+    a.handle(bundle(q, vec![col(q, view), col(q2, view)]));
+    assert_eq!(a.stats().unbundled, 2);
+    assert_eq!(a.stats().rejected - before, 5);
 }
