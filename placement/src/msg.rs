@@ -71,6 +71,11 @@ pub enum Body {
     /// sender's row, at most one row's worth.
     #[serde(rename = "B")]
     Relay(Vec<Msg>),
+    /// Relayed views (see [`crate::grid`]): the final digests go to the task holders
+    /// only, and each holder, once it holds every member's, sends this list of
+    /// `(member, digest)` in member order to everyone.
+    #[serde(rename = "V")]
+    Verdict(Vec<(NodeId, u64)>),
 }
 
 /// A rounding task's result.

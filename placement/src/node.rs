@@ -20,8 +20,9 @@ use crate::model::{Hysteresis, Job, JobId, NodeEnv, NodeId, Problem};
 use crate::msg::{quantise, sane, Body, Candidate, Column, Msg, Spec, Start};
 
 /// Messages kept for re-sending: what a peer that lags by one step can be missing (the
-/// last column, the rounding candidate, the final digest).
-const LAST_SENT: usize = 3;
+/// last column, the rounding candidate, the final digest and, from a task holder in a
+/// relayed view, its verdict).
+const LAST_SENT: usize = 4;
 
 /// Solver settings. Must be the same on every node (they are part of the view digest).
 #[derive(Clone, Debug, PartialEq)]
@@ -254,6 +255,9 @@ struct Round {
     /// Rounding candidates of the task holders, with the iteration they were sent at.
     candidates: BTreeMap<NodeId, (u32, Candidate)>,
     finals: BTreeMap<NodeId, u64>,
+    /// Relayed views: every task holder's list of the members' final digests (its own
+    /// included once it sent it).
+    verdicts: BTreeMap<NodeId, Vec<(NodeId, u64)>>,
     solver: Option<Solver>,
     phase: Phase,
     last_sent: VecDeque<Msg>,
@@ -409,6 +413,7 @@ impl Node {
             pending: BTreeMap::new(),
             candidates: BTreeMap::new(),
             finals: BTreeMap::new(),
+            verdicts: BTreeMap::new(),
             solver: None,
             phase: Phase::Gathering,
             last_sent: VecDeque::new(),
@@ -491,6 +496,7 @@ impl Node {
         r.pending.clear();
         r.candidates.clear();
         r.finals.clear();
+        r.verdicts.clear();
         r.solver = None;
         r.phase = Phase::Gathering;
         r.last_sent.clear();
@@ -572,6 +578,10 @@ impl Node {
                     to = To::Only(mates);
                     bundle_iter = relay_store(r, me, &msg).then_some(msg.iter);
                 }
+            } else if !r.grid.is_flat() && matches!(msg.body, Body::Final(_)) {
+                // Relayed view: the final digest goes to the task holders only.
+                let holders = &r.members[..task_holders(r.members.len())];
+                to = To::Only(holders.iter().copied().filter(|&h| h != id).collect());
             }
         }
         match &to {
@@ -781,6 +791,29 @@ impl Node {
                     r.peer_lagging |= msg.probe;
                 }
             }
+            Body::Verdict(list) => {
+                // Relayed views only, from a task holder: every member's digest, in member
+                // order.
+                let holder = r
+                    .members
+                    .binary_search(&msg.from)
+                    .is_ok_and(|i| i < task_holders(r.members.len()));
+                let complete = list.len() == r.members.len()
+                    && list.iter().zip(&r.members).all(|(&(n, _), &m)| n == m);
+                if r.grid.is_flat() || !holder || !complete {
+                    self.stats.rejected += 1;
+                    return;
+                }
+                match r.verdicts.entry(msg.from) {
+                    std::collections::btree_map::Entry::Occupied(_) => {
+                        self.stats.duplicates += 1;
+                        r.peer_lagging |= msg.probe;
+                    }
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        v.insert(list);
+                    }
+                }
+            }
             Body::Relay(inner) => {
                 // The sender relays its own row to members of other rows: only starts and
                 // columns of this round and view by members of its row, at most one each,
@@ -951,13 +984,62 @@ impl Node {
                     digest,
                     objective,
                 } => {
-                    if r.members
+                    let holders = &r.members[..task_holders(r.members.len())];
+                    let all_finals = r
+                        .members
                         .iter()
-                        .any(|m| *m != self.id && !r.finals.contains_key(m))
-                    {
-                        return;
-                    }
-                    let agree = r.finals.values().all(|&d| d == digest);
+                        .all(|m| *m == self.id || r.finals.contains_key(m));
+                    let (agree, mut digests) = if r.grid.is_flat() {
+                        // Every member's digest came straight to every member.
+                        if !all_finals {
+                            return;
+                        }
+                        let agree = r.finals.values().all(|&d| d == digest);
+                        (agree, r.finals.iter().map(|(&n, &d)| (n, d)).collect())
+                    } else {
+                        // Relayed view: the digests went to the task holders, which send
+                        // everyone the whole list; placed only if every holder's list
+                        // shows this node's digest for every member (one honest holder
+                        // exposes any divergence to all).
+                        if holders.contains(&self.id) && !r.verdicts.contains_key(&self.id) {
+                            if !all_finals {
+                                return;
+                            }
+                            let list: Vec<(NodeId, u64)> = r
+                                .members
+                                .iter()
+                                .map(|&m| (m, r.finals.get(&m).copied().unwrap_or(digest)))
+                                .collect();
+                            r.verdicts.insert(self.id, list.clone());
+                            let msg = Msg {
+                                round: r.round,
+                                view: r.view,
+                                iter: r.solver.as_ref().map_or(0, |s| s.k),
+                                from: self.id,
+                                body: Body::Verdict(list),
+                                probe: false,
+                            };
+                            r.progressed = true;
+                            self.send(msg);
+                            continue;
+                        }
+                        if holders.iter().any(|h| !r.verdicts.contains_key(h)) {
+                            return;
+                        }
+                        let agree = r
+                            .verdicts
+                            .values()
+                            .all(|l| l.iter().all(|&(_, d)| d == digest));
+                        let mut digests: Vec<(NodeId, u64)> = Vec::new();
+                        for l in r.verdicts.values() {
+                            for &(n, d) in l {
+                                if n != self.id && !digests.contains(&(n, d)) {
+                                    digests.push((n, d));
+                                }
+                            }
+                        }
+                        (agree, digests)
+                    };
                     let assign = assign.clone();
                     r.progressed = true;
                     r.phase = Phase::Done;
@@ -993,8 +1075,6 @@ impl Node {
                         self.memory = Some((s.mu[s.me] as f32, s.rho as f32));
                         self.events.push_back(Event::Placed(outcome));
                     } else {
-                        let mut digests: Vec<(NodeId, u64)> =
-                            r.finals.iter().map(|(&n, &d)| (n, d)).collect();
                         digests.push((self.id, digest));
                         digests.sort_unstable();
                         tracing::warn!(

@@ -803,8 +803,13 @@ fn relayed_exchange_gives_the_flat_placement_in_fewer_frames() {
             rs.stats.frames,
             fs.stats.frames
         );
-        // Every member's own messages are what it always sent; only the bundles are new.
-        assert_eq!(rs.stats.messages, fs.stats.messages, "seed {seed}");
+        // Every member's own messages are what it always sent, plus the task holders'
+        // verdicts (the final digests go to the holders only); and the bundles.
+        assert_eq!(
+            rs.stats.messages,
+            fs.stats.messages + placement::integer::TASKS as u64,
+            "seed {seed}"
+        );
         let unbundled: u64 = rs.nodes.values().map(|n| n.stats().unbundled).sum();
         assert!(unbundled > 0);
     }
@@ -1016,4 +1021,76 @@ fn malformed_bundles_are_rejected() {
     a.handle(bundle(q, vec![col(q, view), col(q2, view)]));
     assert_eq!(a.stats().unbundled, 2);
     assert_eq!(a.stats().rejected - before, 5);
+}
+
+/// Relayed views send the final digests to the task holders, which send everyone the
+/// whole list: one node's forged digest (a holder's, then another member's) makes every
+/// other node report a disagreement, as with the digests straight to all.
+#[test]
+fn a_forged_final_digest_is_exposed_by_the_holders_verdicts() {
+    let inst = random_instance(45, 9, 40, &InstanceOpts::default());
+    let members: Vec<u32> = inst.envs.keys().copied().collect();
+    for liar in [members[1], members[6]] {
+        let (events, sent, _) = drive(&inst, &members, |m| {
+            if let (true, Body::Final(d)) = (m.from == liar, &mut m.body) {
+                *d ^= 1;
+            }
+            true
+        });
+        let verdicts = sent
+            .iter()
+            .filter(|m| matches!(m.body, Body::Verdict(_)))
+            .count();
+        assert_eq!(
+            verdicts,
+            placement::integer::TASKS,
+            "one verdict per holder"
+        );
+        assert_eq!(events.len(), members.len(), "every node ends the round");
+        for (id, e) in &events {
+            if *id != liar {
+                assert!(
+                    matches!(e, Event::Disagreement { .. }),
+                    "liar {liar}, node {id}: {e:?}"
+                );
+            }
+        }
+    }
+}
+
+/// Verdicts are checked: only from a task holder, only listing every member in order.
+#[test]
+fn malformed_verdicts_are_rejected() {
+    let inst = random_instance(46, 9, 20, &InstanceOpts::default());
+    let members: Vec<u32> = inst.envs.keys().copied().collect();
+    let me = members[4];
+    let mut a = Node::new(me, Config::default());
+    a.start_round(
+        1,
+        0,
+        members.clone(),
+        inst.jobs.clone(),
+        inst.envs[&me].clone(),
+    )
+    .expect("start");
+    let view = a.poll_transmit().expect("start message").msg.view;
+    let verdict = |from: u32, list: Vec<(u32, u64)>| Msg {
+        round: 1,
+        view,
+        iter: 3,
+        from,
+        body: Body::Verdict(list),
+        probe: false,
+    };
+    let full: Vec<(u32, u64)> = members.iter().map(|&m| (m, 5)).collect();
+    let before = a.stats().rejected;
+    // From a non-holder; missing a member; out of order.
+    a.handle(verdict(members[5], full.clone()));
+    a.handle(verdict(members[0], full[1..].to_vec()));
+    let mut swapped = full.clone();
+    swapped.swap(0, 1);
+    a.handle(verdict(members[0], swapped));
+    assert_eq!(a.stats().rejected - before, 3);
+    a.handle(verdict(members[0], full));
+    assert_eq!(a.stats().rejected - before, 3);
 }
