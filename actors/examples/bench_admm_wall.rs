@@ -30,7 +30,7 @@
 //! (`--runtimes K`: the nodes on K single-thread runtimes instead of the shared
 //! multi-thread one, to see what the work-stealing scheduler's wake-ups cost;
 //! `--relay-min N`: the core's `relay_min_members`, from which member count starts and
-//! columns take the two-hop grid exchange (`placement::grid`); a large value turns it
+//! columns take the log-depth relay (`placement::relay`); a large value turns it
 //! off, for comparisons).
 //! `relay_B`: bytes of row bundles a node forwarded per iteration (others' starts and
 //! columns; `B/node/iter` counts only a node's own messages, as bench_admm does).

@@ -159,7 +159,7 @@ pub struct ShellStats {
     pub publish_failed: u64,
     /// Messages the outbound test hook dropped.
     pub dropped_by_hook: u64,
-    /// Row bundles forwarded for the core's two-hop exchange (`placement::grid`),
+    /// Bundles forwarded for the core's log-depth relay (`placement::relay`),
     /// counted in `published` too, and their bytes (also in `published_bytes`).
     pub relayed: u64,
     pub relayed_bytes: u64,

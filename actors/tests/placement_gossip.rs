@@ -5,9 +5,10 @@
 //! iterations are bulk-synchronous and every node computes from the same wire-precision
 //! columns, so it is the same placement, not merely a close one), also when one node
 //! loses 10 % of its outbound messages (dropped in the shell, the mesh untouched) and
-//! when forged and malformed payloads arrive. With 9 nodes the core's two-hop exchange
-//! (`placement::grid`: rows of 3, row bundles relayed) carries the starts and columns:
-//! the same placement in fewer frames, also when one relay loses bundles.
+//! when forged and malformed payloads arrive. With 9 nodes the core's log-depth relay
+//! (`placement::relay`: 4 steps of one frame each) carries the starts and columns and
+//! the final digests go through the rounding task holders: the same placement in fewer
+//! frames, also when one relay loses bundles.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -296,10 +297,9 @@ async fn agree_with_forgeries_and_outbound_loss(transport: ShellTransport) {
     }
 }
 
-/// 9 nodes: starts and columns go to the row-mates and in row bundles to the other rows
-/// (`placement::grid`, rows of 3). Same placement as the pure core, in fewer frames than
-/// the all-to-all; node 0 (a relay) then loses its first bundle and 10 % of the rest,
-/// and the direct re-sends recover the rows it withheld.
+/// 9 nodes: starts and columns go over the log-depth relay (`placement::relay`). Same
+/// placement as the pure core, in fewer frames than the all-to-all; node 0 then loses its
+/// first bundle and 10 % of the rest, and the direct re-sends recover what it withheld.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nine_nodes_agree_over_the_relayed_exchange_with_outbound_loss() {
     const N: usize = 9;

@@ -114,12 +114,12 @@
 
 pub mod error;
 mod flow;
-pub mod grid;
 pub mod integer;
 pub mod local;
 pub mod model;
 pub mod msg;
 pub mod node;
+pub mod relay;
 pub mod sim;
 
 pub use error::PlacementError;

@@ -64,14 +64,14 @@ pub enum Body {
     /// cheapest candidate).
     #[serde(rename = "F")]
     Final(u64),
-    /// Starts or columns of the sender's row of the view's [`crate::grid::Grid`]
-    /// (its own included), forwarded in one frame to the members of other rows it
-    /// relays to. Each inner message keeps its author; the receiver accepts only
-    /// `Start`/`Column` messages of the same round and view authored by members of the
-    /// sender's row, at most one row's worth.
+    /// Starts or columns forwarded in one frame by the log-depth relay
+    /// ([`crate::relay::Schedule`]): at step `k` the sender's own and those of the next
+    /// `size(k) − 1` members on the ring, to the member `2^k` before it. Each inner
+    /// message keeps its author; the receiver accepts only `Start`/`Column` messages of
+    /// the same round and view by those authors, from the member the schedule names.
     #[serde(rename = "B")]
     Relay(Vec<Msg>),
-    /// Relayed views (see [`crate::grid`]): the final digests go to the task holders
+    /// Relayed views (see [`crate::relay`]): the final digests go to the task holders
     /// only, and each holder, once it holds every member's, sends this list of
     /// `(member, digest)` in member order to everyone.
     #[serde(rename = "V")]

@@ -13,11 +13,11 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::error::PlacementError;
-use crate::grid::Grid;
 use crate::integer::{self, Fnv};
 use crate::local::Projector;
 use crate::model::{Hysteresis, Job, JobId, NodeEnv, NodeId, Problem};
 use crate::msg::{quantise, sane, Body, Candidate, Column, Msg, Spec, Start};
+use crate::relay::Schedule;
 
 /// Messages kept for re-sending: what a peer that lags by one step can be missing (the
 /// last column, the rounding candidate, the final digest and, from a task holder in a
@@ -51,10 +51,11 @@ pub struct Config {
     pub max_members: usize,
     /// Messages kept for views/rounds this node has not entered yet.
     pub max_buffered: usize,
-    /// From this many members on, starts and columns go over the two-hop
-    /// [`Grid`] (own message to the row, row bundles relayed to the other rows) instead
-    /// of straight to every member; below it (and for candidates, final digests and every
-    /// re-send) straight to all.
+    /// From this many members on, starts and columns go over the log-depth relay
+    /// [`Schedule`] (own message to one member, bundles of what a member holds forwarded
+    /// at each step) and the final digests to the rounding task holders only, who send
+    /// everyone the list; below it (and for candidates and every re-send) straight to
+    /// all.
     pub relay_min_members: usize,
 }
 
@@ -185,7 +186,7 @@ pub struct NodeStats {
     pub rejected: u64,
     pub buffered: u64,
     pub views: u64,
-    /// Row bundles forwarded (see [`Grid`]), and the messages they carried.
+    /// Bundles forwarded (see [`Schedule`]), and the messages they carried.
     pub relayed: u64,
     pub relayed_msgs: u64,
     /// Messages taken out of bundles from relays.
@@ -263,12 +264,14 @@ struct Round {
     last_sent: VecDeque<Msg>,
     progressed: bool,
     peer_lagging: bool,
-    /// The exchange layout of the view (flat below `relay_min_members`).
-    grid: Grid,
-    /// Starts/columns of this node's row (its own included) by iteration, kept until the
-    /// row is complete and forwarded as a bundle.
+    /// The exchange schedule of the view (flat below `relay_min_members`).
+    sched: Schedule,
+    /// Starts/columns of the authors this node forwards (ring offsets below the
+    /// schedule's window, its own included) by iteration, until every step went out.
     relay: BTreeMap<u32, BTreeMap<NodeId, Msg>>,
-    /// Last iteration whose bundle went out (iteration 0: the starts).
+    /// Steps already sent per iteration (bit `k`: step `k`).
+    relay_sent: BTreeMap<u32, u64>,
+    /// Last iteration whose every step went out (iteration 0: the starts).
     relay_done: Option<u32>,
 }
 
@@ -419,8 +422,9 @@ impl Node {
             last_sent: VecDeque::new(),
             progressed: true,
             peer_lagging: false,
-            grid: Grid::flat(1),
+            sched: Schedule::flat(1),
             relay: BTreeMap::new(),
+            relay_sent: BTreeMap::new(),
             relay_done: None,
         });
         self.enter_view(epoch, members)
@@ -501,12 +505,13 @@ impl Node {
         r.phase = Phase::Gathering;
         r.last_sent.clear();
         r.progressed = true;
-        r.grid = if r.members.len() >= self.cfg.relay_min_members.max(2) {
-            Grid::new(r.members.len())
+        r.sched = if r.members.len() >= self.cfg.relay_min_members.max(2) {
+            Schedule::new(r.members.len())
         } else {
-            Grid::flat(r.members.len())
+            Schedule::flat(r.members.len())
         };
         r.relay.clear();
+        r.relay_sent.clear();
         r.relay_done = None;
         self.stats.views += 1;
         tracing::debug!(
@@ -572,13 +577,14 @@ impl Node {
                 r.last_sent.pop_front();
             }
             r.last_sent.push_back(msg.clone());
-            if !r.grid.is_flat() && matches!(msg.body, Body::Start(_) | Body::Column(..)) {
+            if !r.sched.is_flat() && matches!(msg.body, Body::Start(_) | Body::Column(..)) {
                 if let Ok(me) = r.members.binary_search(&id) {
-                    let mates: Vec<NodeId> = r.grid.row_mates(me).map(|i| r.members[i]).collect();
-                    to = To::Only(mates);
+                    // Step 0: the own message alone, to the member before on the ring.
+                    to = To::Only(vec![r.members[r.sched.target(me, 0)]]);
+                    *r.relay_sent.entry(msg.iter).or_default() |= 1;
                     bundle_iter = relay_store(r, me, &msg).then_some(msg.iter);
                 }
-            } else if !r.grid.is_flat() && matches!(msg.body, Body::Final(_)) {
+            } else if !r.sched.is_flat() && matches!(msg.body, Body::Final(_)) {
                 // Relayed view: the final digest goes to the task holders only.
                 let holders = &r.members[..task_holders(r.members.len())];
                 to = To::Only(holders.iter().copied().filter(|&h| h != id).collect());
@@ -593,51 +599,61 @@ impl Node {
         }
     }
 
-    /// Forwards the row's bundle of iteration `k` once it holds every row member's
-    /// message of it.
+    /// Sends every step of iteration `k` whose authors this node now holds all of (step
+    /// `j ≥ 1`: the members at ring offsets `0 .. size(j)`, to the member `2^j` before).
     fn relay_check(&mut self, k: u32) {
         let id = self.id;
         let Some(r) = self.round.as_mut() else { return };
-        if r.grid.is_flat() || r.relay_done.is_some_and(|d| k <= d) {
+        let s = r.sched;
+        if s.is_flat() || r.relay_done.is_some_and(|d| k <= d) {
             return;
         }
         let Ok(me) = r.members.binary_search(&id) else {
             return;
         };
-        let row_len = r.grid.row_len(r.grid.row(me));
-        if r.relay.get(&k).is_none_or(|m| m.len() < row_len) {
-            return;
+        let n = r.members.len();
+        let Some(store) = r.relay.get(&k) else { return };
+        let mut sent = r.relay_sent.get(&k).copied().unwrap_or(0);
+        let mut out = Vec::new();
+        for step in 1..s.steps() {
+            if sent & (1 << step) != 0 {
+                continue;
+            }
+            let msgs: Vec<Msg> = (0..s.size(step))
+                .map_while(|off| store.get(&r.members[(me + off) % n]).cloned())
+                .collect();
+            if msgs.len() < s.size(step) {
+                continue;
+            }
+            sent |= 1 << step;
+            self.stats.relayed += 1;
+            self.stats.relayed_msgs += msgs.len() as u64;
+            let msg = Msg {
+                round: r.round,
+                view: r.view,
+                iter: k,
+                from: id,
+                body: Body::Relay(msgs),
+                probe: false,
+            };
+            out.push(Transmit {
+                msg,
+                to: To::Only(vec![r.members[s.target(me, step)]]),
+            });
         }
-        let msgs: Vec<Msg> = r
-            .relay
-            .remove(&k)
-            .unwrap_or_default()
-            .into_values()
-            .collect();
-        r.relay_done = Some(k);
-        r.relay.retain(|&i, _| i > k);
-        let targets: Vec<NodeId> = r.grid.relay_targets(me).map(|i| r.members[i]).collect();
-        if targets.is_empty() {
-            return;
+        if sent == (1u64 << s.steps()) - 1 {
+            r.relay_done = Some(k);
+            r.relay.retain(|&i, _| i > k);
+            r.relay_sent.retain(|&i, _| i > k);
+        } else {
+            r.relay_sent.insert(k, sent);
         }
-        self.stats.relayed += 1;
-        self.stats.relayed_msgs += msgs.len() as u64;
-        let msg = Msg {
-            round: r.round,
-            view: r.view,
-            iter: k,
-            from: id,
-            body: Body::Relay(msgs),
-            probe: false,
-        };
-        self.outbox.push_back(Transmit {
-            msg,
-            to: To::Only(targets),
-        });
+        self.outbox.extend(out);
     }
 
-    /// Timer: if nothing moved since the last tick (or a peer showed it lags), re-send
-    /// the last messages (see [`LAST_SENT`]). Idempotent on the receiving side.
+    /// Timer: if nothing moved since the last tick (no step completed, no new message
+    /// taken) or a peer showed it lags, re-send the last messages (see [`LAST_SENT`]).
+    /// Idempotent on the receiving side.
     pub fn tick(&mut self) {
         let Some(r) = self.round.as_mut() else { return };
         let finished = matches!(r.phase, Phase::Done | Phase::Failed);
@@ -702,14 +718,15 @@ impl Node {
             return;
         }
         let nj = r.jobs.len();
-        // A start or column of a row-mate: kept for the row's bundle (if accepted).
+        // A start or column of an author this node forwards: kept for its bundles (if
+        // accepted).
         let me = r.members.binary_search(&id).ok();
         let keep = match (me, &msg.body) {
-            (Some(me), Body::Start(_) | Body::Column(..)) if !r.grid.is_flat() => r
+            (Some(me), Body::Start(_) | Body::Column(..)) if !r.sched.is_flat() => r
                 .members
                 .binary_search(&msg.from)
                 .ok()
-                .filter(|&a| r.grid.row(a) == r.grid.row(me))
+                .filter(|&a| r.sched.offset(me, a) < r.sched.window())
                 .map(|_| (me, msg.clone())),
             _ => None,
         };
@@ -782,6 +799,7 @@ impl Node {
                     }
                     std::collections::btree_map::Entry::Vacant(v) => {
                         v.insert((msg.iter, c));
+                        accepted = true;
                     }
                 }
             }
@@ -789,6 +807,8 @@ impl Node {
                 if r.finals.insert(msg.from, d).is_some() {
                     self.stats.duplicates += 1;
                     r.peer_lagging |= msg.probe;
+                } else {
+                    accepted = true;
                 }
             }
             Body::Verdict(list) => {
@@ -800,7 +820,7 @@ impl Node {
                     .is_ok_and(|i| i < task_holders(r.members.len()));
                 let complete = list.len() == r.members.len()
                     && list.iter().zip(&r.members).all(|(&(n, _), &m)| n == m);
-                if r.grid.is_flat() || !holder || !complete {
+                if r.sched.is_flat() || !holder || !complete {
                     self.stats.rejected += 1;
                     return;
                 }
@@ -811,19 +831,28 @@ impl Node {
                     }
                     std::collections::btree_map::Entry::Vacant(v) => {
                         v.insert(list);
+                        accepted = true;
                     }
                 }
             }
             Body::Relay(inner) => {
-                // The sender relays its own row to members of other rows: only starts and
-                // columns of this round and view by members of its row, at most one each,
-                // never to a member of that row (it has them first hand).
+                // Only the member 2^k after this one on the ring sends it a bundle (step
+                // k ≥ 1), with starts and columns of this round and view by the `size(k)`
+                // members from the sender on.
                 let (Some(me), Ok(q)) = (me, r.members.binary_search(&msg.from)) else {
                     self.stats.rejected += 1;
                     return;
                 };
-                let row = r.grid.row_range(r.grid.row(q));
-                if r.grid.is_flat() || row.contains(&me) || inner.len() > row.len() {
+                let Some(size) = r
+                    .sched
+                    .step_from(q, me)
+                    .filter(|&k| k >= 1)
+                    .map(|k| r.sched.size(k))
+                else {
+                    self.stats.rejected += 1;
+                    return;
+                };
+                if inner.len() > size {
                     self.stats.rejected += 1;
                     return;
                 }
@@ -833,7 +862,7 @@ impl Node {
                         && matches!(m.body, Body::Start(_) | Body::Column(..))
                         && r.members
                             .binary_search(&m.from)
-                            .is_ok_and(|a| row.contains(&a));
+                            .is_ok_and(|a| r.sched.offset(q, a) < size);
                     if ok {
                         unbundle.push(Msg { probe: false, ..m });
                     } else {
@@ -843,6 +872,10 @@ impl Node {
             }
         }
         if accepted {
+            // New data is progress: with the relay an iteration takes several hops, and a
+            // node still hearing new messages is not stuck (if one is lost for good, the
+            // node probes one tick after the last new one).
+            r.progressed = true;
             if let Some((me, raw)) = keep {
                 let raw = Msg {
                     probe: false,
@@ -989,7 +1022,7 @@ impl Node {
                         .members
                         .iter()
                         .all(|m| *m == self.id || r.finals.contains_key(m));
-                    let (agree, mut digests) = if r.grid.is_flat() {
+                    let (agree, mut digests) = if r.sched.is_flat() {
                         // Every member's digest came straight to every member.
                         if !all_finals {
                             return;
@@ -1251,21 +1284,22 @@ impl Node {
     }
 }
 
-/// Keeps a start or column of member index `me`'s row (its own included) for the row's
-/// bundle; true if it was new and its bundle is still to go out.
+/// Keeps a start or column of an author member index `me` forwards (ring offset below
+/// the schedule's window, its own included) for its bundles; true if it was new and its
+/// iteration still has steps to send.
 fn relay_store(r: &mut Round, me: usize, msg: &Msg) -> bool {
-    if r.grid.is_flat() || r.relay_done.is_some_and(|d| msg.iter <= d) {
+    if r.sched.is_flat() || r.relay_done.is_some_and(|d| msg.iter <= d) {
         return false;
     }
-    let in_row = r
+    let forwarded = r
         .members
         .binary_search(&msg.from)
-        .is_ok_and(|a| r.grid.row(a) == r.grid.row(me));
-    if !in_row {
+        .is_ok_and(|a| r.sched.offset(me, a) < r.sched.window());
+    if !forwarded {
         return false;
     }
     // Starts are iteration 0; a column is at most one ahead of this node (the same
-    // window `handle_inner` accepts), so the store stays within two rows of messages.
+    // window `handle_inner` accepts), so the store stays within two windows of messages.
     let entry = r.relay.entry(msg.iter).or_default();
     if entry.contains_key(&msg.from) {
         return false;

@@ -234,7 +234,7 @@ pub struct SimStats {
     /// Re-sends after a tick.
     pub resent: u64,
     pub resent_bytes: u64,
-    /// Row bundles forwarded by relays (see [`crate::grid`]) and their encoded bytes.
+    /// Row bundles forwarded by relays (see [`crate::relay`]) and their encoded bytes.
     pub relayed: u64,
     pub relayed_bytes: u64,
     /// Deliveries attempted (one per recipient of every send: the frames of a real
