@@ -217,11 +217,16 @@ struct Solver {
     rho: f64,
     /// Last complete iteration.
     k: u32,
-    /// `X^k` (node columns as gossiped), `Y^k` (job rows projected on the simplex) and
-    /// the scaled duals `U^k`, all `[node][job]`.
+    /// `X^k` (node columns as gossiped, `[node][job]`); `Y^k` (job rows projected on the
+    /// simplex) and the scaled duals `U^k` job-major (`[job * nodes + node]`: the row
+    /// step walks them in order), and `xt`, `X^k` job-major (scratch of the row step);
+    /// `y`, `Y^k` as `[node][job]`, filled only when the solve stops (the rounding's
+    /// input).
     x: Vec<Vec<f64>>,
+    yt: Vec<f64>,
+    ut: Vec<f64>,
+    xt: Vec<f64>,
     y: Vec<Vec<f64>>,
-    u: Vec<Vec<f64>>,
     /// Capacity price of every member with its `x^k` (cost units per unit of demand).
     mu: Vec<f64>,
     /// Allowed nodes per job.
@@ -1137,23 +1142,35 @@ impl Node {
         let Some(r) = self.round.as_mut() else { return };
         let Some(s) = r.solver.as_mut() else { return };
         let nj = s.problem.n_jobs();
+        let nn = s.x.len();
         let (mut dy2, mut r2, mut xx, mut yy, mut uu) = (0.0, 0.0, 0.0, 0.0, 0.0);
         {
+            // X^k job-major, one pass over each column.
+            for (n, col) in s.x.iter().enumerate() {
+                for (j, &v) in col.iter().enumerate() {
+                    s.xt[j * nn + n] = v;
+                }
+            }
             // Y^k = Π_rows(X^k + U^{k-1}); U^k = U^{k-1} + X^k − Y^k.
-            for j in 0..nj {
-                let nodes = &s.job_nodes[j];
+            for (j, nodes) in s.job_nodes.iter().enumerate() {
+                let base = j * nn;
+                let (xt, yt, ut) = (
+                    &s.xt[base..base + nn],
+                    &mut s.yt[base..base + nn],
+                    &mut s.ut[base..base + nn],
+                );
                 s.row.clear();
-                s.row.extend(nodes.iter().map(|&n| s.x[n][j] + s.u[n][j]));
+                s.row.extend(nodes.iter().map(|&n| xt[n] + ut[n]));
                 project_simplex(&mut s.row, &mut s.sorted);
                 for (t, &n) in nodes.iter().enumerate() {
-                    let (xv, yv) = (s.x[n][j], s.row[t]);
-                    dy2 += (yv - s.y[n][j]).powi(2);
+                    let (xv, yv) = (xt[n], s.row[t]);
+                    dy2 += (yv - yt[n]).powi(2);
                     r2 += (xv - yv).powi(2);
                     xx += xv * xv;
                     yy += yv * yv;
-                    s.y[n][j] = yv;
-                    let u = s.u[n][j] + xv - yv;
-                    s.u[n][j] = u;
+                    yt[n] = yv;
+                    let u = ut[n] + xv - yv;
+                    ut[n] = u;
                     uu += u * u;
                 }
             }
@@ -1181,8 +1198,11 @@ impl Node {
                 "placement stopped"
             );
             r.phase = Phase::Candidates;
+            // Y^k as [node][job]: the rounding's and the outcome's input.
+            s.y = (0..nn)
+                .map(|n| (0..nj).map(|j| s.yt[j * nn + n]).collect())
+                .collect();
             // This member's share of the rounding (none for most members).
-            let nn = s.problem.n_nodes();
             let mut best: Option<(f64, Vec<usize>)> = None;
             let mut failed = None;
             for task in (0..integer::TASKS).filter(|t| t % nn == s.me) {
@@ -1243,13 +1263,13 @@ impl Node {
             }
             if s.rho != old {
                 let f = old / s.rho;
-                s.u.iter_mut().flatten().for_each(|u| *u *= f);
+                s.ut.iter_mut().for_each(|u| *u *= f);
             }
         }
         // Local step: x_me ← Π_{X_me}(y_me − u_me − ĉ_me/ρ).
         let me = s.me;
         for (t, &j) in s.allowed.iter().enumerate() {
-            s.w[t] = s.y[me][j] - s.u[me][j] - s.cost[t] / s.rho;
+            s.w[t] = s.yt[j * nn + me] - s.ut[j * nn + me] - s.cost[t] / s.rho;
         }
         let p = &s.problem;
         let penalty = if p.slope[me] > 0.0 {
@@ -1443,10 +1463,10 @@ fn build_solver(r: &Round, me_id: NodeId, cfg: &Config) -> Result<Solver, Placem
         .collect();
     // U^{-1} = −(ĉ + μ̂ d)/ρ: the reduced cost of every pair, so the first row projection
     // already leans to the cheap nodes.
-    let y = vec![vec![0.0; nj]; nn];
-    let mut u = vec![vec![0.0; nj]; nn];
-    for (n, row) in u.iter_mut().enumerate() {
-        for (j, v) in row.iter_mut().enumerate() {
+    let yt = vec![0.0; nj * nn];
+    let mut ut = vec![0.0; nj * nn];
+    for (j, row) in ut.chunks_exact_mut(nn.max(1)).enumerate() {
+        for (n, v) in row.iter_mut().enumerate() {
             if p.allowed(n, j) {
                 *v = -(p.c(n, j) + mu[n] * p.jobs[j].demand) / scale / rho;
             }
@@ -1463,8 +1483,10 @@ fn build_solver(r: &Round, me_id: NodeId, cfg: &Config) -> Result<Solver, Placem
         rho,
         k: 0,
         x,
-        y,
-        u,
+        yt,
+        ut,
+        xt: vec![0.0; nj * nn],
+        y: Vec::new(),
         mu,
         job_nodes,
         next: None,
