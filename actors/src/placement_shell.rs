@@ -29,6 +29,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use mesh::{MeshError, MeshHandle, PeerId, Topic};
+use placement::msg::Body;
 use placement::{Event, Msg, Node, NodeId, NodeStats, Outcome, PlacementError, To};
 use tokio::sync::mpsc;
 
@@ -166,6 +167,8 @@ pub struct ShellStats {
     /// Recipients summed over every message handed to the mesh (direct frames; a
     /// gossip publish counts its members).
     pub frames: u64,
+    /// Bundles over the message size limit, sent in parts.
+    pub split: u64,
     pub received: u64,
     pub received_bytes: u64,
     pub too_large: u64,
@@ -223,6 +226,47 @@ pub fn decode(bytes: &[u8], max: usize) -> Result<Msg, WireError> {
         )));
     }
     Ok(msg)
+}
+
+/// An encoded message, or a bundle too large for one message cut into parts that fit.
+enum Encoded {
+    One(Vec<u8>),
+    Split(Vec<Msg>),
+}
+
+/// Encodes `msg`; a relay bundle over `max` bytes comes back as bundles of fewer messages
+/// each (halving until every part fits), any other message over `max` is an error.
+fn encode_bundle(msg: &Msg, max: usize) -> Result<Encoded, WireError> {
+    match encode(msg, max) {
+        Ok(b) => Ok(Encoded::One(b)),
+        Err(WireError::TooLarge { .. }) if matches!(&msg.body, Body::Relay(v) if v.len() > 1) => {
+            let mut parts = Vec::new();
+            let mut todo = vec![msg.clone()];
+            while let Some(m) = todo.pop() {
+                let Body::Relay(inner) = &m.body else {
+                    continue;
+                };
+                let fits = encode(&m, max).is_ok();
+                if fits || inner.len() < 2 {
+                    if !fits {
+                        // One message alone is over the limit: the error it gives.
+                        encode(&m, max)?;
+                    }
+                    parts.push(m);
+                    continue;
+                }
+                let (a, b) = inner.split_at(inner.len() / 2);
+                for half in [b, a] {
+                    todo.push(Msg {
+                        body: Body::Relay(half.to_vec()),
+                        ..m.clone()
+                    });
+                }
+            }
+            Ok(Encoded::Split(parts))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The peers of `authors` but `me`, sorted (the same order on every send).
@@ -456,11 +500,50 @@ impl Shell {
         Ok(())
     }
 
+    /// Sends one part of a split bundle (direct; over gossip it reaches everyone).
+    async fn send_part(&mut self, to: &To, part: &Msg, bytes: Vec<u8>) -> Result<(), ShellError> {
+        let len = bytes.len() as u64;
+        let sent = match self.cfg.transport {
+            ShellTransport::Direct => {
+                let to: Vec<PeerId> = match to {
+                    To::All => self.recipients.clone(),
+                    To::Only(ids) => ids
+                        .iter()
+                        .filter_map(|n| self.peers.get(n).copied())
+                        .collect(),
+                };
+                self.stats.frames += to.len() as u64;
+                self.mesh
+                    .send_direct_else_gossip(to, Topic::Placement, bytes)
+                    .await
+            }
+            ShellTransport::Gossip => {
+                self.stats.frames += self.recipients.len() as u64;
+                self.mesh.publish(Topic::Placement, bytes).await
+            }
+        };
+        match sent {
+            Ok(()) => {
+                self.stats.published += 1;
+                self.stats.published_bytes += len;
+                self.stats.relayed += 1;
+                self.stats.relayed_bytes += len;
+                Ok(())
+            }
+            Err(MeshError::Publish(e)) => {
+                self.stats.publish_failed += 1;
+                tracing::debug!(%e, round = part.round, iter = part.iter, "placement publish failed");
+                Ok(())
+            }
+            Err(e) => Err(ShellError::Mesh(e)),
+        }
+    }
+
     /// Publishes everything the core wants sent.
     async fn flush(&mut self, core: &mut Node) -> Result<(), ShellError> {
         while let Some(t) = core.poll_transmit() {
             let msg = t.msg;
-            let relayed = matches!(msg.body, placement::msg::Body::Relay(_));
+            let relayed = matches!(msg.body, Body::Relay(_));
             // Bundles are never queued by a tick, so they do not count as re-sends.
             let resend = !relayed && self.resends_queued > 0;
             if !relayed {
@@ -472,7 +555,19 @@ impl Shell {
                     continue;
                 }
             }
-            let bytes = encode(&msg, self.cfg.max_message_bytes)?;
+            let bytes = match encode_bundle(&msg, self.cfg.max_message_bytes)? {
+                Encoded::One(b) => b,
+                Encoded::Split(parts) => {
+                    // A bundle over the size limit (many members' starts): its halves go
+                    // out as bundles of their own (a receiver takes any part of a step).
+                    self.stats.split += 1;
+                    for part in parts {
+                        let bytes = encode(&part, self.cfg.max_message_bytes)?;
+                        self.send_part(&t.to, &part, bytes).await?;
+                    }
+                    continue;
+                }
+            };
             let len = bytes.len() as u64;
             let sent = match self.cfg.transport {
                 ShellTransport::Direct => {
@@ -534,6 +629,45 @@ mod tests {
             body: Body::Column(Column(vec![0, 65_535, 4, 12]), 0.25),
             probe: true,
         }
+    }
+
+    #[test]
+    fn an_oversized_bundle_is_split_into_parts_that_fit() {
+        let col = |from| Msg {
+            from,
+            probe: false,
+            ..msg()
+        };
+        let inner: Vec<Msg> = (0..9).map(col).collect();
+        let bundle = Msg {
+            body: Body::Relay(inner.clone()),
+            ..col(1)
+        };
+        let whole = encode(&bundle, MAX_MESSAGE_BYTES).unwrap().len();
+        assert!(matches!(
+            encode_bundle(&bundle, MAX_MESSAGE_BYTES),
+            Ok(Encoded::One(_))
+        ));
+        let max = whole / 3;
+        let Ok(Encoded::Split(parts)) = encode_bundle(&bundle, max) else {
+            panic!("not split");
+        };
+        assert!(parts.len() >= 3);
+        let mut got = Vec::new();
+        for p in &parts {
+            assert!(encode(p, max).is_ok());
+            assert_eq!((p.round, p.view, p.iter, p.from), (3, 0xdead_beef, 7, 1));
+            let Body::Relay(v) = &p.body else { panic!() };
+            got.extend(v.iter().cloned());
+        }
+        assert_eq!(got, inner, "every message once, in order");
+        // A single message over the limit stays an error.
+        let one = Msg {
+            body: Body::Relay(vec![col(0)]),
+            ..col(1)
+        };
+        assert!(encode_bundle(&one, 10).is_err());
+        assert!(encode_bundle(&msg(), 10).is_err());
     }
 
     #[test]
