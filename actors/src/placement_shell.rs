@@ -54,6 +54,9 @@ pub const DEFAULT_INITIAL_TICK: Duration = Duration::from_secs(1);
 /// which loads the network further (on 32 nodes sharing two cores that collapsed).
 const PACE_FACTOR: u32 = 3;
 
+/// Inputs fed to the core per pass of the shell's loop (see [`Shell::run`]).
+const BATCH: usize = 256;
+
 /// Largest placement message accepted or sent: the mesh's gossip limit.
 pub const MAX_MESSAGE_BYTES: usize = 256 << 10;
 
@@ -384,7 +387,7 @@ impl Shell {
             }
             tokio::select! {
                 input = inputs.recv() => match input {
-                    Some(input) => self.feed(core, input)?,
+                    Some(input) => self.feed_batch(core, input, inputs)?,
                     None => return Err(ShellError::InputClosed),
                 },
                 _ = tokio::time::sleep_until(next_tick) => {
@@ -420,7 +423,7 @@ impl Shell {
             }
             tokio::select! {
                 input = inputs.recv() => match input {
-                    Some(input) => self.feed(core, input)?,
+                    Some(input) => self.feed_batch(core, input, inputs)?,
                     None => return Ok(None),
                 },
                 _ = tokio::time::sleep_until(next_tick) => {
@@ -459,6 +462,25 @@ impl Shell {
         core.tick();
         self.stats.core_time += t.elapsed();
         self.resends_queued += core.stats().resent.saturating_sub(before);
+    }
+
+    /// Feeds `first` and whatever else is already queued (at most [`BATCH`] inputs), so a
+    /// burst of frames costs one pass of the select loop (its timers, the flush) instead
+    /// of one per frame.
+    fn feed_batch(
+        &mut self,
+        core: &mut Node,
+        first: Input,
+        inputs: &mut mpsc::Receiver<Input>,
+    ) -> Result<(), ShellError> {
+        self.feed(core, first)?;
+        for _ in 1..BATCH {
+            match inputs.try_recv() {
+                Ok(input) => self.feed(core, input)?,
+                Err(_) => break,
+            }
+        }
+        Ok(())
     }
 
     fn feed(&mut self, core: &mut Node, input: Input) -> Result<(), ShellError> {
