@@ -2,9 +2,11 @@
 //! [`placement::Node`] and the mesh on `Topic::Placement`, ticks the core on a timer and
 //! resolves with the core's outcome.
 //!
-//! Transport ([`ShellTransport`]): by default every message goes straight to each other
-//! member over the mesh's direct protocol (`mesh::direct`: one long-lived stream per
-//! connection, authenticated by the connection, no signature, no forwarding). The round's
+//! Transport ([`ShellTransport`]): by default every message goes straight to the members
+//! the core names ([`placement::Transmit`]: all the others, or the next hop of the
+//! core's log-depth relay, `placement::relay`) over the mesh's direct protocol
+//! (`mesh::direct`: one long-lived stream per connection, authenticated by the
+//! connection, no signature, no forwarding by the mesh). The round's
 //! members are known, so gossip's flooding, duplicates and per-message signature checks
 //! buy nothing here; on 32 in-process nodes they made one all-to-all exchange of 350-byte
 //! messages cost ~150–230 ms against a few ms direct. Gossip stays available (a swarm

@@ -6,9 +6,10 @@
 //! member's `x^k`. That makes every node's dual update, ρ adaptation, stopping decision
 //! and final rounding a function of the same data, hence the same on every node; lost
 //! messages are recovered by [`Node::tick`] (a node that made no progress since the
-//! previous tick re-sends its last three messages — peers are never more than one step
-//! apart, so its last column, rounding candidate and final digest are all a peer can be
-//! missing).
+//! previous tick re-sends its last four messages straight to every member — peers are
+//! never more than one step apart, so its last column, rounding candidate, final digest
+//! and verdict are all a peer can be missing). Who a message goes to (everyone, or the
+//! next hop of the relay, see [`crate::relay`]) comes with it ([`Transmit`]).
 
 use std::collections::{BTreeMap, VecDeque};
 
