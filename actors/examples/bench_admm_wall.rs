@@ -25,9 +25,15 @@
 //!
 //! Run: `cargo run --release -p actors --example bench_admm_wall -- [--sizes 32x256,…]
 //! [--runs N] [--tick-ms N] [--max-tick-ms N] [--topology full|star]
-//! [--transport direct|gossip] [--mesh-degree D] [--exchanges N] [--runtimes K]`
+//! [--transport direct|gossip] [--mesh-degree D] [--exchanges N] [--runtimes K]
+//! [--relay-min N]`
 //! (`--runtimes K`: the nodes on K single-thread runtimes instead of the shared
-//! multi-thread one, to see what the work-stealing scheduler's wake-ups cost).
+//! multi-thread one, to see what the work-stealing scheduler's wake-ups cost;
+//! `--relay-min N`: the core's `relay_min_members`, from which member count starts and
+//! columns take the log-depth relay (`placement::relay`); a large value turns it
+//! off, for comparisons).
+//! `relay_B`: bytes of row bundles a node forwarded per iteration (others' starts and
+//! columns; `B/node/iter` counts only a node's own messages, as bench_admm does).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -82,6 +88,8 @@ struct Opts {
     /// K > 0: the nodes spread over K single-thread runtimes, one OS thread each (node i
     /// on runtime i mod K: its mesh, connections and shell).
     runtimes: usize,
+    /// The core's `relay_min_members`.
+    relay_min: usize,
 }
 
 fn parse_args() -> anyhow::Result<Opts> {
@@ -95,6 +103,7 @@ fn parse_args() -> anyhow::Result<Opts> {
         degree: None,
         exchanges: EXCHANGES,
         runtimes: 0,
+        relay_min: Config::default().relay_min_members,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -119,6 +128,7 @@ fn parse_args() -> anyhow::Result<Opts> {
             }
             "--exchanges" => o.exchanges = val("--exchanges")?.parse().context("--exchanges")?,
             "--runtimes" => o.runtimes = val("--runtimes")?.parse().context("--runtimes")?,
+            "--relay-min" => o.relay_min = val("--relay-min")?.parse().context("--relay-min")?,
             "--runs" => o.runs = Some(val("--runs")?.parse().context("--runs")?),
             "--tick-ms" => {
                 o.tick = Duration::from_millis(val("--tick-ms")?.parse().context("--tick-ms")?)
@@ -149,7 +159,7 @@ fn parse_args() -> anyhow::Result<Opts> {
                 o.degree = Some((d, d.div_ceil(2).max(1), 2 * d));
             }
             "-h" | "--help" => {
-                println!("bench_admm_wall [--sizes 3x1,8x32,32x256,64x512] [--runs N] [--tick-ms N] [--max-tick-ms N] [--topology full|star] [--transport direct|gossip] [--mesh-degree D] [--exchanges N] [--runtimes K]");
+                println!("bench_admm_wall [--sizes 3x1,8x32,32x256,64x512] [--runs N] [--tick-ms N] [--max-tick-ms N] [--topology full|star] [--transport direct|gossip] [--mesh-degree D] [--exchanges N] [--runtimes K] [--relay-min N]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?}"),
@@ -370,6 +380,7 @@ struct Run {
     iterations: u32,
     converged: bool,
     bytes_per_node_per_iter: f64,
+    relay_bytes_per_node_per_iter: f64,
     core_cpu_ms: f64,
     sim_core_ms: f64,
     resent: u64,
@@ -395,9 +406,9 @@ async fn run_round(
     seed: u64,
     round: u64,
     shell_cfg: &ShellConfig,
+    cfg: &Config,
 ) -> anyhow::Result<Run> {
     let n = nodes.len();
-    let cfg = Config::default();
     let inst = random_instance(seed, n, n_jobs, &InstanceOpts::default());
     // The pure core on the simulated bus: the reference placement and bench_admm's
     // core_ms.
@@ -457,6 +468,7 @@ async fn run_round(
     let (mut starts, mut iters, mut finishes) = (Vec::new(), Vec::new(), Vec::new());
     let mut errors = Vec::new();
     let (mut last, mut bytes, mut core_cpu, mut resent) = (t0, 0u64, Duration::ZERO, 0u64);
+    let mut relay_bytes = 0u64;
     let mut frames = 0u64;
     // Per node, the instant each iteration completed there.
     let mut done_at: Vec<Vec<Instant>> = Vec::with_capacity(n);
@@ -464,8 +476,9 @@ async fn run_round(
         let (inputs, res, began, at, shell_stats, core_stats) = t.await.context("node task")?;
         nodes[i].inputs = Some(inputs);
         last = last.max(at);
-        frames += shell_stats.published * (n as u64 - 1);
-        bytes += shell_stats.published_bytes - shell_stats.resent_bytes;
+        frames += shell_stats.frames;
+        bytes += shell_stats.published_bytes - shell_stats.resent_bytes - shell_stats.relayed_bytes;
+        relay_bytes += shell_stats.relayed_bytes;
         core_cpu += shell_stats.core_time;
         resent += core_stats.resent;
         match res {
@@ -511,6 +524,7 @@ async fn run_round(
         iterations,
         converged: outcomes.first().is_some_and(|o| o.converged),
         bytes_per_node_per_iter: bytes as f64 / n as f64 / iterations.max(1) as f64,
+        relay_bytes_per_node_per_iter: relay_bytes as f64 / n as f64 / iterations.max(1) as f64,
         core_cpu_ms: core_cpu.as_secs_f64() * 1e3,
         sim_core_ms,
         resent,
@@ -557,6 +571,7 @@ struct Row {
     max_iterations: u32,
     at_cap_pct: f64,
     bytes_per_node_per_iter: f64,
+    relay_bytes_per_node_per_iter: f64,
     core_ms: f64,
     core_cpu_ms: f64,
     resent: f64,
@@ -597,9 +612,13 @@ async fn bench(
         timeout: Duration::from_secs(300),
         ..ShellConfig::default()
     };
+    let cfg = Config {
+        relay_min_members: o.relay_min,
+        ..Config::default()
+    };
     let mut rs = Vec::new();
     for seed in 1..=runs {
-        rs.push(run_round(&mut mesh.nodes, jobs, seed, seed, &shell_cfg).await?);
+        rs.push(run_round(&mut mesh.nodes, jobs, seed, seed, &shell_cfg, &cfg).await?);
     }
     // The same mesh with no solver: all-to-all exchanges of column-sized messages.
     let size = median(rs.iter().map(|r| r.bytes_per_node_per_iter).collect());
@@ -627,6 +646,7 @@ async fn bench(
         at_cap_pct: 100.0 * rs.iter().filter(|r| !r.converged).count() as f64
             / rs.len().max(1) as f64,
         bytes_per_node_per_iter: f(|r| r.bytes_per_node_per_iter),
+        relay_bytes_per_node_per_iter: f(|r| r.relay_bytes_per_node_per_iter),
         core_ms: f(|r| r.sim_core_ms),
         core_cpu_ms: f(|r| r.core_cpu_ms),
         resent: f(|r| r.resent as f64),
@@ -698,7 +718,7 @@ async fn main() -> anyhow::Result<()> {
         }
     );
     println!(
-        "{:>8} {:>5} {:>8} {:>9} {:>9} {:>8} {:>7} {:>8} {:>8} {:>6} {:>5} {:>12} {:>8} {:>12} {:>10} {:>8} {:>11} {:>7} {:>7} {:>8} {:>7} {:>7} {:>6} {:>6}",
+        "{:>8} {:>5} {:>8} {:>9} {:>9} {:>8} {:>7} {:>8} {:>8} {:>6} {:>5} {:>12} {:>8} {:>8} {:>12} {:>10} {:>8} {:>11} {:>7} {:>7} {:>8} {:>7} {:>7} {:>6} {:>6}",
         "size",
         "runs",
         "form_s",
@@ -711,6 +731,7 @@ async fn main() -> anyhow::Result<()> {
         "iters",
         "max",
         "B/node/iter",
+        "relay_B",
         "core_ms",
         "core_cpu_ms",
         "cpu_floor",
@@ -726,7 +747,7 @@ async fn main() -> anyhow::Result<()> {
     );
     for r in &rows {
         println!(
-            "{:>8} {:>5} {:>8.2} {:>9.1} {:>9.1} {:>8.1} {:>7.2} {:>8.2} {:>8.1} {:>6.0} {:>5} {:>12.0} {:>8.2} {:>12.1} {:>10.1} {:>8.2} {:>11.1} {:>7.1} {:>7.0} {:>8.1} {:>7.1} {:>7.0} {:>6} {:>6}",
+            "{:>8} {:>5} {:>8.2} {:>9.1} {:>9.1} {:>8.1} {:>7.2} {:>8.2} {:>8.1} {:>6.0} {:>5} {:>12.0} {:>8.0} {:>8.2} {:>12.1} {:>10.1} {:>8.2} {:>11.1} {:>7.1} {:>7.0} {:>8.1} {:>7.1} {:>7.0} {:>6} {:>6}",
             r.name,
             r.runs,
             r.formation_s,
@@ -739,6 +760,7 @@ async fn main() -> anyhow::Result<()> {
             r.iterations,
             r.max_iterations,
             r.bytes_per_node_per_iter,
+            r.relay_bytes_per_node_per_iter,
             r.core_ms,
             r.core_cpu_ms,
             r.core_cpu_ms / threads as f64,
@@ -765,12 +787,13 @@ async fn main() -> anyhow::Result<()> {
         .iter()
         .map(|r| {
             format!(
-                "\"{}\": {{\"gap_pct\": null, \"iterations\": {}, \"max_iterations\": {}, \"at_cap_pct\": {:.1}, \"bytes_per_node_per_iter\": {:.0}, \"core_ms\": {:.3}, \"warm_iterations\": null, \"wall_ms\": {}, \"agree\": {}, \"same_as_sim\": {}, \"wall_ms_max\": {}, \"core_cpu_ms\": {}, \"cpu_floor_ms\": {}, \"exchange_ms\": {}, \"exchange_cpu_us_per_frame\": {}, \"frames\": {}, \"round_cpu_ms\": {}, \"idle_cpu_pct\": {}, \"start_ms\": {}, \"iter_ms\": {}, \"iter_span_ms\": {}, \"final_ms\": {}, \"resent\": {}, \"formation_s\": {}, \"runs\": {}}}",
+                "\"{}\": {{\"gap_pct\": null, \"iterations\": {}, \"max_iterations\": {}, \"at_cap_pct\": {:.1}, \"bytes_per_node_per_iter\": {:.0}, \"relay_bytes_per_node_per_iter\": {:.0}, \"core_ms\": {:.3}, \"warm_iterations\": null, \"wall_ms\": {}, \"agree\": {}, \"same_as_sim\": {}, \"wall_ms_max\": {}, \"core_cpu_ms\": {}, \"cpu_floor_ms\": {}, \"exchange_ms\": {}, \"exchange_cpu_us_per_frame\": {}, \"frames\": {}, \"round_cpu_ms\": {}, \"idle_cpu_pct\": {}, \"start_ms\": {}, \"iter_ms\": {}, \"iter_span_ms\": {}, \"final_ms\": {}, \"resent\": {}, \"formation_s\": {}, \"runs\": {}}}",
                 r.name,
                 r.iterations,
                 r.max_iterations,
                 r.at_cap_pct,
                 r.bytes_per_node_per_iter,
+                r.relay_bytes_per_node_per_iter,
                 r.core_ms,
                 num(r.wall_ms, 1),
                 r.agree,

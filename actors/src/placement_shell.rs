@@ -2,9 +2,11 @@
 //! [`placement::Node`] and the mesh on `Topic::Placement`, ticks the core on a timer and
 //! resolves with the core's outcome.
 //!
-//! Transport ([`ShellTransport`]): by default every message goes straight to each other
-//! member over the mesh's direct protocol (`mesh::direct`: one long-lived stream per
-//! connection, authenticated by the connection, no signature, no forwarding). The round's
+//! Transport ([`ShellTransport`]): by default every message goes straight to the members
+//! the core names ([`placement::Transmit`]: all the others, or the next hop of the
+//! core's log-depth relay, `placement::relay`) over the mesh's direct protocol
+//! (`mesh::direct`: one long-lived stream per connection, authenticated by the
+//! connection, no signature, no forwarding by the mesh). The round's
 //! members are known, so gossip's flooding, duplicates and per-message signature checks
 //! buy nothing here; on 32 in-process nodes they made one all-to-all exchange of 350-byte
 //! messages cost ~150–230 ms against a few ms direct. Gossip stays available (a swarm
@@ -29,7 +31,8 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use mesh::{MeshError, MeshHandle, PeerId, Topic};
-use placement::{Event, Msg, Node, NodeId, NodeStats, Outcome, PlacementError};
+use placement::msg::Body;
+use placement::{Event, Msg, Node, NodeId, NodeStats, Outcome, PlacementError, To};
 use tokio::sync::mpsc;
 
 /// Default shortest tick period. The core re-sends its last messages when a whole
@@ -52,6 +55,9 @@ pub const DEFAULT_INITIAL_TICK: Duration = Duration::from_secs(1);
 /// a fixed period shorter than an iteration makes every node re-send every period,
 /// which loads the network further (on 32 nodes sharing two cores that collapsed).
 const PACE_FACTOR: u32 = 3;
+
+/// Inputs fed to the core per pass of the shell's loop (see [`Shell::run`]).
+const BATCH: usize = 256;
 
 /// Largest placement message accepted or sent: the mesh's gossip limit.
 pub const MAX_MESSAGE_BYTES: usize = 256 << 10;
@@ -159,6 +165,15 @@ pub struct ShellStats {
     pub publish_failed: u64,
     /// Messages the outbound test hook dropped.
     pub dropped_by_hook: u64,
+    /// Bundles forwarded for the core's log-depth relay (`placement::relay`),
+    /// counted in `published` too, and their bytes (also in `published_bytes`).
+    pub relayed: u64,
+    pub relayed_bytes: u64,
+    /// Recipients summed over every message handed to the mesh (direct frames; a
+    /// gossip publish counts its members).
+    pub frames: u64,
+    /// Bundles over the message size limit, sent in parts.
+    pub split: u64,
     pub received: u64,
     pub received_bytes: u64,
     pub too_large: u64,
@@ -218,6 +233,47 @@ pub fn decode(bytes: &[u8], max: usize) -> Result<Msg, WireError> {
     Ok(msg)
 }
 
+/// An encoded message, or a bundle too large for one message cut into parts that fit.
+enum Encoded {
+    One(Vec<u8>),
+    Split(Vec<Msg>),
+}
+
+/// Encodes `msg`; a relay bundle over `max` bytes comes back as bundles of fewer messages
+/// each (halving until every part fits), any other message over `max` is an error.
+fn encode_bundle(msg: &Msg, max: usize) -> Result<Encoded, WireError> {
+    match encode(msg, max) {
+        Ok(b) => Ok(Encoded::One(b)),
+        Err(WireError::TooLarge { .. }) if matches!(&msg.body, Body::Relay(v) if v.len() > 1) => {
+            let mut parts = Vec::new();
+            let mut todo = vec![msg.clone()];
+            while let Some(m) = todo.pop() {
+                let Body::Relay(inner) = &m.body else {
+                    continue;
+                };
+                let fits = encode(&m, max).is_ok();
+                if fits || inner.len() < 2 {
+                    if !fits {
+                        // One message alone is over the limit: the error it gives.
+                        encode(&m, max)?;
+                    }
+                    parts.push(m);
+                    continue;
+                }
+                let (a, b) = inner.split_at(inner.len() / 2);
+                for half in [b, a] {
+                    todo.push(Msg {
+                        body: Body::Relay(half.to_vec()),
+                        ..m.clone()
+                    });
+                }
+            }
+            Ok(Encoded::Split(parts))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// The peers of `authors` but `me`, sorted (the same order on every send).
 fn recipients(authors: &HashMap<PeerId, NodeId>, me: PeerId) -> Vec<PeerId> {
     let mut v: Vec<PeerId> = authors.keys().copied().filter(|&p| p != me).collect();
@@ -233,8 +289,10 @@ pub struct Shell {
     cfg: ShellConfig,
     /// Mesh peer → the node id it may speak for.
     authors: HashMap<PeerId, NodeId>,
-    /// Every member's peer but this node's: the recipients of direct sends.
+    /// Every member's peer but this node's: the recipients of direct sends to all.
     recipients: Vec<PeerId>,
+    /// Member → its mesh peer (recipients of sends to some members).
+    peers: HashMap<NodeId, PeerId>,
     filter: Option<OutboundFilter>,
     stats: ShellStats,
     /// Smoothed interval between iterations (an estimate kept across rounds).
@@ -262,11 +320,13 @@ impl Shell {
     ) -> Shell {
         let authors: HashMap<PeerId, NodeId> = members.into_iter().map(|(n, p)| (p, n)).collect();
         let recipients = recipients(&authors, mesh.local_peer_id());
+        let peers = authors.iter().map(|(&p, &n)| (n, p)).collect();
         Shell {
             mesh,
             cfg,
             authors,
             recipients,
+            peers,
             filter: None,
             stats: ShellStats::default(),
             pace: None,
@@ -329,7 +389,7 @@ impl Shell {
             }
             tokio::select! {
                 input = inputs.recv() => match input {
-                    Some(input) => self.feed(core, input)?,
+                    Some(input) => self.feed_batch(core, input, inputs)?,
                     None => return Err(ShellError::InputClosed),
                 },
                 _ = tokio::time::sleep_until(next_tick) => {
@@ -365,7 +425,7 @@ impl Shell {
             }
             tokio::select! {
                 input = inputs.recv() => match input {
-                    Some(input) => self.feed(core, input)?,
+                    Some(input) => self.feed_batch(core, input, inputs)?,
                     None => return Ok(None),
                 },
                 _ = tokio::time::sleep_until(next_tick) => {
@@ -406,6 +466,25 @@ impl Shell {
         self.resends_queued += core.stats().resent.saturating_sub(before);
     }
 
+    /// Feeds `first` and whatever else is already queued (at most [`BATCH`] inputs), so a
+    /// burst of frames costs one pass of the select loop (its timers, the flush) instead
+    /// of one per frame.
+    fn feed_batch(
+        &mut self,
+        core: &mut Node,
+        first: Input,
+        inputs: &mut mpsc::Receiver<Input>,
+    ) -> Result<(), ShellError> {
+        self.feed(core, first)?;
+        for _ in 1..BATCH {
+            match inputs.try_recv() {
+                Ok(input) => self.feed(core, input)?,
+                Err(_) => break,
+            }
+        }
+        Ok(())
+    }
+
     fn feed(&mut self, core: &mut Node, input: Input) -> Result<(), ShellError> {
         match input {
             Input::Message { source, data } => {
@@ -434,6 +513,7 @@ impl Shell {
             Input::Members { epoch, members } => {
                 self.authors = members.iter().map(|&(n, p)| (p, n)).collect();
                 self.recipients = recipients(&self.authors, self.mesh.local_peer_id());
+                self.peers = members.iter().copied().collect();
                 let ids = members.into_iter().map(|(n, _)| n).collect();
                 let t = Instant::now();
                 let res = core.set_members(epoch, ids);
@@ -444,31 +524,103 @@ impl Shell {
         Ok(())
     }
 
+    /// Sends one part of a split bundle (direct; over gossip it reaches everyone).
+    async fn send_part(&mut self, to: &To, part: &Msg, bytes: Vec<u8>) -> Result<(), ShellError> {
+        let len = bytes.len() as u64;
+        let sent = match self.cfg.transport {
+            ShellTransport::Direct => {
+                let to: Vec<PeerId> = match to {
+                    To::All => self.recipients.clone(),
+                    To::Only(ids) => ids
+                        .iter()
+                        .filter_map(|n| self.peers.get(n).copied())
+                        .collect(),
+                };
+                self.stats.frames += to.len() as u64;
+                self.mesh
+                    .send_direct_else_gossip(to, Topic::Placement, bytes)
+                    .await
+            }
+            ShellTransport::Gossip => {
+                self.stats.frames += self.recipients.len() as u64;
+                self.mesh.publish(Topic::Placement, bytes).await
+            }
+        };
+        match sent {
+            Ok(()) => {
+                self.stats.published += 1;
+                self.stats.published_bytes += len;
+                self.stats.relayed += 1;
+                self.stats.relayed_bytes += len;
+                Ok(())
+            }
+            Err(MeshError::Publish(e)) => {
+                self.stats.publish_failed += 1;
+                tracing::debug!(%e, round = part.round, iter = part.iter, "placement publish failed");
+                Ok(())
+            }
+            Err(e) => Err(ShellError::Mesh(e)),
+        }
+    }
+
     /// Publishes everything the core wants sent.
     async fn flush(&mut self, core: &mut Node) -> Result<(), ShellError> {
-        while let Some(msg) = core.poll_transmit() {
-            let resend = self.resends_queued > 0;
-            self.resends_queued = self.resends_queued.saturating_sub(1);
+        while let Some(t) = core.poll_transmit() {
+            let msg = t.msg;
+            let relayed = matches!(msg.body, Body::Relay(_));
+            // Bundles are never queued by a tick, so they do not count as re-sends.
+            let resend = !relayed && self.resends_queued > 0;
+            if !relayed {
+                self.resends_queued = self.resends_queued.saturating_sub(1);
+            }
             if let Some(keep) = self.filter.as_mut() {
                 if !keep(&msg) {
                     self.stats.dropped_by_hook += 1;
                     continue;
                 }
             }
-            let bytes = encode(&msg, self.cfg.max_message_bytes)?;
+            let bytes = match encode_bundle(&msg, self.cfg.max_message_bytes)? {
+                Encoded::One(b) => b,
+                Encoded::Split(parts) => {
+                    // A bundle over the size limit (many members' starts): its halves go
+                    // out as bundles of their own (a receiver takes any part of a step).
+                    self.stats.split += 1;
+                    for part in parts {
+                        let bytes = encode(&part, self.cfg.max_message_bytes)?;
+                        self.send_part(&t.to, &part, bytes).await?;
+                    }
+                    continue;
+                }
+            };
             let len = bytes.len() as u64;
             let sent = match self.cfg.transport {
                 ShellTransport::Direct => {
+                    let to = match &t.to {
+                        To::All => self.recipients.clone(),
+                        To::Only(ids) => ids
+                            .iter()
+                            .filter_map(|n| self.peers.get(n).copied())
+                            .collect(),
+                    };
+                    self.stats.frames += to.len() as u64;
                     self.mesh
-                        .send_direct_else_gossip(self.recipients.clone(), Topic::Placement, bytes)
+                        .send_direct_else_gossip(to, Topic::Placement, bytes)
                         .await
                 }
-                ShellTransport::Gossip => self.mesh.publish(Topic::Placement, bytes).await,
+                // Gossip reaches every member anyway: everything to all.
+                ShellTransport::Gossip => {
+                    self.stats.frames += self.recipients.len() as u64;
+                    self.mesh.publish(Topic::Placement, bytes).await
+                }
             };
             match sent {
                 Ok(()) => {
                     self.stats.published += 1;
                     self.stats.published_bytes += len;
+                    if relayed {
+                        self.stats.relayed += 1;
+                        self.stats.relayed_bytes += len;
+                    }
                     if resend {
                         self.stats.resent += 1;
                         self.stats.resent_bytes += len;
@@ -501,6 +653,45 @@ mod tests {
             body: Body::Column(Column(vec![0, 65_535, 4, 12]), 0.25),
             probe: true,
         }
+    }
+
+    #[test]
+    fn an_oversized_bundle_is_split_into_parts_that_fit() {
+        let col = |from| Msg {
+            from,
+            probe: false,
+            ..msg()
+        };
+        let inner: Vec<Msg> = (0..9).map(col).collect();
+        let bundle = Msg {
+            body: Body::Relay(inner.clone()),
+            ..col(1)
+        };
+        let whole = encode(&bundle, MAX_MESSAGE_BYTES).unwrap().len();
+        assert!(matches!(
+            encode_bundle(&bundle, MAX_MESSAGE_BYTES),
+            Ok(Encoded::One(_))
+        ));
+        let max = whole / 3;
+        let Ok(Encoded::Split(parts)) = encode_bundle(&bundle, max) else {
+            panic!("not split");
+        };
+        assert!(parts.len() >= 3);
+        let mut got = Vec::new();
+        for p in &parts {
+            assert!(encode(p, max).is_ok());
+            assert_eq!((p.round, p.view, p.iter, p.from), (3, 0xdead_beef, 7, 1));
+            let Body::Relay(v) = &p.body else { panic!() };
+            got.extend(v.iter().cloned());
+        }
+        assert_eq!(got, inner, "every message once, in order");
+        // A single message over the limit stays an error.
+        let one = Msg {
+            body: Body::Relay(vec![col(0)]),
+            ..col(1)
+        };
+        assert!(encode_bundle(&one, 10).is_err());
+        assert!(encode_bundle(&msg(), 10).is_err());
     }
 
     #[test]

@@ -5,7 +5,10 @@
 //! iterations are bulk-synchronous and every node computes from the same wire-precision
 //! columns, so it is the same placement, not merely a close one), also when one node
 //! loses 10 % of its outbound messages (dropped in the shell, the mesh untouched) and
-//! when forged and malformed payloads arrive.
+//! when forged and malformed payloads arrive. With 9 nodes the core's log-depth relay
+//! (`placement::relay`: 4 steps of one frame each) carries the starts and columns and
+//! the final digests go through the rounding task holders: the same placement in fewer
+//! frames, also when one relay loses bundles.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -128,8 +131,8 @@ fn shell_cfg(transport: ShellTransport) -> ShellConfig {
 type NodeResult = (Result<Placed, ShellError>, ShellStats, NodeStats);
 
 /// One round on every node; `lossy`: node 0 drops each outbound message with
-/// probability 0.1. Every node lingers (answering peers that lost its last messages)
-/// until all have an outcome.
+/// probability 0.1 (and its first row bundle, if it relays). Every node lingers
+/// (answering peers that lost its last messages) until all have an outcome.
 async fn round(
     net: &mut Net,
     inst: &Instance,
@@ -151,7 +154,14 @@ async fn round(
             members.clone(),
         );
         if let (0, Some(mut rng)) = (i, lossy.clone()) {
-            shell = shell.with_outbound_filter(move |_| rng.f64() >= 0.1);
+            let mut bundle_lost = false;
+            shell = shell.with_outbound_filter(move |m| {
+                if matches!(m.body, Body::Relay(_)) && !bundle_lost {
+                    bundle_lost = true;
+                    return false;
+                }
+                rng.f64() >= 0.1
+            });
         }
         let (id, env, jobs, ids) = (
             ids[i],
@@ -282,6 +292,46 @@ async fn agree_with_forgeries_and_outbound_loss(transport: ShellTransport) {
         );
     }
 
+    for h in &net.handles {
+        h.shutdown().await.expect("shutdown");
+    }
+}
+
+/// 9 nodes: starts and columns go over the log-depth relay (`placement::relay`). Same
+/// placement as the pure core, in fewer frames than the all-to-all; node 0 then loses its
+/// first bundle and 10 % of the rest, and the direct re-sends recover what it withheld.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nine_nodes_agree_over_the_relayed_exchange_with_outbound_loss() {
+    const N: usize = 9;
+    let inst = random_instance(12, N, 40, &InstanceOpts::default());
+    let mut net = net(N).await;
+    let r1 = round(&mut net, &inst, 1, None, ShellTransport::Direct).await;
+    let want = reference(&inst, 1);
+    assert_same_as(&r1, &want, "relayed round");
+    let relayed: u64 = r1.iter().map(|(_, s, _)| s.relayed).sum();
+    let unbundled: u64 = r1.iter().map(|(_, _, c)| c.unbundled).sum();
+    assert!(relayed > 0 && unbundled > 0, "no row bundle went out");
+    let frames: u64 = r1.iter().map(|(_, s, _)| s.frames).sum();
+    let published: u64 = r1.iter().map(|(_, s, _)| s.published - s.relayed).sum();
+    assert!(
+        frames < published * (N as u64 - 1),
+        "{frames} frames: no fewer than the all-to-all's"
+    );
+    for (i, (_, _, core)) in r1.iter().enumerate() {
+        assert_eq!(core.rejected, 0, "node {i}: core rejected a message");
+    }
+    for (k, round_no) in (2..=3u64).enumerate() {
+        let r = round(
+            &mut net,
+            &inst,
+            round_no,
+            Some(lossy_rng(k)),
+            ShellTransport::Direct,
+        )
+        .await;
+        assert_same_as(&r, &reference(&inst, round_no), "relayed lossy round");
+        assert!(r[0].1.dropped_by_hook >= 1);
+    }
     for h in &net.handles {
         h.shutdown().await.expect("shutdown");
     }

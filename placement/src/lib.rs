@@ -101,12 +101,32 @@
 //! `Disagreement` otherwise (a candidate corrupted on its way to some members, or
 //! members that diverged).
 //!
+//! # The exchange
+//!
+//! Below [`Config::relay_min_members`] members every message goes straight to every
+//! member. From it on (8 by default), starts and columns take the log-depth relay of
+//! [`relay`]: a member sends its own message to one member and forwards, at each of
+//! `⌈log₂ N⌉` steps, what it holds of the next `2^k` members in one frame — every
+//! member still gets every column once, in `N ⌈log₂ N⌉` frames instead of `N(N−1)` (160
+//! instead of 992 at 32), for `⌈log₂ N⌉` hops per iteration. A relay could alter what it
+//! forwards; that makes the members compute from different data, which the digests
+//! expose (or the members stop at different iterations and the round never ends: no
+//! outcome). The final digests go to the task holders only, and each holder sends every
+//! member the list of all members' digests; a member places only if every holder's list
+//! shows its own digest for every member, so one honest holder exposes any divergence to
+//! everyone (≈ 3N frames each way instead of N(N−1)). Candidates and every re-send go
+//! straight to all members.
+//!
 //! # Robustness
 //!
 //! Messages carry `(round, view, iteration, node)` and are idempotent; early ones are
 //! buffered (bounded), late and duplicated ones ignored, lost ones re-sent on
-//! [`Node::tick`] (a node re-sends its last three messages: a peer one step behind can
-//! miss at most its last column, its candidate and its final digest). The view digest covers the round, membership epoch and set, the jobs
+//! [`Node::tick`] (a node that took no new message and completed no step since the last
+//! tick re-sends its last four messages, straight to every member: a peer one step
+//! behind can miss at most its last column, its candidate, its final digest and a
+//! holder's verdict). A lost relay frame withholds several members' columns from its
+//! receiver and those it forwards to; their probes make the authors re-send straight to
+//! all. The view digest covers the round, membership epoch and set, the jobs
 //! and the solver settings, so nodes that disagree on any of these never mix iterates.
 //! Infeasible instances (no allowed node, a job too large for every node it may run on,
 //! more demand than capacity, demand that locality confines to too little capacity —
@@ -119,6 +139,7 @@ pub mod local;
 pub mod model;
 pub mod msg;
 pub mod node;
+pub mod relay;
 pub mod sim;
 
 pub use error::PlacementError;
@@ -126,4 +147,4 @@ pub use model::{
     effective_cost, raw_cost, Hysteresis, Job, JobId, Link, LoadPenalty, NodeEnv, NodeId, Problem,
 };
 pub use msg::Msg;
-pub use node::{Config, Event, Node, NodeStats, Outcome};
+pub use node::{Config, Event, Node, NodeStats, Outcome, To, Transmit};

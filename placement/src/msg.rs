@@ -64,6 +64,18 @@ pub enum Body {
     /// cheapest candidate).
     #[serde(rename = "F")]
     Final(u64),
+    /// Starts or columns forwarded in one frame by the log-depth relay
+    /// ([`crate::relay::Schedule`]): at step `k` the sender's own and those of the next
+    /// `size(k) − 1` members on the ring, to the member `2^k` before it. Each inner
+    /// message keeps its author; the receiver accepts only `Start`/`Column` messages of
+    /// the same round and view by those authors, from the member the schedule names.
+    #[serde(rename = "B")]
+    Relay(Vec<Msg>),
+    /// Relayed views (see [`crate::relay`]): the final digests go to the task holders
+    /// only, and each holder, once it holds every member's, sends this list of
+    /// `(member, digest)` in member order to everyone.
+    #[serde(rename = "V")]
+    Verdict(Vec<(NodeId, u64)>),
 }
 
 /// A rounding task's result.
@@ -100,10 +112,11 @@ pub struct Spec {
     knee: f32,
     #[serde(rename = "l")]
     slope: f32,
-    /// Delta-coded job indices.
-    #[serde(rename = "j")]
+    /// Delta-coded job indices (on the wire: one byte string of LEB128 varints).
+    #[serde(rename = "j", with = "varints")]
     idx: Vec<u32>,
-    #[serde(rename = "e")]
+    /// On the wire: one byte string of little-endian `f32`s.
+    #[serde(rename = "e", with = "f32s")]
     cost: Vec<f32>,
 }
 
@@ -175,9 +188,101 @@ impl Spec {
     }
 }
 
-/// A sparse column: flat `[Δjob, q, Δjob, q, …]`, `x[job] = q / Q`, zeros omitted.
+/// A sparse column: flat `[Δjob, q, Δjob, q, …]`, `x[job] = q / Q`, zeros omitted. On
+/// the wire one byte string of LEB128 varints (a CBOR array of integers costs a header
+/// per entry to write and to read; columns are most of what the swarm exchanges, and the
+/// relay re-encodes them at every hop).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Column(pub Vec<u32>);
+pub struct Column(#[serde(with = "varints")] pub Vec<u32>);
+
+/// Byte-string visitor shared by the compact encodings below.
+struct BytesVisitor<T>(fn(&[u8]) -> Result<T, &'static str>);
+
+impl<T> serde::de::Visitor<'_> for BytesVisitor<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a byte string")
+    }
+    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<T, E> {
+        (self.0)(v).map_err(E::custom)
+    }
+    fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<T, E> {
+        (self.0)(&v).map_err(E::custom)
+    }
+}
+
+/// `Vec<u32>` as one byte string of LEB128 varints.
+mod varints {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u32], s: S) -> Result<S::Ok, S::Error> {
+        let mut out = Vec::with_capacity(v.len() * 2);
+        for &x in v {
+            let mut x = x;
+            while x >= 0x80 {
+                out.push((x as u8) | 0x80);
+                x >>= 7;
+            }
+            out.push(x as u8);
+        }
+        s.serialize_bytes(&out)
+    }
+
+    /// Untrusted: at most 5 bytes per value, no value past `u32::MAX`, no cut-off value.
+    pub fn decode(b: &[u8]) -> Result<Vec<u32>, &'static str> {
+        let mut out = Vec::with_capacity(b.len());
+        let (mut acc, mut shift) = (0u64, 0u32);
+        for &byte in b {
+            acc |= ((byte & 0x7f) as u64) << shift;
+            if byte & 0x80 == 0 {
+                out.push(u32::try_from(acc).map_err(|_| "varint above u32")?);
+                (acc, shift) = (0, 0);
+            } else {
+                shift += 7;
+                if shift > 28 {
+                    return Err("varint too long");
+                }
+            }
+        }
+        if shift != 0 {
+            return Err("varint cut short");
+        }
+        Ok(out)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
+        // byte_buf: ciborium's `deserialize_bytes` takes only what fits its scratch
+        // buffer (4 KiB); this reads any length, chunk by chunk (what arrived, never a
+        // declared length).
+        d.deserialize_byte_buf(super::BytesVisitor(decode))
+    }
+}
+
+/// `Vec<f32>` as one byte string of little-endian values.
+mod f32s {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[f32], s: S) -> Result<S::Ok, S::Error> {
+        let out: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        s.serialize_bytes(&out)
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Vec<f32>, &'static str> {
+        if !b.len().is_multiple_of(4) {
+            return Err("f32 list length");
+        }
+        Ok(b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f32>, D::Error> {
+        // byte_buf: ciborium's `deserialize_bytes` takes only what fits its scratch
+        // buffer (4 KiB); this reads any length, chunk by chunk (what arrived, never a
+        // declared length).
+        d.deserialize_byte_buf(super::BytesVisitor(decode))
+    }
+}
 
 impl Column {
     /// Encode a dense column whose entries are already multiples of `1/Q`.
@@ -227,6 +332,44 @@ pub fn quantise(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compact_vectors_round_trip_and_reject_garbage() {
+        let v = vec![0, 1, 127, 128, 300, 65_535, u32::MAX];
+        let mut buf = Vec::new();
+        ciborium::into_writer(&Column(v.clone()), &mut buf).unwrap();
+        let back: Column = ciborium::from_reader(&buf[..]).unwrap();
+        assert_eq!(back.0, v);
+        // Longer than ciborium's 4 KiB scratch buffer.
+        let long: Vec<u32> = (0..5000).map(|i| i * 977).collect();
+        let mut buf = Vec::new();
+        ciborium::into_writer(&Column(long.clone()), &mut buf).unwrap();
+        assert!(buf.len() > 8192);
+        let back: Column = ciborium::from_reader(&buf[..]).unwrap();
+        assert_eq!(back.0, long);
+        // A byte string that claims more than there is.
+        let mut cut = buf.clone();
+        cut.truncate(100);
+        assert!(ciborium::from_reader::<Column, _>(&cut[..]).is_err());
+        assert_eq!(varints::decode(&[0x80]), Err("varint cut short"));
+        assert_eq!(varints::decode(&[0xff; 6]), Err("varint too long"));
+        assert_eq!(
+            varints::decode(&[0xff, 0xff, 0xff, 0xff, 0x7f]),
+            Err("varint above u32")
+        );
+        assert_eq!(varints::decode(&[]), Ok(vec![]));
+        let f = vec![0.5f32, -1.0, f32::MAX, 1e-9];
+        let mut out = Vec::new();
+        for x in &f {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+        assert_eq!(f32s::decode(&out), Ok(f));
+        assert!(f32s::decode(&out[..5]).is_err());
+        // A column sent as an array of integers (no byte string) is refused.
+        let mut arr = Vec::new();
+        ciborium::into_writer(&vec![1u32, 2], &mut arr).unwrap();
+        assert!(ciborium::from_reader::<Column, _>(&arr[..]).is_err());
+    }
 
     #[test]
     fn column_round_trip_and_rejects() {

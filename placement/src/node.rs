@@ -6,9 +6,10 @@
 //! member's `x^k`. That makes every node's dual update, ρ adaptation, stopping decision
 //! and final rounding a function of the same data, hence the same on every node; lost
 //! messages are recovered by [`Node::tick`] (a node that made no progress since the
-//! previous tick re-sends its last three messages — peers are never more than one step
-//! apart, so its last column, rounding candidate and final digest are all a peer can be
-//! missing).
+//! previous tick re-sends its last four messages straight to every member — peers are
+//! never more than one step apart, so its last column, rounding candidate, final digest
+//! and verdict are all a peer can be missing). Who a message goes to (everyone, or the
+//! next hop of the relay, see [`crate::relay`]) comes with it ([`Transmit`]).
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -17,10 +18,12 @@ use crate::integer::{self, Fnv};
 use crate::local::Projector;
 use crate::model::{Hysteresis, Job, JobId, NodeEnv, NodeId, Problem};
 use crate::msg::{quantise, sane, Body, Candidate, Column, Msg, Spec, Start};
+use crate::relay::Schedule;
 
 /// Messages kept for re-sending: what a peer that lags by one step can be missing (the
-/// last column, the rounding candidate, the final digest).
-const LAST_SENT: usize = 3;
+/// last column, the rounding candidate, the final digest and, from a task holder in a
+/// relayed view, its verdict).
+const LAST_SENT: usize = 4;
 
 /// Solver settings. Must be the same on every node (they are part of the view digest).
 #[derive(Clone, Debug, PartialEq)]
@@ -49,6 +52,12 @@ pub struct Config {
     pub max_members: usize,
     /// Messages kept for views/rounds this node has not entered yet.
     pub max_buffered: usize,
+    /// From this many members on, starts and columns go over the log-depth relay
+    /// [`Schedule`] (own message to one member, bundles of what a member holds forwarded
+    /// at each step) and the final digests to the rounding task holders only, who send
+    /// everyone the list; below it (and for candidates and every re-send) straight to
+    /// all.
+    pub relay_min_members: usize,
 }
 
 impl Default for Config {
@@ -77,6 +86,7 @@ impl Default for Config {
             max_jobs: 1 << 16,
             max_members: 1024,
             max_buffered: 4096,
+            relay_min_members: 8,
         }
     }
 }
@@ -99,6 +109,7 @@ impl Config {
         h.u64(self.adaptive_rho as u64);
         h.u64(self.polish_passes as u64);
         h.u64(self.price_steps as u64);
+        h.u64(self.relay_min_members as u64);
         h.finish()
     }
 }
@@ -138,9 +149,36 @@ pub enum Event {
     Failed { round: u64, error: PlacementError },
 }
 
+/// Who a message is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum To {
+    /// Every other member of the view.
+    All,
+    /// These members (never empty, never this node).
+    Only(Vec<NodeId>),
+}
+
+/// A message to send, and to whom.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transmit {
+    pub msg: Msg,
+    pub to: To,
+}
+
+impl Transmit {
+    /// How many members it goes to in a view of `members` (this node included).
+    pub fn recipients(&self, members: usize) -> usize {
+        match &self.to {
+            To::All => members.saturating_sub(1),
+            To::Only(v) => v.len(),
+        }
+    }
+}
+
 /// Counters for tests and benchmarks.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct NodeStats {
+    /// Own messages (first sends; re-sends and relayed bundles not counted).
     pub sent: u64,
     pub resent: u64,
     pub received: u64,
@@ -149,6 +187,11 @@ pub struct NodeStats {
     pub rejected: u64,
     pub buffered: u64,
     pub views: u64,
+    /// Bundles forwarded (see [`Schedule`]), and the messages they carried.
+    pub relayed: u64,
+    pub relayed_msgs: u64,
+    /// Messages taken out of bundles from relays.
+    pub unbundled: u64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -175,11 +218,16 @@ struct Solver {
     rho: f64,
     /// Last complete iteration.
     k: u32,
-    /// `X^k` (node columns as gossiped), `Y^k` (job rows projected on the simplex) and
-    /// the scaled duals `U^k`, all `[node][job]`.
+    /// `X^k` (node columns as gossiped, `[node][job]`); `Y^k` (job rows projected on the
+    /// simplex) and the scaled duals `U^k` job-major (`[job * nodes + node]`: the row
+    /// step walks them in order), and `xt`, `X^k` job-major (scratch of the row step);
+    /// `y`, `Y^k` as `[node][job]`, filled only when the solve stops (the rounding's
+    /// input).
     x: Vec<Vec<f64>>,
+    yt: Vec<f64>,
+    ut: Vec<f64>,
+    xt: Vec<f64>,
     y: Vec<Vec<f64>>,
-    u: Vec<Vec<f64>>,
     /// Capacity price of every member with its `x^k` (cost units per unit of demand).
     mu: Vec<f64>,
     /// Allowed nodes per job.
@@ -214,11 +262,23 @@ struct Round {
     /// Rounding candidates of the task holders, with the iteration they were sent at.
     candidates: BTreeMap<NodeId, (u32, Candidate)>,
     finals: BTreeMap<NodeId, u64>,
+    /// Relayed views: every task holder's list of the members' final digests (its own
+    /// included once it sent it).
+    verdicts: BTreeMap<NodeId, Vec<(NodeId, u64)>>,
     solver: Option<Solver>,
     phase: Phase,
     last_sent: VecDeque<Msg>,
     progressed: bool,
     peer_lagging: bool,
+    /// The exchange schedule of the view (flat below `relay_min_members`).
+    sched: Schedule,
+    /// Starts/columns of the authors this node forwards (ring offsets below the
+    /// schedule's window, its own included) by iteration, until every step went out.
+    relay: BTreeMap<u32, BTreeMap<NodeId, Msg>>,
+    /// Steps already sent per iteration (bit `k`: step `k`).
+    relay_sent: BTreeMap<u32, u64>,
+    /// Last iteration whose every step went out (iteration 0: the starts).
+    relay_done: Option<u32>,
 }
 
 /// One node's placement core.
@@ -228,7 +288,7 @@ pub struct Node {
     cfg_digest: u64,
     round: Option<Round>,
     buffered: VecDeque<Msg>,
-    outbox: VecDeque<Msg>,
+    outbox: VecDeque<Transmit>,
     events: VecDeque<Event>,
     /// Own capacity price and ρ the last solve ended with (warm start of the next).
     memory: Option<(f32, f32)>,
@@ -308,7 +368,8 @@ impl Node {
             .map(|s| s.x.as_slice())
     }
 
-    pub fn poll_transmit(&mut self) -> Option<Msg> {
+    /// The next message to send and its recipients.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.outbox.pop_front()
     }
     pub fn poll_event(&mut self) -> Option<Event> {
@@ -361,11 +422,16 @@ impl Node {
             pending: BTreeMap::new(),
             candidates: BTreeMap::new(),
             finals: BTreeMap::new(),
+            verdicts: BTreeMap::new(),
             solver: None,
             phase: Phase::Gathering,
             last_sent: VecDeque::new(),
             progressed: true,
             peer_lagging: false,
+            sched: Schedule::flat(1),
+            relay: BTreeMap::new(),
+            relay_sent: BTreeMap::new(),
+            relay_done: None,
         });
         self.enter_view(epoch, members)
     }
@@ -440,10 +506,19 @@ impl Node {
         r.pending.clear();
         r.candidates.clear();
         r.finals.clear();
+        r.verdicts.clear();
         r.solver = None;
         r.phase = Phase::Gathering;
         r.last_sent.clear();
         r.progressed = true;
+        r.sched = if r.members.len() >= self.cfg.relay_min_members.max(2) {
+            Schedule::new(r.members.len())
+        } else {
+            Schedule::flat(r.members.len())
+        };
+        r.relay.clear();
+        r.relay_sent.clear();
+        r.relay_done = None;
         self.stats.views += 1;
         tracing::debug!(
             node = id,
@@ -496,19 +571,95 @@ impl Node {
         Ok(())
     }
 
+    /// Sends one of this node's own messages: starts and columns to the row-mates when
+    /// the view relays (and into the row's bundle), everything else to all.
     fn send(&mut self, msg: Msg) {
         self.stats.sent += 1;
+        let id = self.id;
+        let mut to = To::All;
+        let mut bundle_iter = None;
         if let Some(r) = self.round.as_mut() {
             if r.last_sent.len() == LAST_SENT {
                 r.last_sent.pop_front();
             }
             r.last_sent.push_back(msg.clone());
+            if !r.sched.is_flat() && matches!(msg.body, Body::Start(_) | Body::Column(..)) {
+                if let Ok(me) = r.members.binary_search(&id) {
+                    // Step 0: the own message alone, to the member before on the ring.
+                    to = To::Only(vec![r.members[r.sched.target(me, 0)]]);
+                    *r.relay_sent.entry(msg.iter).or_default() |= 1;
+                    bundle_iter = relay_store(r, me, &msg).then_some(msg.iter);
+                }
+            } else if !r.sched.is_flat() && matches!(msg.body, Body::Final(_)) {
+                // Relayed view: the final digest goes to the task holders only.
+                let holders = &r.members[..task_holders(r.members.len())];
+                to = To::Only(holders.iter().copied().filter(|&h| h != id).collect());
+            }
         }
-        self.outbox.push_back(msg);
+        match &to {
+            To::Only(v) if v.is_empty() => {}
+            _ => self.outbox.push_back(Transmit { msg, to }),
+        }
+        if let Some(k) = bundle_iter {
+            self.relay_check(k);
+        }
     }
 
-    /// Timer: if nothing moved since the last tick (or a peer showed it lags), re-send
-    /// the last messages (see [`LAST_SENT`]). Idempotent on the receiving side.
+    /// Sends every step of iteration `k` whose authors this node now holds all of (step
+    /// `j ≥ 1`: the members at ring offsets `0 .. size(j)`, to the member `2^j` before).
+    fn relay_check(&mut self, k: u32) {
+        let id = self.id;
+        let Some(r) = self.round.as_mut() else { return };
+        let s = r.sched;
+        if s.is_flat() || r.relay_done.is_some_and(|d| k <= d) {
+            return;
+        }
+        let Ok(me) = r.members.binary_search(&id) else {
+            return;
+        };
+        let n = r.members.len();
+        let Some(store) = r.relay.get(&k) else { return };
+        let mut sent = r.relay_sent.get(&k).copied().unwrap_or(0);
+        let mut out = Vec::new();
+        for step in 1..s.steps() {
+            if sent & (1 << step) != 0 {
+                continue;
+            }
+            let msgs: Vec<Msg> = (0..s.size(step))
+                .map_while(|off| store.get(&r.members[(me + off) % n]).cloned())
+                .collect();
+            if msgs.len() < s.size(step) {
+                continue;
+            }
+            sent |= 1 << step;
+            self.stats.relayed += 1;
+            self.stats.relayed_msgs += msgs.len() as u64;
+            let msg = Msg {
+                round: r.round,
+                view: r.view,
+                iter: k,
+                from: id,
+                body: Body::Relay(msgs),
+                probe: false,
+            };
+            out.push(Transmit {
+                msg,
+                to: To::Only(vec![r.members[s.target(me, step)]]),
+            });
+        }
+        if sent == (1u64 << s.steps()) - 1 {
+            r.relay_done = Some(k);
+            r.relay.retain(|&i, _| i > k);
+            r.relay_sent.retain(|&i, _| i > k);
+        } else {
+            r.relay_sent.insert(k, sent);
+        }
+        self.outbox.extend(out);
+    }
+
+    /// Timer: if nothing moved since the last tick (no step completed, no new message
+    /// taken) or a peer showed it lags, re-send the last messages (see [`LAST_SENT`]).
+    /// Idempotent on the receiving side.
     pub fn tick(&mut self) {
         let Some(r) = self.round.as_mut() else { return };
         let finished = matches!(r.phase, Phase::Done | Phase::Failed);
@@ -532,7 +683,9 @@ impl Node {
                 })
                 .collect();
             self.stats.resent += msgs.len() as u64;
-            self.outbox.extend(msgs);
+            // Re-sends go straight to every member (no relay in the way of a recovery).
+            self.outbox
+                .extend(msgs.into_iter().map(|msg| Transmit { msg, to: To::All }));
         }
     }
 
@@ -553,6 +706,7 @@ impl Node {
     }
 
     fn handle_inner(&mut self, msg: Msg) {
+        let id = self.id;
         let Some(r) = self.round.as_mut() else {
             self.buffer(msg);
             return;
@@ -565,11 +719,25 @@ impl Node {
             self.buffer(msg);
             return;
         }
-        if msg.from == self.id || r.members.binary_search(&msg.from).is_err() {
+        if msg.from == id || r.members.binary_search(&msg.from).is_err() {
             self.stats.rejected += 1;
             return;
         }
         let nj = r.jobs.len();
+        // A start or column of an author this node forwards: kept for its bundles (if
+        // accepted).
+        let me = r.members.binary_search(&id).ok();
+        let keep = match (me, &msg.body) {
+            (Some(me), Body::Start(_) | Body::Column(..)) if !r.sched.is_flat() => r
+                .members
+                .binary_search(&msg.from)
+                .ok()
+                .filter(|&a| r.sched.offset(me, a) < r.sched.window())
+                .map(|_| (me, msg.clone())),
+            _ => None,
+        };
+        let (mut accepted, mut unbundle) = (false, Vec::new());
+        let iter = msg.iter;
         match msg.body {
             Body::Start(start) => {
                 if msg.iter != 0
@@ -586,6 +754,7 @@ impl Node {
                     }
                     std::collections::btree_map::Entry::Vacant(v) => {
                         v.insert(start);
+                        accepted = true;
                     }
                 }
             }
@@ -613,6 +782,7 @@ impl Node {
                         }
                         std::collections::btree_map::Entry::Vacant(v) => {
                             v.insert((x, sane(mu)));
+                            accepted = true;
                         }
                     }
                 }
@@ -635,6 +805,7 @@ impl Node {
                     }
                     std::collections::btree_map::Entry::Vacant(v) => {
                         v.insert((msg.iter, c));
+                        accepted = true;
                     }
                 }
             }
@@ -642,8 +813,88 @@ impl Node {
                 if r.finals.insert(msg.from, d).is_some() {
                     self.stats.duplicates += 1;
                     r.peer_lagging |= msg.probe;
+                } else {
+                    accepted = true;
                 }
             }
+            Body::Verdict(list) => {
+                // Relayed views only, from a task holder: every member's digest, in member
+                // order.
+                let holder = r
+                    .members
+                    .binary_search(&msg.from)
+                    .is_ok_and(|i| i < task_holders(r.members.len()));
+                let complete = list.len() == r.members.len()
+                    && list.iter().zip(&r.members).all(|(&(n, _), &m)| n == m);
+                if r.sched.is_flat() || !holder || !complete {
+                    self.stats.rejected += 1;
+                    return;
+                }
+                match r.verdicts.entry(msg.from) {
+                    std::collections::btree_map::Entry::Occupied(_) => {
+                        self.stats.duplicates += 1;
+                        r.peer_lagging |= msg.probe;
+                    }
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        v.insert(list);
+                        accepted = true;
+                    }
+                }
+            }
+            Body::Relay(inner) => {
+                // Only the member 2^k after this one on the ring sends it a bundle (step
+                // k ≥ 1), with starts and columns of this round and view by the `size(k)`
+                // members from the sender on.
+                let (Some(me), Ok(q)) = (me, r.members.binary_search(&msg.from)) else {
+                    self.stats.rejected += 1;
+                    return;
+                };
+                let Some(size) = r
+                    .sched
+                    .step_from(q, me)
+                    .filter(|&k| k >= 1)
+                    .map(|k| r.sched.size(k))
+                else {
+                    self.stats.rejected += 1;
+                    return;
+                };
+                if inner.len() > size {
+                    self.stats.rejected += 1;
+                    return;
+                }
+                for m in inner {
+                    let ok = m.round == msg.round
+                        && m.view == msg.view
+                        && matches!(m.body, Body::Start(_) | Body::Column(..))
+                        && r.members
+                            .binary_search(&m.from)
+                            .is_ok_and(|a| r.sched.offset(q, a) < size);
+                    if ok {
+                        unbundle.push(Msg { probe: false, ..m });
+                    } else {
+                        self.stats.rejected += 1;
+                    }
+                }
+            }
+        }
+        if accepted {
+            // New data is progress: with the relay an iteration takes several hops, and a
+            // node still hearing new messages is not stuck (if one is lost for good, the
+            // node probes one tick after the last new one).
+            r.progressed = true;
+            if let Some((me, raw)) = keep {
+                let raw = Msg {
+                    probe: false,
+                    ..raw
+                };
+                if relay_store(r, me, &raw) {
+                    self.relay_check(iter);
+                }
+            }
+        }
+        self.stats.unbundled += unbundle.len() as u64;
+        for m in unbundle {
+            self.handle_inner(m);
         }
     }
 
@@ -772,13 +1023,62 @@ impl Node {
                     digest,
                     objective,
                 } => {
-                    if r.members
+                    let holders = &r.members[..task_holders(r.members.len())];
+                    let all_finals = r
+                        .members
                         .iter()
-                        .any(|m| *m != self.id && !r.finals.contains_key(m))
-                    {
-                        return;
-                    }
-                    let agree = r.finals.values().all(|&d| d == digest);
+                        .all(|m| *m == self.id || r.finals.contains_key(m));
+                    let (agree, mut digests) = if r.sched.is_flat() {
+                        // Every member's digest came straight to every member.
+                        if !all_finals {
+                            return;
+                        }
+                        let agree = r.finals.values().all(|&d| d == digest);
+                        (agree, r.finals.iter().map(|(&n, &d)| (n, d)).collect())
+                    } else {
+                        // Relayed view: the digests went to the task holders, which send
+                        // everyone the whole list; placed only if every holder's list
+                        // shows this node's digest for every member (one honest holder
+                        // exposes any divergence to all).
+                        if holders.contains(&self.id) && !r.verdicts.contains_key(&self.id) {
+                            if !all_finals {
+                                return;
+                            }
+                            let list: Vec<(NodeId, u64)> = r
+                                .members
+                                .iter()
+                                .map(|&m| (m, r.finals.get(&m).copied().unwrap_or(digest)))
+                                .collect();
+                            r.verdicts.insert(self.id, list.clone());
+                            let msg = Msg {
+                                round: r.round,
+                                view: r.view,
+                                iter: r.solver.as_ref().map_or(0, |s| s.k),
+                                from: self.id,
+                                body: Body::Verdict(list),
+                                probe: false,
+                            };
+                            r.progressed = true;
+                            self.send(msg);
+                            continue;
+                        }
+                        if holders.iter().any(|h| !r.verdicts.contains_key(h)) {
+                            return;
+                        }
+                        let agree = r
+                            .verdicts
+                            .values()
+                            .all(|l| l.iter().all(|&(_, d)| d == digest));
+                        let mut digests: Vec<(NodeId, u64)> = Vec::new();
+                        for l in r.verdicts.values() {
+                            for &(n, d) in l {
+                                if n != self.id && !digests.contains(&(n, d)) {
+                                    digests.push((n, d));
+                                }
+                            }
+                        }
+                        (agree, digests)
+                    };
                     let assign = assign.clone();
                     r.progressed = true;
                     r.phase = Phase::Done;
@@ -814,8 +1114,6 @@ impl Node {
                         self.memory = Some((s.mu[s.me] as f32, s.rho as f32));
                         self.events.push_back(Event::Placed(outcome));
                     } else {
-                        let mut digests: Vec<(NodeId, u64)> =
-                            r.finals.iter().map(|(&n, &d)| (n, d)).collect();
                         digests.push((self.id, digest));
                         digests.sort_unstable();
                         tracing::warn!(
@@ -845,23 +1143,35 @@ impl Node {
         let Some(r) = self.round.as_mut() else { return };
         let Some(s) = r.solver.as_mut() else { return };
         let nj = s.problem.n_jobs();
+        let nn = s.x.len();
         let (mut dy2, mut r2, mut xx, mut yy, mut uu) = (0.0, 0.0, 0.0, 0.0, 0.0);
         {
+            // X^k job-major, one pass over each column.
+            for (n, col) in s.x.iter().enumerate() {
+                for (j, &v) in col.iter().enumerate() {
+                    s.xt[j * nn + n] = v;
+                }
+            }
             // Y^k = Π_rows(X^k + U^{k-1}); U^k = U^{k-1} + X^k − Y^k.
-            for j in 0..nj {
-                let nodes = &s.job_nodes[j];
+            for (j, nodes) in s.job_nodes.iter().enumerate() {
+                let base = j * nn;
+                let (xt, yt, ut) = (
+                    &s.xt[base..base + nn],
+                    &mut s.yt[base..base + nn],
+                    &mut s.ut[base..base + nn],
+                );
                 s.row.clear();
-                s.row.extend(nodes.iter().map(|&n| s.x[n][j] + s.u[n][j]));
+                s.row.extend(nodes.iter().map(|&n| xt[n] + ut[n]));
                 project_simplex(&mut s.row, &mut s.sorted);
                 for (t, &n) in nodes.iter().enumerate() {
-                    let (xv, yv) = (s.x[n][j], s.row[t]);
-                    dy2 += (yv - s.y[n][j]).powi(2);
+                    let (xv, yv) = (xt[n], s.row[t]);
+                    dy2 += (yv - yt[n]).powi(2);
                     r2 += (xv - yv).powi(2);
                     xx += xv * xv;
                     yy += yv * yv;
-                    s.y[n][j] = yv;
-                    let u = s.u[n][j] + xv - yv;
-                    s.u[n][j] = u;
+                    yt[n] = yv;
+                    let u = ut[n] + xv - yv;
+                    ut[n] = u;
                     uu += u * u;
                 }
             }
@@ -889,8 +1199,11 @@ impl Node {
                 "placement stopped"
             );
             r.phase = Phase::Candidates;
+            // Y^k as [node][job]: the rounding's and the outcome's input.
+            s.y = (0..nn)
+                .map(|n| (0..nj).map(|j| s.yt[j * nn + n]).collect())
+                .collect();
             // This member's share of the rounding (none for most members).
-            let nn = s.problem.n_nodes();
             let mut best: Option<(f64, Vec<usize>)> = None;
             let mut failed = None;
             for task in (0..integer::TASKS).filter(|t| t % nn == s.me) {
@@ -951,13 +1264,13 @@ impl Node {
             }
             if s.rho != old {
                 let f = old / s.rho;
-                s.u.iter_mut().flatten().for_each(|u| *u *= f);
+                s.ut.iter_mut().for_each(|u| *u *= f);
             }
         }
         // Local step: x_me ← Π_{X_me}(y_me − u_me − ĉ_me/ρ).
         let me = s.me;
         for (t, &j) in s.allowed.iter().enumerate() {
-            s.w[t] = s.y[me][j] - s.u[me][j] - s.cost[t] / s.rho;
+            s.w[t] = s.yt[j * nn + me] - s.ut[j * nn + me] - s.cost[t] / s.rho;
         }
         let p = &s.problem;
         let penalty = if p.slope[me] > 0.0 {
@@ -990,6 +1303,30 @@ impl Node {
         s.next = Some((next, sane(mu_wire)));
         self.send(msg);
     }
+}
+
+/// Keeps a start or column of an author member index `me` forwards (ring offset below
+/// the schedule's window, its own included) for its bundles; true if it was new and its
+/// iteration still has steps to send.
+fn relay_store(r: &mut Round, me: usize, msg: &Msg) -> bool {
+    if r.sched.is_flat() || r.relay_done.is_some_and(|d| msg.iter <= d) {
+        return false;
+    }
+    let forwarded = r
+        .members
+        .binary_search(&msg.from)
+        .is_ok_and(|a| r.sched.offset(me, a) < r.sched.window());
+    if !forwarded {
+        return false;
+    }
+    // Starts are iteration 0; a column is at most one ahead of this node (the same
+    // window `handle_inner` accepts), so the store stays within two windows of messages.
+    let entry = r.relay.entry(msg.iter).or_default();
+    if entry.contains_key(&msg.from) {
+        return false;
+    }
+    entry.insert(msg.from, msg.clone());
+    true
 }
 
 /// Members (the first of the sorted member list) that run a rounding task: member `m`
@@ -1127,10 +1464,10 @@ fn build_solver(r: &Round, me_id: NodeId, cfg: &Config) -> Result<Solver, Placem
         .collect();
     // U^{-1} = −(ĉ + μ̂ d)/ρ: the reduced cost of every pair, so the first row projection
     // already leans to the cheap nodes.
-    let y = vec![vec![0.0; nj]; nn];
-    let mut u = vec![vec![0.0; nj]; nn];
-    for (n, row) in u.iter_mut().enumerate() {
-        for (j, v) in row.iter_mut().enumerate() {
+    let yt = vec![0.0; nj * nn];
+    let mut ut = vec![0.0; nj * nn];
+    for (j, row) in ut.chunks_exact_mut(nn.max(1)).enumerate() {
+        for (n, v) in row.iter_mut().enumerate() {
             if p.allowed(n, j) {
                 *v = -(p.c(n, j) + mu[n] * p.jobs[j].demand) / scale / rho;
             }
@@ -1147,8 +1484,10 @@ fn build_solver(r: &Round, me_id: NodeId, cfg: &Config) -> Result<Solver, Placem
         rho,
         k: 0,
         x,
-        y,
-        u,
+        yt,
+        ut,
+        xt: vec![0.0; nj * nn],
+        y: Vec::new(),
         mu,
         job_nodes,
         next: None,

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::error::PlacementError;
 use crate::model::{Job, Link, LoadPenalty, NodeEnv, NodeId};
 use crate::msg::Msg;
-use crate::node::{Config, Event, Node, Outcome};
+use crate::node::{Config, Event, Node, Outcome, To, Transmit};
 
 /// SplitMix64: small, seedable, good enough for simulations.
 #[derive(Clone, Debug)]
@@ -234,6 +234,13 @@ pub struct SimStats {
     /// Re-sends after a tick.
     pub resent: u64,
     pub resent_bytes: u64,
+    /// Row bundles forwarded by relays (see [`crate::relay`]) and their encoded bytes.
+    pub relayed: u64,
+    pub relayed_bytes: u64,
+    /// Deliveries attempted (one per recipient of every send: the frames of a real
+    /// mesh), and their encoded bytes.
+    pub frames: u64,
+    pub frame_bytes: u64,
     pub deliveries: u64,
     pub dropped: u64,
     pub duplicated: u64,
@@ -443,17 +450,21 @@ impl Swarm {
                 self.events.entry(id).or_default().push(ev);
                 continue;
             }
-            let Some(msg) = node.poll_transmit() else {
+            let Some(t) = node.poll_transmit() else {
                 return;
             };
-            self.publish(id, msg, resends);
+            self.publish(id, t, resends);
         }
     }
 
-    fn publish(&mut self, from: NodeId, msg: Msg, resend: bool) {
+    fn publish(&mut self, from: NodeId, t: Transmit, resend: bool) {
+        let Transmit { msg, to } = t;
         let bytes = self.codec.as_ref().map(|c| c.encode(&msg));
         let size = bytes.as_ref().map_or(0, |b| b.len() as u64);
-        if resend {
+        if matches!(msg.body, crate::msg::Body::Relay(_)) {
+            self.stats.relayed += 1;
+            self.stats.relayed_bytes += size;
+        } else if resend {
             self.stats.resent += 1;
             self.stats.resent_bytes += size;
         } else {
@@ -461,7 +472,12 @@ impl Swarm {
             self.stats.bytes += size;
             *self.stats.bytes_by_node.entry(from).or_default() += size;
         }
-        let targets: Vec<NodeId> = self.nodes.keys().copied().filter(|&t| t != from).collect();
+        let targets: Vec<NodeId> = match to {
+            To::All => self.nodes.keys().copied().filter(|&t| t != from).collect(),
+            To::Only(v) => v.into_iter().filter(|&t| t != from).collect(),
+        };
+        self.stats.frames += targets.len() as u64;
+        self.stats.frame_bytes += size * targets.len() as u64;
         for to in targets {
             if self.rng.f64() < self.sim.drop {
                 self.stats.dropped += 1;

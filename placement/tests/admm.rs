@@ -10,7 +10,7 @@ use placement::msg::{Body, Candidate, Column, Msg};
 use placement::sim::{random_instance, Codec, Instance, InstanceOpts, SimConfig, Swarm};
 use placement::{
     Config, Event, Hysteresis, Job, Link, LoadPenalty, Node, NodeEnv, Outcome, PlacementError,
-    Problem,
+    Problem, To, Transmit,
 };
 
 fn problem(inst: &Instance, cfg: &Config) -> Problem {
@@ -465,10 +465,10 @@ fn drive(
     for _ in 0..400 {
         let mut msgs = Vec::new();
         for n in &mut nodes {
-            while let Some(mut m) = n.poll_transmit() {
+            while let Some(Transmit { msg: mut m, to }) = n.poll_transmit() {
                 sent.push(m.clone());
                 if tamper(&mut m) {
-                    msgs.push(m);
+                    msgs.push((m, to));
                 }
             }
             while let Some(e) = n.poll_event() {
@@ -478,8 +478,13 @@ fn drive(
         if msgs.is_empty() {
             break;
         }
-        for m in &msgs {
+        for (m, to) in &msgs {
             for n in nodes.iter_mut().filter(|n| n.id() != m.from) {
+                if let To::Only(v) = to {
+                    if !v.contains(&n.id()) {
+                        continue;
+                    }
+                }
                 n.handle(m.clone());
             }
         }
@@ -602,7 +607,7 @@ fn a_diverging_placement_is_detected_by_the_final_digest() {
     for _ in 0..200 {
         let mut msgs = Vec::new();
         for n in &mut nodes {
-            while let Some(mut m) = n.poll_transmit() {
+            while let Some(Transmit { msg: mut m, .. }) = n.poll_transmit() {
                 if m.from == liar {
                     if let Body::Final(d) = &mut m.body {
                         *d ^= 1;
@@ -653,7 +658,7 @@ fn untrusted_messages_are_rejected_without_panic() {
         inst.envs[&members[0]].clone(),
     )
     .expect("start");
-    let first = a.poll_transmit().expect("start message");
+    let first = a.poll_transmit().expect("start message").msg;
     let view = first.view;
     let bad = [
         // Job index past the end, value above 1, odd length, repeated index.
@@ -769,4 +774,319 @@ fn duplicates_do_not_start_a_resend_storm() {
         "{} re-sends after the round finished",
         swarm.stats.resent - before
     );
+}
+
+/// The settings with the two-hop relay off: every message straight to every member.
+fn flat_cfg() -> Config {
+    Config {
+        relay_min_members: usize::MAX,
+        ..Config::default()
+    }
+}
+
+/// The relay changes the routing only: the same iterations and placement as the plain
+/// all-to-all, in well under half the frames (32 members: 5 steps of one frame each per
+/// member and exchange, against 31).
+#[test]
+fn relayed_exchange_gives_the_flat_placement_in_fewer_frames() {
+    for seed in [3, 4] {
+        let inst = random_instance(seed, 32, 256, &InstanceOpts::default());
+        let (flat, fs) = solve(&inst, &flat_cfg(), SimConfig::default());
+        let (relay, rs) = solve(&inst, &Config::default(), SimConfig::default());
+        assert_eq!(relay.placement, flat.placement, "seed {seed}");
+        assert_eq!(relay.iterations, flat.iterations, "seed {seed}");
+        assert_eq!(relay.objective, flat.objective, "seed {seed}");
+        assert_eq!(fs.stats.relayed, 0);
+        assert!(rs.stats.relayed > 0);
+        assert!(
+            rs.stats.frames * 2 < fs.stats.frames,
+            "seed {seed}: {} frames relayed against {} flat",
+            rs.stats.frames,
+            fs.stats.frames
+        );
+        // Every member's own messages are what it always sent, plus the task holders'
+        // verdicts (the final digests go to the holders only); and the bundles.
+        assert_eq!(
+            rs.stats.messages,
+            fs.stats.messages + placement::integer::TASKS as u64,
+            "seed {seed}"
+        );
+        let unbundled: u64 = rs.nodes.values().map(|n| n.stats().unbundled).sum();
+        assert!(unbundled > 0);
+    }
+}
+
+/// Loss, duplicates and delays on a relayed swarm: a lost bundle costs its recipient (and
+/// those it forwards to) several members' columns, recovered by the direct re-sends; the
+/// placement is the one the lossless run gives.
+#[test]
+fn relayed_exchange_survives_loss_duplicates_and_delays() {
+    let cfg = Config::default();
+    let inst = random_instance(31, 24, 160, &InstanceOpts::default());
+    let (clean, _) = solve(&inst, &cfg, SimConfig::default());
+    for (seed, drop, duplicate, max_delay) in [
+        (1, 0.10, 0.0, 0),
+        (2, 0.10, 0.0, 0),
+        (3, 0.10, 0.05, 2),
+        (4, 0.0, 0.3, 6),
+    ] {
+        let sim = SimConfig {
+            seed,
+            drop,
+            duplicate,
+            max_delay,
+            tick_every: if max_delay > 2 { 16 } else { 3 },
+            ..SimConfig::default()
+        };
+        let (noisy, swarm) = solve(&inst, &cfg, sim);
+        assert!(swarm.stats.relayed > 0);
+        if drop > 0.0 {
+            assert!(swarm.stats.dropped > 0 && swarm.stats.resent > 0);
+        }
+        assert_eq!(noisy.placement, clean.placement, "seed {seed}");
+        assert_eq!(noisy.digest, clean.digest, "seed {seed}");
+        assert_eq!(noisy.iterations, clean.iterations, "seed {seed}");
+    }
+}
+
+/// Membership changes in relayed views: a node leaving a view of 12, and one joining a
+/// view of 9 (the schedule of the new view differs): the members reconverge and agree.
+#[test]
+fn relayed_views_reconverge_after_a_leave_and_a_join() {
+    let cfg = Config::default();
+    let opts = InstanceOpts {
+        load_factor: 0.6,
+        ..InstanceOpts::default()
+    };
+    // Leave.
+    let inst = random_instance(41, 12, 80, &opts);
+    let gone = *inst.envs.keys().nth(5).expect("node");
+    let mut swarm = Swarm::new(
+        &inst,
+        cfg.clone(),
+        SimConfig {
+            drop: 0.05,
+            max_delay: 1,
+            tick_every: 6,
+            ..SimConfig::default()
+        },
+    )
+    .with_codec(Box::new(common::Cbor));
+    swarm.start_round(1).expect("start");
+    for _ in 0..6 {
+        swarm.step().expect("step");
+    }
+    assert!(swarm.nodes.values().all(|n| !n.is_finished()));
+    swarm.schedule_leave(swarm.now() + 1, gone, 4);
+    let rep = swarm.run().expect("run");
+    assert!(rep.finished);
+    let out = rep.agreed().expect("survivors agree").clone();
+    assert!(out.placement.iter().all(|&(_, n)| n != gone));
+    assert!(swarm.stats.relayed > 0);
+    // Join.
+    let inst = random_instance(42, 9, 60, &opts);
+    let newcomer = 999;
+    let env = NodeEnv {
+        capacity: 2.0,
+        speed: 4.0,
+        ..inst.envs.values().next().expect("env").clone()
+    };
+    let mut swarm = Swarm::new(
+        &inst,
+        cfg.clone(),
+        SimConfig {
+            seed: 7,
+            drop: 0.05,
+            tick_every: 6,
+            ..SimConfig::default()
+        },
+    )
+    .with_codec(Box::new(common::Cbor));
+    swarm.start_round(1).expect("start");
+    for _ in 0..4 {
+        swarm.step().expect("step");
+    }
+    swarm.schedule_join(swarm.now() + 1, newcomer, env, 2);
+    let rep = swarm.run().expect("run");
+    let out = rep.agreed().expect("all agree, newcomer included").clone();
+    assert!(rep.last_events.contains_key(&newcomer));
+    assert!(out.placement.iter().any(|&(_, n)| n == newcomer));
+}
+
+/// Relays that forge the columns they forward (their recipients compute from other data
+/// than the rest): no two nodes may report different placements as agreed. Either the
+/// iterates part so far that members stop at different iterations (the round stalls:
+/// the shell times out with no outcome), or the task holders' digest lists expose the
+/// difference, or the forgery did not change the placement.
+#[test]
+fn a_forging_relay_never_splits_the_swarm_silently() {
+    let inst = random_instance(43, 9, 48, &InstanceOpts::default());
+    let members: Vec<u32> = inst.envs.keys().copied().collect();
+    let mut forged = 0;
+    let (events, sent, nodes) = drive(&inst, &members, |m| {
+        if let Body::Relay(inner) = &mut m.body {
+            for x in inner.iter_mut() {
+                if let (1, Body::Column(col, _)) = (x.iter, &mut x.body) {
+                    // Move the author's mass to the first job.
+                    *col = Column(vec![0, 65_535]);
+                    forged += 1;
+                }
+            }
+        }
+        true
+    });
+    assert!(forged > 0, "no bundle carried a column of iteration 1");
+    assert!(sent.iter().any(|m| matches!(m.body, Body::Relay(_))));
+    let placed: Vec<u64> = events
+        .values()
+        .filter_map(|e| match e {
+            Event::Placed(o) => Some(o.digest),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        placed.windows(2).all(|w| w[0] == w[1]),
+        "nodes placed differently without noticing: {events:?}"
+    );
+    // The same run untampered: every node places.
+    let (clean, _, _) = drive(&inst, &members, |_| true);
+    assert!(clean.values().all(|e| matches!(e, Event::Placed(_))));
+    assert_eq!(clean.len(), nodes.len());
+}
+
+/// Bundles are checked: only from the member the schedule names (2^k after the
+/// receiver on the ring, k ≥ 1), only starts and columns of the round and view by the
+/// `size(k)` members from the sender on — anything else rejected (counted), never
+/// handled.
+#[test]
+fn malformed_bundles_are_rejected() {
+    let inst = random_instance(44, 9, 20, &InstanceOpts::default());
+    let members: Vec<u32> = inst.envs.keys().copied().collect();
+    let s = placement::relay::Schedule::new(members.len());
+    assert_eq!((s.steps(), s.size(1)), (4, 2));
+    let me = members[0];
+    let mut a = Node::new(me, Config::default());
+    a.start_round(
+        1,
+        0,
+        members.clone(),
+        inst.jobs.clone(),
+        inst.envs[&me].clone(),
+    )
+    .expect("start");
+    let first = a.poll_transmit().expect("start message");
+    // Step 0: the own start to the member before on the ring.
+    assert_eq!(first.to, To::Only(vec![members[8]]));
+    let view = first.msg.view;
+    let col = |from: u32, view: u32| Msg {
+        round: 1,
+        view,
+        iter: 1,
+        from,
+        body: Body::Column(Column(vec![0, 100]), 0.0),
+        probe: false,
+    };
+    let bundle = |from: u32, inner: Vec<Msg>| Msg {
+        round: 1,
+        view,
+        iter: 1,
+        from,
+        body: Body::Relay(inner),
+        probe: false,
+    };
+    let q = members[2]; // step 1: itself and the next member
+    let before = a.stats().rejected;
+    // From the next member (step 0 is a plain message) and from one 3 ahead (no step).
+    a.handle(bundle(members[1], vec![col(members[1], view)]));
+    a.handle(bundle(members[3], vec![col(members[3], view)]));
+    // An author past the sender's step, a final digest, another view's column.
+    a.handle(bundle(q, vec![col(members[4], view)]));
+    a.handle(bundle(
+        q,
+        vec![Msg {
+            body: Body::Final(7),
+            ..col(q, view)
+        }],
+    ));
+    a.handle(bundle(q, vec![col(members[3], view ^ 1)]));
+    // More messages than the step carries.
+    a.handle(bundle(q, vec![col(q, view); 3]));
+    assert_eq!(a.stats().rejected - before, 6);
+    assert_eq!(a.stats().unbundled, 0);
+    // A valid one is taken apart.
+    a.handle(bundle(q, vec![col(q, view), col(members[3], view)]));
+    assert_eq!(a.stats().unbundled, 2);
+    assert_eq!(a.stats().rejected - before, 6);
+}
+
+/// Relayed views send the final digests to the task holders, which send everyone the
+/// whole list: one node's forged digest (a holder's, then another member's) makes every
+/// other node report a disagreement, as with the digests straight to all.
+#[test]
+fn a_forged_final_digest_is_exposed_by_the_holders_verdicts() {
+    let inst = random_instance(45, 9, 40, &InstanceOpts::default());
+    let members: Vec<u32> = inst.envs.keys().copied().collect();
+    for liar in [members[1], members[6]] {
+        let (events, sent, _) = drive(&inst, &members, |m| {
+            if let (true, Body::Final(d)) = (m.from == liar, &mut m.body) {
+                *d ^= 1;
+            }
+            true
+        });
+        let verdicts = sent
+            .iter()
+            .filter(|m| matches!(m.body, Body::Verdict(_)))
+            .count();
+        assert_eq!(
+            verdicts,
+            placement::integer::TASKS,
+            "one verdict per holder"
+        );
+        assert_eq!(events.len(), members.len(), "every node ends the round");
+        for (id, e) in &events {
+            if *id != liar {
+                assert!(
+                    matches!(e, Event::Disagreement { .. }),
+                    "liar {liar}, node {id}: {e:?}"
+                );
+            }
+        }
+    }
+}
+
+/// Verdicts are checked: only from a task holder, only listing every member in order.
+#[test]
+fn malformed_verdicts_are_rejected() {
+    let inst = random_instance(46, 9, 20, &InstanceOpts::default());
+    let members: Vec<u32> = inst.envs.keys().copied().collect();
+    let me = members[4];
+    let mut a = Node::new(me, Config::default());
+    a.start_round(
+        1,
+        0,
+        members.clone(),
+        inst.jobs.clone(),
+        inst.envs[&me].clone(),
+    )
+    .expect("start");
+    let view = a.poll_transmit().expect("start message").msg.view;
+    let verdict = |from: u32, list: Vec<(u32, u64)>| Msg {
+        round: 1,
+        view,
+        iter: 3,
+        from,
+        body: Body::Verdict(list),
+        probe: false,
+    };
+    let full: Vec<(u32, u64)> = members.iter().map(|&m| (m, 5)).collect();
+    let before = a.stats().rejected;
+    // From a non-holder; missing a member; out of order.
+    a.handle(verdict(members[5], full.clone()));
+    a.handle(verdict(members[0], full[1..].to_vec()));
+    let mut swapped = full.clone();
+    swapped.swap(0, 1);
+    a.handle(verdict(members[0], swapped));
+    assert_eq!(a.stats().rejected - before, 3);
+    a.handle(verdict(members[0], full));
+    assert_eq!(a.stats().rejected - before, 3);
 }
