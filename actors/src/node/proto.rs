@@ -102,6 +102,12 @@ pub enum NodeMsg {
         home: Vec<u8>,
         #[serde(with = "serde_bytes")]
         manifest: Vec<u8>,
+        /// Set when a recovery copies the checkpoint it resumes from: the generation
+        /// the sender claims. The receiver learns of the claim now rather than from a
+        /// heartbeat a few hundred ms later — holding the same checkpoint, it might
+        /// otherwise outrank the sender and resume the job too.
+        #[serde(default)]
+        claim: Option<u64>,
     },
 }
 

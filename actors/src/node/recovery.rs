@@ -443,6 +443,7 @@ impl Recovery {
         &mut self,
         job: &str,
         from: CheckpointRef,
+        claimed: u64,
         home: PeerId,
         manifest: Vec<u8>,
         ctx: &mut Context<Self>,
@@ -457,6 +458,7 @@ impl Recovery {
             seq: from.seq,
             home: home.to_bytes(),
             manifest,
+            claim: Some(claimed),
         });
         let shared = self.shared.clone();
         let job = job.to_string();
@@ -765,7 +767,7 @@ impl Recovery {
             act.resuming.remove(&job);
             match r {
                 Ok(manifest) => {
-                    act.protect(&job, from, home, manifest, ctx);
+                    act.protect(&job, from, generation, home, manifest, ctx);
                     // Restored, not running: announced in the heartbeat as a claim; it
                     // runs once the claim period passed without a conflict.
                     let now = act.shared.now_ms();
@@ -842,6 +844,7 @@ async fn copy_once(
         seq,
         home,
         manifest: taken.manifest,
+        claim: None,
     });
     result.acked = offer(&shared, msg, targets).await;
     result
@@ -1297,12 +1300,36 @@ pub struct Replica {
     pub seq: u64,
     pub home: Vec<u8>,
     pub manifest: Vec<u8>,
+    /// The generation the sender claims (a recovery copying its starting point).
+    pub claim: Option<u64>,
 }
 
 impl Handler<Replica> for Recovery {
     type Result = ResponseActFuture<Self, Result<(), String>>;
 
     fn handle(&mut self, m: Replica, _: &mut Context<Self>) -> Self::Result {
+        if let Some(theirs) = m.claim {
+            // The sender claims the job: taken as if its heartbeat said so (the next
+            // one will), before the import makes this node an equal holder; a claim of
+            // ours it beats is withdrawn now, by the rule both sides apply.
+            let sender = self
+                .peers
+                .iter_mut()
+                .find(|(_, p)| p.peer == m.from)
+                .map(|(n, p)| {
+                    p.claims.insert(m.job.clone(), theirs);
+                    n.clone()
+                });
+            if let (Some(node), Some((mine, _))) = (sender, self.claims.get(&m.job).copied()) {
+                let outranked = recovery::rank(&m.job, [&self.me, &node]).first() != Some(&self.me);
+                if theirs > mine || (theirs == mine && outranked) {
+                    tracing::warn!(job = %m.job, claimed = mine, theirs, other = %node.as_str(),
+                        node = %self.me.as_str(), "another node claims this job: withdrawing");
+                    self.claims.remove(&m.job);
+                    self.control(&m.job, Op::DiscardRestored);
+                }
+            }
+        }
         let shared = self.shared.clone();
         let cp = self.checkpoint.clone();
         let job = m.job.clone();
