@@ -21,8 +21,9 @@
 //!
 //! Level 1 ([`InProcess`]) injects faults where one process can: a **kill** is
 //! [`NodeHandle::shutdown`] (its jobs and its mesh stop; the others see it die), a
-//! **restart** starts a fresh node with the same name, config and identity (its store
-//! is in memory, so it comes back empty), a **partition** makes the nodes on either
+//! **restart** starts a fresh node with the same name, config and identity on the
+//! killed node's store (kept, as an on-disk store survives a real restart: its
+//! checkpoints and the records of the replicas it held), a **partition** makes the nodes on either
 //! side of the cut block each other in the mesh ([`mesh::MeshHandle::set_blocked`]),
 //! and a **pause** blocks the node from every peer and every peer from it — unlike
 //! SIGSTOP its jobs keep computing, they just cannot be heard. Delay, loss and rate
@@ -1123,15 +1124,23 @@ impl Level for InProcess {
         let Some(old) = self.dead.remove(node) else {
             return Ok(None);
         };
-        let h = node::start(old.shared.config.clone(), self.host.clone())
-            .await
-            .with_context(|| format!("restarting {node}"))?;
+        // The store survives, as an on-disk store survives a real restart (level 2's
+        // nodes have one): its chunks, checkpoints and replica records.
+        let h = node::start_with_store(
+            old.shared.config.clone(),
+            self.host.clone(),
+            Some(old.shared.store.clone()),
+        )
+        .await
+        .with_context(|| format!("restarting {node}"))?;
         self.peers.insert(node.to_string(), h.peer_id());
         self.all.push(h.clone());
         self.live.insert(node.to_string(), h);
         self.apply_cut().await?;
         self.reconnect().await;
-        Ok(Some(format!("restart {node} (same identity, empty store)")))
+        Ok(Some(format!(
+            "restart {node} (same identity, its store kept)"
+        )))
     }
 
     async fn pause(&mut self, node: &str) -> anyhow::Result<String> {

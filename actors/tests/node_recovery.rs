@@ -248,3 +248,141 @@ fn the_cut_off_owner_pauses_the_majority_resumes_the_heal_drops_the_old_copy() {
         }
     });
 }
+
+/// Both holders of a job's replicas are killed and restarted (their stores kept, as on
+/// disk) just after its node dies, before anyone declared it dead. A restarted holder
+/// reads back which replicas it held (`recovery::held`), so the job resumes from one
+/// of them; before, a restarted holder came back holding nothing and the job was lost
+/// (level 1's `bench.toml`).
+#[test]
+fn holders_restarted_with_their_store_still_recover_the_job() {
+    node::actix_system().block_on(async {
+        let host = Host::new(HostConfig::default()).expect("host");
+        let names = ["h1", "h2", "h3", "h4"];
+        let members: Vec<recovery::NodeId> =
+            names.iter().map(|n| recovery::NodeId::from(*n)).collect();
+        // A job, and an owner, whose two holders are neither the home (h1) nor the owner.
+        let (job, owner, holders) = (0..64)
+            .flat_map(|i| names[1..].iter().map(move |o| (format!("tracker-{i}"), *o)))
+            .find_map(|(job, owner)| {
+                let set =
+                    recovery::replica_set(&job, &members, Some(&recovery::NodeId::from(owner)), 2);
+                (!set.contains(&recovery::NodeId::from("h1")))
+                    .then(|| (job, owner, [set[0].0.clone(), set[1].0.clone()]))
+            })
+            .expect("some job's replicas avoid the home");
+        let nodes = node::local_swarm(&host, &names, |cfg: &mut NodeConfig| {
+            cfg.migration.heartbeat_ms = 100;
+            cfg.recovery.suspect_after_ms = 600;
+            cfg.recovery.dead_after_ms = 1500;
+            cfg.recovery.min_period_ms = 150;
+            cfg.recovery.max_period_ms = 600;
+        })
+        .await
+        .expect("swarm");
+        let by_name = |n: &str| {
+            nodes
+                .iter()
+                .find(|h| h.name() == n)
+                .cloned()
+                .expect("a node of the swarm")
+        };
+        let tracker = guest("tracker");
+        let args = vec!["30000".to_string()];
+        nodes[0]
+            .run(RunRequest {
+                module: tracker.clone(),
+                name: Some("tracker".into()),
+                id: Some(job.clone()),
+                args: args.clone(),
+                seed: 5,
+                node: Some(owner.into()),
+                ..RunRequest::default()
+            })
+            .await
+            .expect("the job starts");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let acks = by_name(owner).recovery_facts().await.expect("acks").acks;
+            let acked: std::collections::BTreeSet<&str> =
+                acks.iter().map(|(_, h, _)| h.as_str()).collect();
+            if holders.iter().all(|h| acked.contains(h.as_str())) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no replicas acknowledged: {acks:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        // The owner dies; both holders are killed and restarted with their stores.
+        by_name(owner).shutdown().await;
+        let mut live = vec![nodes[0].clone()];
+        for h in &holders {
+            let old = by_name(h);
+            old.shutdown().await;
+            let again = node::start_with_store(
+                old.shared.config.clone(),
+                host.clone(),
+                Some(old.shared.store.clone()),
+            )
+            .await
+            .expect("restart");
+            live.push(again);
+        }
+        for (i, a) in live.iter().enumerate() {
+            for b in &live[..i] {
+                a.connect(b).await.expect("dial");
+            }
+        }
+        for n in &live {
+            n.wait_for_peers(2, Duration::from_secs(20))
+                .await
+                .expect("peers");
+        }
+        let code = loop {
+            let mut on = Vec::new();
+            for n in &live {
+                if let Some(g) = running(n, &job).await {
+                    on.push((n.name().to_string(), g));
+                }
+            }
+            assert!(on.len() <= 1, "the job runs on two nodes: {on:?}");
+            if let Some(c) = live[0]
+                .logs(&job, StreamKind::Stdout, u64::MAX, 0)
+                .await
+                .ok()
+                .and_then(|s| s.exit_code)
+            {
+                break c;
+            }
+            assert!(
+                Instant::now() < deadline + Duration::from_secs(90),
+                "the job was not recovered from the restarted holders"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let (out, _, want) =
+            straight_run_of(&host, &tracker, "tracker", &args, 5).expect("straight");
+        assert_eq!(code, want);
+        let got = live[0]
+            .local_log(&job, StreamKind::Stdout)
+            .unwrap_or_default();
+        assert!(
+            got == out,
+            "stdout differs: {} vs {} bytes",
+            got.len(),
+            out.len()
+        );
+        let mut recoveries = Vec::new();
+        for n in &live[1..] {
+            recoveries.extend(n.status().await.expect("status").recovery.recovered);
+        }
+        assert_eq!(recoveries.len(), 1, "{recoveries:?}");
+        assert_eq!(recoveries[0].from_node, owner);
+        for n in &live {
+            n.shutdown().await;
+        }
+    });
+}

@@ -70,6 +70,17 @@ pub struct View {
     /// acknowledged, or `None` for nothing. Reports of nodes not in `live`
     /// are ignored (they cannot resume).
     pub holdings: BTreeMap<NodeId, Option<CheckpointRef>>,
+    /// Nodes that announce a restored copy of the job they have not run yet (a
+    /// recovery's claim, a move's destination), with its generation. Reports of
+    /// nodes not in `live` are ignored.
+    #[serde(default)]
+    pub claims: BTreeMap<NodeId, u64>,
+    /// The deciding node regained a strict majority in sight only recently
+    /// (`suspect_after_ms`): it was cut off, paused or restarted, and the peers it
+    /// declared dead meanwhile — holders among them — are heard again one
+    /// heartbeat at a time. It must not decide on that partial view.
+    #[serde(default)]
+    pub unsettled: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +92,11 @@ pub enum Decision {
     NoQuorum { live: usize, members: usize },
     /// Live replicas have not reported what they hold yet.
     Wait { missing: Vec<NodeId> },
+    /// A live node already claims the job at a generation newer than the dead
+    /// owner's: it resumes it (or withdraws, and the job is decided again).
+    Claimed { node: NodeId, generation: u64 },
+    /// This node's view is still filling after it regained a majority.
+    Unsettled,
     /// No live node holds a checkpoint of the job: only the owner's return
     /// can save it.
     NoCheckpoint,
@@ -121,6 +137,27 @@ pub fn decide(view: &View) -> Decision {
                 .count(),
             members: view.members.len(),
         };
+    }
+    // A claim running late (its heartbeat saying "running" not heard yet) must not
+    // start a second recovery of the same generation: a holder that had caught up
+    // with the resumer's checkpoint meanwhile and outranked it resumed the job too
+    // (level 1's bench: one generation on two nodes).
+    if let Some((node, generation)) = view
+        .claims
+        .iter()
+        .filter(|(n, g)| view.live.contains(*n) && **g > view.generation)
+        .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
+    {
+        return Decision::Claimed {
+            node: node.clone(),
+            generation: *generation,
+        };
+    }
+    // A node back from a cut (or a restart) has declared the others dead meanwhile;
+    // deciding on the first few it hears again passed over a newer checkpoint held by
+    // one not heard yet (level 1's bench: "no acknowledged checkpoint lost" failed).
+    if view.unsettled {
+        return Decision::Unsettled;
     }
     let missing: Vec<NodeId> = view
         .replicas
@@ -176,8 +213,11 @@ pub struct OwnerSight<'a> {
     /// The generation of the owner's copy.
     pub generation: u64,
     /// The newest generation of the job each peer reported (in its heartbeat,
-    /// running, paused or claimed) since the owner paused it.
+    /// running or paused; 0 for none) since the owner paused it.
     pub reported: &'a BTreeMap<NodeId, u64>,
+    /// Peers in sight that announce a restored copy of the job they have not run
+    /// yet (a recovery's claim), with its generation.
+    pub claimed: &'a BTreeMap<NodeId, u64>,
     /// How long the members out of sight have been too few to resume the job
     /// without the owner (0 while they could).
     pub settled_ms: u64,
@@ -203,11 +243,21 @@ pub fn owner_action(sight: &OwnerSight<'_>) -> OwnerAction {
         alive,
         generation,
         reported,
+        claimed,
         settled_ms,
         settle_ms,
     } = *sight;
     if let Some(newer) = reported.values().copied().filter(|g| *g > generation).max() {
         return OwnerAction::Stop { newer };
+    }
+    // A newer generation only claimed may never run (its claimer can die first):
+    // dropping this copy for it lost the job (level 1's bench, bigstate-19). Wait
+    // until it runs (then stop) or its claimer is gone (then decide again).
+    if claimed
+        .iter()
+        .any(|(n, g)| *g > generation && alive.contains(n))
+    {
+        return OwnerAction::Pause;
     }
     let alive: BTreeSet<&NodeId> = alive.iter().filter(|n| members.contains(n)).collect();
     // Pause only if the members out of sight could be a strict majority, i.e. could
@@ -218,7 +268,10 @@ pub fn owner_action(sight: &OwnerSight<'_>) -> OwnerAction {
         return OwnerAction::Pause;
     }
     // The owner itself never reports to itself: one unreported member is fine.
-    let unreported = alive.iter().filter(|n| !reported.contains_key(**n)).count();
+    let unreported = alive
+        .iter()
+        .filter(|n| !reported.contains_key(**n) && !claimed.contains_key(**n))
+        .count();
     if unreported > 1 {
         return OwnerAction::Pause;
     }
@@ -226,6 +279,36 @@ pub fn owner_action(sight: &OwnerSight<'_>) -> OwnerAction {
         return OwnerAction::Pause;
     }
     OwnerAction::Run
+}
+
+/// What the source of a move does with its paused copy after the handover went
+/// unanswered (Go sent, no GoAck: the move "escalated"). It cannot tell "the
+/// destination never got Go" from "it got Go and runs", so it keeps the copy paused
+/// and never resumes it on a guess; but nobody else recovers the job while the
+/// source lists it (to the others it is alive and owns it). A destination that died
+/// or restarted after Go left the job paused there for good (level 1's bench: lost).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Handover {
+    /// The destination may still answer (or runs the job): keep the copy paused.
+    Wait,
+    /// The destination is gone without the job: give the copy up (publishing the
+    /// destination's generation as abandoned), so the majority recovers the job from
+    /// its newest replicated checkpoint with a generation above anything the
+    /// destination may have run.
+    GiveUp,
+}
+
+/// The rule for an escalated move: `dest_dead` when the source declared the
+/// destination dead; `dest_lists_job` is what the destination's newest heartbeat
+/// heard *after* the escalation says (`None`: not heard since). A destination that
+/// got Go lists the job (restored or running) until it ends or moves it; one that
+/// lists nothing gave up (its Abort still on the way) or restarted (forgetting it).
+pub fn after_escalation(dest_dead: bool, dest_lists_job: Option<bool>) -> Handover {
+    if dest_dead || dest_lists_job == Some(false) {
+        Handover::GiveUp
+    } else {
+        Handover::Wait
+    }
 }
 
 /// Why a copy must stop.
@@ -288,6 +371,7 @@ mod tests {
             holdings: [(n("n2"), Some(ck(3, 4))), (n("n3"), Some(ck(3, 6)))]
                 .into_iter()
                 .collect(),
+            ..View::default()
         }
     }
 
@@ -399,6 +483,7 @@ mod tests {
             holdings: [(me.clone(), Some(ck(1, 5))), (n("n2"), Some(ck(1, 4)))]
                 .into_iter()
                 .collect(),
+            ..View::default()
         };
         assert_eq!(view.live, set(&["n1", "n2"]), "the stale view n1 has");
         assert_eq!(
@@ -429,6 +514,61 @@ mod tests {
         );
     }
 
+    /// Level 1's bench (autopilot-5): n2 resumed generation 2 from g1#13 while n8
+    /// still held g1#12; n8 then received g1#13 too, outranked n2 among its holders,
+    /// and — not having heard n2 run yet, only claim — resumed generation 2 as well.
+    #[test]
+    fn a_live_claim_of_a_newer_generation_is_not_recovered_twice() {
+        let mut v = base();
+        v.claims.insert(n("n2"), 4);
+        assert_eq!(
+            decide(&v),
+            Decision::Claimed {
+                node: n("n2"),
+                generation: 4
+            }
+        );
+        // A claim of a dead node, or of no newer generation, does not hold it up.
+        v.claims.insert(n("n2"), 3);
+        v.claims.insert(n("n5"), 4);
+        assert!(matches!(decide(&v), Decision::Resume { generation: 4, .. }));
+    }
+
+    /// Level 1's bench (autopilot-6): n3 was cut off while n1 ran the job with copies
+    /// on n3 (up to g2#4) and n7 (g2#5). 10 ms after the heal n3 had heard a majority
+    /// again but not n7 yet (still dead to it) and resumed from g2#4.
+    #[test]
+    fn a_node_back_from_a_cut_waits_for_its_view_to_fill() {
+        let members = set(&["n1", "n2", "n3", "n4", "n5", "n6", "n7"]);
+        let heard_first = set(&["n2", "n3", "n4", "n5"]);
+        let early = View {
+            job: "autopilot-6".into(),
+            members: members.clone(),
+            live: heard_first.clone(),
+            reachable: heard_first,
+            owner: None,
+            generation: 3,
+            replicas: vec![n("n3"), n("n7")],
+            holdings: [(n("n3"), Some(ck(2, 4)))].into_iter().collect(),
+            claims: BTreeMap::new(),
+            unsettled: true,
+        };
+        assert_eq!(decide(&early), Decision::Unsettled);
+        let mut later = early.clone();
+        later.unsettled = false;
+        later.live.insert(n("n7"));
+        later.reachable.insert(n("n7"));
+        later.holdings.insert(n("n7"), Some(ck(2, 5)));
+        assert_eq!(
+            decide(&later),
+            Decision::Resume {
+                node: n("n7"),
+                from: ck(2, 5),
+                generation: 4
+            }
+        );
+    }
+
     #[test]
     fn ties_go_to_the_rendezvous_ranking() {
         let mut v = base();
@@ -450,6 +590,7 @@ mod tests {
             alive,
             generation,
             reported,
+            claimed: &BTreeMap::new(),
             settled_ms: 10_000,
             settle_ms: 1500,
         })
@@ -479,11 +620,13 @@ mod tests {
         let m = set(&["n1", "n2", "n3"]);
         let alive = set(&["n1", "n2"]);
         let n2_only: BTreeMap<NodeId, u64> = [(n("n2"), 0)].into_iter().collect();
+        let none = BTreeMap::new();
         let sight = |settled_ms, reported| OwnerSight {
             members: &m,
             alive: &alive,
             generation: 1,
             reported,
+            claimed: &none,
             settled_ms,
             settle_ms: 1500,
         };
@@ -510,6 +653,47 @@ mod tests {
         );
     }
 
+    /// Level 1's bench (bigstate-19): n3, cut off, paused its copy (generation 3);
+    /// n7 restored generation 4 to recover it but was killed before running it. n3,
+    /// back, had dropped its copy on seeing the claim: nobody held the job any more.
+    #[test]
+    fn a_claimed_generation_pauses_the_owner_only_a_running_one_stops_it() {
+        let m = set(&["n3", "n7", "n8"]);
+        let alive = m.clone();
+        let reported: BTreeMap<NodeId, u64> = [(n("n7"), 0), (n("n8"), 0)].into_iter().collect();
+        let claimed: BTreeMap<NodeId, u64> = [(n("n7"), 4)].into_iter().collect();
+        let sight = |alive, reported, claimed| OwnerSight {
+            members: &m,
+            alive,
+            generation: 3,
+            reported,
+            claimed,
+            settled_ms: 10_000,
+            settle_ms: 1500,
+        };
+        assert_eq!(
+            owner_action(&sight(&alive, &reported, &claimed)),
+            OwnerAction::Pause
+        );
+        // The claim runs: stop.
+        let running: BTreeMap<NodeId, u64> = [(n("n7"), 4), (n("n8"), 0)].into_iter().collect();
+        assert_eq!(
+            owner_action(&sight(&alive, &running, &claimed)),
+            OwnerAction::Stop { newer: 4 }
+        );
+        // The claimer is gone (out of sight): the owner decides without it.
+        let without_n7 = set(&["n3", "n8"]);
+        let fewer = BTreeMap::new();
+        assert_eq!(
+            owner_action(&sight(&without_n7, &reported, &fewer)),
+            OwnerAction::Run
+        );
+        assert_ne!(
+            owner_action(&sight(&without_n7, &reported, &claimed)),
+            OwnerAction::Stop { newer: 4 }
+        );
+    }
+
     #[test]
     fn owner_without_a_majority_runs_on_when_nobody_else_can_resume() {
         // Two nodes, one gone: the survivor keeps running (the other side, one node of
@@ -524,6 +708,18 @@ mod tests {
         // Three nodes, alone: the other two can resume: pause.
         let m3 = set(&["a", "b", "c"]);
         assert_eq!(act(&m3, &set(&["a"]), 1, &none), OwnerAction::Pause);
+    }
+
+    /// Level 1's bench: a move n3 -> n4 escalated (n4 killed after Go), and n3 kept
+    /// the job paused while every other node saw n3 alive listing it: nobody ever
+    /// recovered it.
+    #[test]
+    fn an_escalated_source_gives_up_only_when_the_destination_is_gone_without_the_job() {
+        assert_eq!(after_escalation(false, None), Handover::Wait);
+        assert_eq!(after_escalation(false, Some(true)), Handover::Wait);
+        assert_eq!(after_escalation(true, None), Handover::GiveUp);
+        assert_eq!(after_escalation(false, Some(false)), Handover::GiveUp);
+        assert_eq!(after_escalation(true, Some(true)), Handover::GiveUp);
     }
 
     #[test]
@@ -620,6 +816,7 @@ mod tests {
             generation: w.generation,
             replicas: w.replicas.clone(),
             holdings,
+            ..View::default()
         }
     }
 

@@ -23,6 +23,7 @@
 pub mod config;
 pub mod decide;
 pub mod detector;
+pub mod held;
 mod ids;
 pub mod invariants;
 pub mod replicas;
@@ -32,9 +33,11 @@ pub mod scenario;
 
 pub use config::{ConfigError, RecoveryConfig};
 pub use decide::{
-    decide, on_generation, owner_action, Decision, Fence, OwnerAction, OwnerSight, View,
+    after_escalation, decide, on_generation, owner_action, Decision, Fence, Handover, OwnerAction,
+    OwnerSight, View,
 };
 pub use detector::{Detector, DetectorEvent, Liveness};
+pub use held::HeldNote;
 pub use ids::{CheckpointId, CheckpointRef, NodeId};
 pub use invariants::{check, Fact, Report};
 pub use replicas::{rank, replica_set, DEFAULT_REPLICAS};

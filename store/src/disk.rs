@@ -5,6 +5,7 @@
 //! LOCK                              flock'ed while a Store has the directory open
 //! chunks/ab/<64 hex>                a chunk file: 24-byte header + payload
 //! checkpoints/<job>/<gen>-<seq>-<id> an empty ref file: "checkpoint <id> is listed"
+//! notes/<name>                      a small named record (see `Store::put_note_if`)
 //! tmp/                              files being written; emptied on open
 //! ```
 //! Every file is written to `tmp/`, fsynced, renamed into place, and the
@@ -49,6 +50,8 @@ pub(crate) struct DiskTier {
 /// What `open` found besides the chunks.
 pub(crate) struct Scan {
     pub refs: Vec<CheckpointRef>,
+    /// `notes/`: (name, bytes) of every well-named note.
+    pub notes: Vec<(String, Vec<u8>)>,
 }
 
 fn shard_of(id: &ChunkId) -> usize {
@@ -117,7 +120,7 @@ impl DiskTier {
             return Err(io_err(&lock_path)(e));
         }
         let mut created = false;
-        for d in ["chunks", "checkpoints", "tmp"] {
+        for d in ["chunks", "checkpoints", "notes", "tmp"] {
             let p = root.join(d);
             if !p.is_dir() {
                 fs::create_dir(&p).map_err(io_err(&p))?;
@@ -166,7 +169,50 @@ impl DiskTier {
                 None => tracing::warn!(path = %path.display(), "unrecognised file in checkpoints/"),
             }
         }
-        Ok((disk, Scan { refs }))
+        let notes = disk.read_notes()?;
+        Ok((disk, Scan { refs, notes }))
+    }
+
+    /// Every file under `notes/` with a valid name (others are left alone).
+    fn read_notes(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        let dir = self.root.join("notes");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let e = e.map_err(io_err(&dir))?;
+            let Some(name) = e.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if crate::store::check_note_name(&name).is_err() {
+                tracing::warn!(path = %e.path().display(), "unrecognised file in notes/");
+                continue;
+            }
+            let path = e.path();
+            let len = e.metadata().map_err(io_err(&path))?.len();
+            if len > crate::store::MAX_NOTE_BYTES as u64 {
+                tracing::warn!(path = %path.display(), len, "note too large: ignored");
+                continue;
+            }
+            out.push((name, fs::read(&path).map_err(io_err(&path))?));
+        }
+        Ok(out)
+    }
+
+    /// Replace (or create) the note `name`, durably.
+    pub(crate) fn write_note(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        self.write_atomic(&self.root.join("notes").join(name), bytes)?;
+        self.sync_dirs()
+    }
+
+    /// Delete the note `name` (durable after the next `sync_dirs`).
+    pub(crate) fn remove_note(&self, name: &str) -> Result<()> {
+        let path = self.root.join("notes").join(name);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&path)(e)),
+        }
+        lock(&self.pending_dirs).insert(self.root.join("notes"));
+        Ok(())
     }
 
     pub(crate) fn root(&self) -> &Path {

@@ -65,5 +65,7 @@ pub use manifest::{
     check_chunk_size, BlobRef, Checkpoint, CheckpointRef, ChunkMap, Manifest, MANIFEST_VERSION,
     MAX_CHUNK_SIZE, MAX_EXTRA_BLOBS, MAX_MANIFEST_BYTES, MAX_MAP_LEN, MIN_CHUNK_SIZE,
 };
-pub use store::{CheckpointInfo, CheckpointMeta, Store, StoreConfig, MAX_STORED_CHUNK};
+pub use store::{
+    CheckpointInfo, CheckpointMeta, Store, StoreConfig, MAX_NOTES, MAX_NOTE_BYTES, MAX_STORED_CHUNK,
+};
 pub use util::MAX_JOB_ID_LEN;

@@ -30,6 +30,29 @@ const GRAIN: usize = 16;
 /// Largest chunk the store accepts or reads back (a manifest is a chunk too).
 pub const MAX_STORED_CHUNK: usize = MAX_MANIFEST_BYTES;
 
+/// Largest note ([`Store::put_note_if`]).
+pub const MAX_NOTE_BYTES: usize = 64 << 10;
+/// Most notes a store keeps.
+pub const MAX_NOTES: usize = 65_536;
+
+/// A note's name: 1..=128 bytes of `[A-Za-z0-9._-]`, not starting with a dot
+/// (it is a file name in a disk store).
+pub(crate) fn check_note_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidArgument(format!(
+            "note name {name:?}: 1..=128 of [A-Za-z0-9._-], not starting with a dot"
+        )))
+    }
+}
+
 /// Settings of a store.
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
@@ -105,6 +128,8 @@ pub struct Store {
     pub(crate) mem: MemTier,
     pub(crate) disk: Option<DiskTier>,
     pub(crate) refs: Mutex<Refs>,
+    /// Small named records kept with the checkpoints ([`Store::put_note_if`]).
+    pub(crate) notes: Mutex<BTreeMap<String, Vec<u8>>>,
     pub(crate) next_seq: AtomicU64,
     /// Read: writing a checkpoint. Write: GC.
     pub(crate) commit_lock: RwLock<()>,
@@ -124,6 +149,7 @@ impl Store {
             mem: MemTier::new(cfg.cache_bytes, false, cfg.chunk_size as usize),
             disk: None,
             refs: Mutex::default(),
+            notes: Mutex::default(),
             next_seq: AtomicU64::new(1),
             commit_lock: RwLock::new(()),
             counters: Counters::default(),
@@ -150,6 +176,7 @@ impl Store {
             mem: MemTier::new(cfg.cache_bytes, true, cfg.chunk_size as usize),
             disk: Some(disk),
             refs: Mutex::new(refs),
+            notes: Mutex::new(scan.notes.into_iter().collect()),
             next_seq: AtomicU64::new(max_seq + 1),
             commit_lock: RwLock::new(()),
             counters: Counters::default(),
@@ -616,6 +643,68 @@ impl Store {
         let m = Manifest::decode(bytes)?;
         let _guard = self.commit_lock.read().unwrap_or_else(|e| e.into_inner());
         Ok(self.commit_locked(bytes, m)?.0)
+    }
+
+    // ---- notes -----------------------------------------------------------
+
+    /// Writes the note `name` (at most [`MAX_NOTE_BYTES`]) when `replace`, given the
+    /// note held now (if any), says so; returns whether it did. Read, decision and
+    /// write happen under one lock, so concurrent writers of a note cannot reorder
+    /// (a writer that only replaces older content never loses to an older one).
+    /// Durable when this returns in a disk store (`DIR/notes/<name>`); an in-memory
+    /// store keeps notes as long as itself. Notes are how a node finds again, after a
+    /// restart, what it had promised its peers (e.g. which replicas it holds): they
+    /// are not checkpoints, GC leaves them alone.
+    pub fn put_note_if(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        replace: impl FnOnce(Option<&[u8]>) -> bool,
+    ) -> Result<bool> {
+        check_note_name(name)?;
+        if bytes.len() > MAX_NOTE_BYTES {
+            return Err(StoreError::TooLarge {
+                what: "note",
+                len: bytes.len() as u64,
+                limit: MAX_NOTE_BYTES as u64,
+            });
+        }
+        let mut notes = lock(&self.notes);
+        if !notes.contains_key(name) && notes.len() >= MAX_NOTES {
+            return Err(StoreError::InvalidArgument(format!(
+                "too many notes ({MAX_NOTES})"
+            )));
+        }
+        if !replace(notes.get(name).map(Vec::as_slice)) {
+            return Ok(false);
+        }
+        if let Some(disk) = &self.disk {
+            disk.write_note(name, bytes)?;
+        }
+        notes.insert(name.to_string(), bytes.to_vec());
+        Ok(true)
+    }
+
+    /// Deletes the note `name` (nothing if there is none).
+    pub fn remove_note(&self, name: &str) -> Result<()> {
+        check_note_name(name)?;
+        let mut notes = lock(&self.notes);
+        if notes.remove(name).is_some() {
+            if let Some(disk) = &self.disk {
+                disk.remove_note(name)?;
+                disk.sync_dirs()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every note whose name starts with `prefix`, by name.
+    pub fn notes(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
+        lock(&self.notes)
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// Load and decode a checkpoint's manifest (verified like any chunk).

@@ -550,3 +550,37 @@ fn bad_arguments_are_typed_errors() {
         Err(StoreError::InvalidArgument(_))
     ));
 }
+
+#[test]
+fn notes_replace_only_when_asked_and_survive_a_reopen() {
+    for (store, dir) in stores() {
+        let newer = |v: u8| move |old: Option<&[u8]>| old.is_none_or(|o| o[0] < v);
+        assert!(store.put_note_if("replica-a", &[2], newer(2)).unwrap());
+        assert!(!store.put_note_if("replica-a", &[1], newer(1)).unwrap());
+        assert!(store.put_note_if("replica-b", &[5], newer(5)).unwrap());
+        assert!(store.put_note_if("other", &[9], newer(9)).unwrap());
+        assert_eq!(
+            store.notes("replica-"),
+            vec![("replica-a".into(), vec![2]), ("replica-b".into(), vec![5])]
+        );
+        store.remove_note("replica-b").unwrap();
+        store.remove_note("replica-b").unwrap();
+        for bad in ["", ".hidden", "a/b", "ü", &"x".repeat(129)] {
+            assert!(store.put_note_if(bad, &[0], |_| true).is_err(), "{bad:?}");
+        }
+        let big = vec![0u8; store::MAX_NOTE_BYTES + 1];
+        assert!(store.put_note_if("big", &big, |_| true).is_err());
+        // GC keeps notes: they are not checkpoints.
+        store.gc(&RetentionPolicy::default()).unwrap();
+        assert_eq!(store.notes("replica-").len(), 1);
+        if let Some(dir) = dir {
+            drop(store);
+            let again = Store::open(dir.path(), cfg(CS as u32)).unwrap();
+            assert_eq!(again.notes("replica-"), vec![("replica-a".into(), vec![2])]);
+            assert_eq!(
+                again.notes(""),
+                vec![("other".into(), vec![9]), ("replica-a".into(), vec![2])]
+            );
+        }
+    }
+}

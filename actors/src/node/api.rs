@@ -346,6 +346,7 @@ fn control(node: &NodeHandle, peer: mesh::PeerId, msg: NodeMsg, reply: mesh::Con
             seq,
             home,
             manifest,
+            claim,
         } => {
             let recovery = node.recovery.clone();
             actix::spawn(async move {
@@ -357,6 +358,7 @@ fn control(node: &NodeHandle, peer: mesh::PeerId, msg: NodeMsg, reply: mesh::Con
                         seq,
                         home,
                         manifest,
+                        claim,
                     })
                     .await
                     .map_err(|e| e.to_string())

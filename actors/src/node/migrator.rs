@@ -443,9 +443,24 @@ impl Migrator {
                 }
                 SourceAction::DropJob => self.control(job, Op::Drop),
                 SourceAction::Escalate => {
-                    tracing::warn!(%job, %peer, "handover unanswered: job stays paused here for recovery");
+                    tracing::warn!(%job, %peer, to = %run.to_name, node = %self.shared.name,
+                        "handover unanswered: job stays paused here for recovery");
+                    let escalated = (
+                        run.core.generation(),
+                        run.to_name.clone(),
+                        self.shared.now_ms(),
+                    );
+                    if let Ok(mut e) = self.shared.escalated.lock() {
+                        e.insert(job.clone(), escalated);
+                    }
                 }
                 SourceAction::Finished(outcome) => {
+                    if outcome != Outcome::Escalated {
+                        // Resolved (a late GoAck or Abort, or never escalated).
+                        if let Ok(mut e) = self.shared.escalated.lock() {
+                            e.remove(&job);
+                        }
+                    }
                     // An escalated move stays: a late GoAck or Abort still resolves it.
                     let run = if outcome == Outcome::Escalated {
                         self.sources.get_mut(&id).map(|r| (r.waiter.take(), None))

@@ -85,6 +85,11 @@ pub struct Shared {
     /// Jobs lost here without ending (post-copy failed), with their generation; the
     /// Scheduler adds them, Recovery has them resumed elsewhere.
     pub abandoned: Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Moves this node made whose handover went unanswered (the job stays paused here):
+    /// job → (its generation here, the destination's name, when it escalated, ms). The
+    /// Migrator adds and resolves them, Recovery gives the copy up once the destination
+    /// is gone without the job (`recovery::after_escalation`).
+    pub escalated: Mutex<std::collections::BTreeMap<String, (u64, String, u64)>>,
 }
 
 impl Shared {
@@ -261,6 +266,17 @@ pub async fn local_swarm(
 
 /// Starts a node on the current actix system: its mesh, its actors, its API.
 pub async fn start(config: NodeConfig, host: Arc<Host>) -> anyhow::Result<NodeHandle> {
+    start_with_store(config, host, None).await
+}
+
+/// [`start`], with `store` instead of the one the config describes when given: a node
+/// restarted in the same process (the chaos harness's level 1) keeps what its previous
+/// incarnation stored, as a node with an on-disk store keeps it across a restart.
+pub async fn start_with_store(
+    config: NodeConfig,
+    host: Arc<Host>,
+    store: Option<Arc<Store>>,
+) -> anyhow::Result<NodeHandle> {
     config.validate(Path::new("<config>"))?;
     let key = swarm_key(&config)?;
     if config.swarm_key.trim().is_empty() && !config.mdns {
@@ -283,12 +299,15 @@ pub async fn start(config: NodeConfig, host: Arc<Host>) -> anyhow::Result<NodeHa
             ..StoreConfig::default()
         }
     };
-    let store = Arc::new(if config.store_dir.is_empty() {
-        Store::in_memory(store_cfg).context("creating the in-memory store")?
-    } else {
-        Store::open(&config.store_dir, store_cfg)
-            .with_context(|| format!("opening the store at {}", config.store_dir))?
-    });
+    let store = match store {
+        Some(s) => s,
+        None => Arc::new(if config.store_dir.is_empty() {
+            Store::in_memory(store_cfg).context("creating the in-memory store")?
+        } else {
+            Store::open(&config.store_dir, store_cfg)
+                .with_context(|| format!("opening the store at {}", config.store_dir))?
+        }),
+    };
     let mut mcfg = MeshConfig::new(key);
     mcfg.listen = config
         .listen
@@ -325,6 +344,7 @@ pub async fn start(config: NodeConfig, host: Arc<Host>) -> anyhow::Result<NodeHa
         published: Mutex::new(recovery::Published::default()),
         draining: std::sync::atomic::AtomicBool::new(false),
         abandoned: Mutex::new(Default::default()),
+        escalated: Mutex::new(Default::default()),
     });
     let links = link::LinkMonitor::new(shared.clone()).start();
     let scheduler = scheduler::Scheduler::new(shared.clone()).start();
@@ -662,6 +682,9 @@ impl NodeHandle {
 
     /// Stops the mesh (other nodes see this node disappear); jobs are killed.
     pub async fn shutdown(&self) {
+        // First: a stopped node must not go on deciding recoveries, copying, or
+        // collecting the store (a node restarted in this process may be using it).
+        let _ = self.recovery.send(recovery::Halt).await;
         let _ = self.scheduler.send(scheduler::KillAll).await;
         if let Some(cpu) = &self.shared.cpu {
             let _ = cpu.executor.stop();

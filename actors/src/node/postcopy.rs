@@ -267,6 +267,8 @@ pub async fn pull(ctx: PullCtx, fill: LazyFill, order: Vec<ChunkId>, status: Pul
                 .send(super::scheduler::Abandon {
                     job: job.clone(),
                     generation,
+                    published: generation,
+                    kill: false,
                 })
                 .await;
             sink.fill.fail();

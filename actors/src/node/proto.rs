@@ -102,6 +102,12 @@ pub enum NodeMsg {
         home: Vec<u8>,
         #[serde(with = "serde_bytes")]
         manifest: Vec<u8>,
+        /// Set when a recovery copies the checkpoint it resumes from: the generation
+        /// the sender claims. The receiver learns of the claim now rather than from a
+        /// heartbeat a few hundred ms later — holding the same checkpoint, it might
+        /// otherwise outrank the sender and resume the job too.
+        #[serde(default)]
+        claim: Option<u64>,
     },
 }
 
@@ -183,6 +189,17 @@ pub struct Heartbeat {
     /// of the few members it has heard itself.
     #[serde(default)]
     pub members: Vec<String>,
+    /// Jobs this node restored to recover them and announces before running them (a
+    /// claim), with the generation: nobody else recovers them meanwhile.
+    #[serde(default)]
+    pub claims: Vec<(String, u64)>,
+    /// Jobs whose node this node sees gone (dead, restarted without them, or gave them
+    /// up) and that it is deciding how to recover, with the newest generation it knows
+    /// ran and that node's name. A holder that restarted since knows nothing of where
+    /// its replicas' jobs ran; this tells it the job needs recovering (and it may be
+    /// the one to resume it).
+    #[serde(default)]
+    pub orphans: Vec<(String, u64, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -300,10 +317,15 @@ impl Heartbeat {
         }
         if h.members.len() > MAX_HEARTBEAT_MEMBERS
             || h.members.iter().any(|m| m.is_empty() || m.len() > 64)
+            || h.orphans
+                .iter()
+                .any(|(_, _, m)| m.is_empty() || m.len() > 64)
         {
             return Err(ProtoError::Invalid("too many or bad member names".into()));
         }
         if h.holdings.len() > MAX_HEARTBEAT_JOBS
+            || h.claims.len() > MAX_HEARTBEAT_JOBS
+            || h.orphans.len() > MAX_HEARTBEAT_JOBS
             || h.ended.len() > MAX_HEARTBEAT_ENDED
             || h.abandoned.len() > MAX_HEARTBEAT_ENDED
         {
@@ -320,6 +342,8 @@ impl Heartbeat {
             .map(|(j, _)| j)
             .chain(&h.ended)
             .chain(h.abandoned.iter().map(|(j, _)| j))
+            .chain(h.claims.iter().map(|(j, _)| j))
+            .chain(h.orphans.iter().map(|(j, _, _)| j))
         {
             check_job(j)?;
         }
@@ -366,6 +390,8 @@ mod tests {
             ended: vec![],
             abandoned: vec![],
             members: vec![],
+            claims: vec![],
+            orphans: vec![],
         };
         assert!(Heartbeat::decode(&encode(&hb)).is_err());
         let too_long = Heartbeat {

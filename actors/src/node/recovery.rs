@@ -28,8 +28,8 @@ use actix::prelude::*;
 use mesh::PeerId;
 use migrate::MigrationId;
 use recovery::{
-    AckBook, CheckpointId, CheckpointRef, CopySchedule, Decision, Detector, DetectorEvent, Fence,
-    Liveness, NodeId, OwnerAction, RecoveryConfig, View,
+    held, AckBook, CheckpointId, CheckpointRef, CopySchedule, Decision, Detector, DetectorEvent,
+    Fence, HeldNote, Liveness, NodeId, OwnerAction, RecoveryConfig, View,
 };
 use serde::{Deserialize, Serialize};
 use store::ChunkId;
@@ -57,6 +57,8 @@ pub struct Published {
     pub ended: Vec<String>,
     pub abandoned: Vec<(String, u64)>,
     pub members: Vec<String>,
+    pub claims: Vec<(String, u64)>,
+    pub orphans: Vec<(String, u64, String)>,
 }
 
 /// `Placed::incarnation` of a job its node gave up (see `Heartbeat::abandoned`): the
@@ -70,6 +72,8 @@ struct Peer {
     /// job → (generation, state).
     jobs: HashMap<String, (u64, String)>,
     holdings: HashMap<String, CheckpointRef>,
+    /// Jobs it claims (restored by a recovery, not running yet): job → generation.
+    claims: HashMap<String, u64>,
     heard_at: u64,
     draining: bool,
 }
@@ -147,6 +151,16 @@ pub struct Recovery {
     /// members still out of sight ([`recovery::OwnerSight::settled_ms`]).
     settled_since: Option<u64>,
     resuming: HashSet<String>,
+    /// Jobs found with no checkpoint in sight (warned about once).
+    without_checkpoint: HashSet<String>,
+    /// Since when this node has seen a strict majority of the members (`None`: it
+    /// does not now).
+    quorum_since: Option<u64>,
+    /// The last recovery decision logged per job (logged when it changes).
+    last_decision: HashMap<String, String>,
+    /// Jobs this node decides how to recover (their node is gone), with the generation
+    /// known to have run: published for holders that know nothing of them.
+    orphans: BTreeMap<String, (u64, NodeId)>,
     /// Jobs on this node (running or paused) and their generation, from the scheduler.
     mine: HashMap<String, u64>,
     /// Restored copies this node claims, waiting out the claim period before they run:
@@ -199,6 +213,10 @@ impl Recovery {
             quorum_paused: HashMap::new(),
             settled_since: None,
             resuming: HashSet::new(),
+            without_checkpoint: HashSet::new(),
+            quorum_since: None,
+            last_decision: HashMap::new(),
+            orphans: BTreeMap::new(),
             mine: HashMap::new(),
             claims: HashMap::new(),
             importing: 0,
@@ -250,7 +268,17 @@ impl Recovery {
             }
         }
         self.placed.remove(job);
-        self.held.remove(job);
+        self.without_checkpoint.remove(job);
+        self.last_decision.remove(job);
+        if self.held.remove(job).is_some() {
+            let store = self.shared.store.clone();
+            let name = held::note_name(job);
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = store.remove_note(&name) {
+                    tracing::debug!(%e, "forgetting a replica record");
+                }
+            });
+        }
         self.acks.forget_job(job);
     }
 
@@ -268,12 +296,27 @@ impl Recovery {
             .take(super::proto::MAX_HEARTBEAT_MEMBERS)
             .map(|m| m.0.clone())
             .collect();
+        let mut claims: Vec<(String, u64)> = self
+            .claims
+            .iter()
+            .map(|(j, (g, _))| (j.clone(), *g))
+            .collect();
+        claims.sort();
+        claims.truncate(super::proto::MAX_HEARTBEAT_JOBS);
+        let mut orphans: Vec<(String, u64, String)> = self
+            .orphans
+            .iter()
+            .map(|(j, (g, n))| (j.clone(), *g, n.0.clone()))
+            .collect();
+        orphans.truncate(super::proto::MAX_HEARTBEAT_JOBS);
         if let Ok(mut p) = self.shared.published.lock() {
             *p = Published {
                 holdings,
                 ended,
                 abandoned,
                 members,
+                claims,
+                orphans,
             };
         }
     }
@@ -400,6 +443,7 @@ impl Recovery {
         &mut self,
         job: &str,
         from: CheckpointRef,
+        claimed: u64,
         home: PeerId,
         manifest: Vec<u8>,
         ctx: &mut Context<Self>,
@@ -414,6 +458,7 @@ impl Recovery {
             seq: from.seq,
             home: home.to_bytes(),
             manifest,
+            claim: Some(claimed),
         });
         let shared = self.shared.clone();
         let job = job.to_string();
@@ -427,8 +472,8 @@ impl Recovery {
                             tracing::warn!(%job, %e, "acknowledgement refused");
                         }
                     }
-                    tracing::info!(%job, from = %from, holders = acked.len(),
-                        "the recovered checkpoint is replicated again");
+                    tracing::info!(%job, from = %from, holders = ?acked.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+                        node = %act.me.as_str(), "the recovered checkpoint is replicated again");
                 }),
         );
     }
@@ -487,17 +532,39 @@ impl Recovery {
             .collect();
         for (job, since) in paused {
             let generation = self.placed.get(&job).map_or(0, |p| p.generation);
-            let reported: BTreeMap<NodeId, u64> = self
+            // Copies that ran (running or paused) count as reported generations; a
+            // restored copy not run yet (a recovery's claim, a move's destination) is a
+            // claim, which may still fail.
+            let heard: Vec<(&NodeId, &Peer)> = self
                 .peers
                 .iter()
                 .filter(|(_, p)| p.heard_at > since)
-                .map(|(n, p)| (n.clone(), p.jobs.get(&job).map_or(0, |(g, _)| *g)))
+                .collect();
+            let reported: BTreeMap<NodeId, u64> = heard
+                .iter()
+                .map(|(n, p)| {
+                    let ran = p.jobs.get(&job).filter(|(_, state)| state != "restored");
+                    ((*n).clone(), ran.map_or(0, |(g, _)| *g))
+                })
+                .collect();
+            let claimed: BTreeMap<NodeId, u64> = heard
+                .iter()
+                .filter_map(|(n, p)| {
+                    let restored = p
+                        .jobs
+                        .get(&job)
+                        .filter(|(_, state)| state == "restored")
+                        .map(|(g, _)| *g);
+                    let g = restored.max(p.claims.get(&job).copied())?;
+                    Some(((*n).clone(), g))
+                })
                 .collect();
             let sight = recovery::OwnerSight {
                 members: &self.members,
                 alive: &alive,
                 generation,
                 reported: &reported,
+                claimed: &claimed,
                 settled_ms: now.saturating_sub(settled_since),
                 settle_ms: self.cfg.suspect_after_ms,
             };
@@ -551,9 +618,18 @@ impl Recovery {
     }
 
     /// Resumes the jobs this node must recover.
-    fn recover(&mut self, here: &HashSet<String>, ctx: &mut Context<Self>) {
+    fn recover(&mut self, here: &HashSet<String>, now: u64, ctx: &mut Context<Self>) {
         let live = self.live();
         let reachable = self.alive();
+        // Since when this node has had a strict majority in sight (see `View::unsettled`).
+        if recovery::decide::has_quorum(&self.members, reachable.iter()) {
+            self.quorum_since.get_or_insert(now);
+        } else {
+            self.quorum_since = None;
+        }
+        let unsettled = self
+            .quorum_since
+            .is_none_or(|t| now.saturating_sub(t) < self.cfg.suspect_after_ms);
         let jobs: Vec<(String, Placed)> = self
             .placed
             .iter()
@@ -563,6 +639,7 @@ impl Recovery {
             .filter(|(j, _)| !self.ended.contains(*j) && !self.resuming.contains(*j))
             .map(|(j, p)| (j.clone(), p.clone()))
             .collect();
+        self.orphans.clear();
         for (job, placed) in jobs {
             let owner_peer = self.peers.get(&placed.node);
             let still_owner = match owner_peer {
@@ -589,8 +666,17 @@ impl Recovery {
                     holdings.insert(n.clone(), held.filter(|_| !p.draining));
                 }
             }
+            let claims: BTreeMap<NodeId, u64> = live
+                .iter()
+                .filter_map(|n| {
+                    let g = self.peers.get(n)?.claims.get(&job)?;
+                    Some((n.clone(), *g))
+                })
+                .collect();
             let view = View {
                 job: job.clone(),
+                claims,
+                unsettled,
                 members: self.members.clone(),
                 live: live.clone(),
                 reachable: reachable.clone(),
@@ -604,18 +690,37 @@ impl Recovery {
                 ),
                 holdings,
             };
-            match recovery::decide(&view) {
+            let decision = recovery::decide(&view);
+            if !matches!(
+                decision,
+                Decision::OwnerAlive | Decision::NoQuorum { .. } | Decision::Unsettled
+            ) {
+                self.orphans
+                    .insert(job.clone(), (placed.generation, placed.node.clone()));
+            }
+            match decision {
                 Decision::Resume {
                     node,
                     from,
                     generation,
                 } if node == self.me => self.resume(job, from, generation, placed.node, ctx),
+                // Not final: a holder that is restarting (its replica records not read
+                // back yet) or reconnecting reports its checkpoint later, and the job is
+                // recovered then. Forgetting the job here lost it for good.
                 Decision::NoCheckpoint => {
-                    tracing::warn!(%job, owner = %placed.node.as_str(),
-                        "its node is gone and no live node holds a checkpoint: the job is lost");
-                    self.placed.remove(&job);
+                    if self.without_checkpoint.insert(job.clone()) {
+                        tracing::warn!(%job, owner = %placed.node.as_str(), node = %self.me.as_str(),
+                            "its node is gone and no live node holds a checkpoint (yet)");
+                    }
                 }
-                d => tracing::trace!(%job, ?d, "recovery decision"),
+                d => {
+                    let kind = format!("{d:?}");
+                    if self.last_decision.get(&job) != Some(&kind) {
+                        tracing::debug!(%job, decision = %kind, owner = %placed.node.as_str(),
+                            node = %self.me.as_str(), "recovery decision");
+                        self.last_decision.insert(job.clone(), kind);
+                    }
+                }
             }
         }
     }
@@ -633,7 +738,7 @@ impl Recovery {
         };
         self.resuming.insert(job.clone());
         tracing::warn!(%job, generation, from = %from, dead = %owner.as_str(),
-            "recovering a job from its replicated checkpoint");
+            node = %self.me.as_str(), "recovering a job from its replicated checkpoint");
         let shared = self.shared.clone();
         let cp = self.checkpoint.clone();
         let j = job.clone();
@@ -662,7 +767,7 @@ impl Recovery {
             act.resuming.remove(&job);
             match r {
                 Ok(manifest) => {
-                    act.protect(&job, from, home, manifest, ctx);
+                    act.protect(&job, from, generation, home, manifest, ctx);
                     // Restored, not running: announced in the heartbeat as a claim; it
                     // runs once the claim period passed without a conflict.
                     let now = act.shared.now_ms();
@@ -739,6 +844,7 @@ async fn copy_once(
         seq,
         home,
         manifest: taken.manifest,
+        claim: None,
     });
     result.acked = offer(&shared, msg, targets).await;
     result
@@ -777,10 +883,72 @@ async fn offer(
         .collect()
 }
 
+/// The replicas recorded in the store (see `recovery::held`) whose checkpoint is still
+/// complete there; records that are damaged or whose checkpoint is gone are deleted.
+fn reload_held(store: &store::Store) -> Vec<(String, Held)> {
+    let mut out = Vec::new();
+    for (name, bytes) in store.notes(held::NOTE_PREFIX) {
+        let usable = HeldNote::decode(&bytes).and_then(|note| {
+            if held::note_name(&note.job) != name {
+                return None;
+            }
+            let home = PeerId::from_bytes(&note.home).ok()?;
+            let cp = store.load_checkpoint(&ChunkId(note.checkpoint.id.0)).ok()?;
+            if cp.manifest.job != note.job || cp.manifest.generation != note.checkpoint.generation {
+                return None;
+            }
+            let ids: Vec<ChunkId> = cp.manifest.referenced().map(|(id, _)| id).collect();
+            if !store.missing(ids.iter()).is_empty() {
+                return None;
+            }
+            Some((
+                note.job,
+                Held {
+                    cref: note.checkpoint,
+                    home,
+                },
+            ))
+        });
+        match usable {
+            Some(h) => out.push(h),
+            None => {
+                tracing::info!(%name, "a replica record without its checkpoint: dropped");
+                if let Err(e) = store.remove_note(&name) {
+                    tracing::debug!(%e, "dropping a replica record");
+                }
+            }
+        }
+    }
+    out
+}
+
 impl Actor for Recovery {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        // Replicas held before a restart (their records and chunks survived with the
+        // store): held, and announced, again.
+        let store = self.shared.store.clone();
+        let reload = async move {
+            tokio::task::spawn_blocking(move || reload_held(&store))
+                .await
+                .unwrap_or_default()
+        };
+        ctx.spawn(reload.into_actor(self).map(|found, act, _| {
+            let n = found.len();
+            for (job, h) in found {
+                if act.ended.contains(&job) {
+                    continue;
+                }
+                if act.held.get(&job).is_none_or(|old| old.cref < h.cref) {
+                    act.held.insert(job, h);
+                }
+            }
+            if n > 0 {
+                tracing::info!(node = %act.me.as_str(), replicas = n,
+                    "replicas held before the restart are held again");
+            }
+        }));
         ctx.run_interval(TICK, |act, ctx| {
             let sched = act.scheduler.clone();
             let me = ctx.address();
@@ -810,7 +978,7 @@ impl Handler<Observed> for Recovery {
         while let Some(ev) = self.detector.poll_event() {
             match ev {
                 DetectorEvent::Dead { node, .. } => {
-                    tracing::warn!(node = %node.as_str(), "peer declared dead")
+                    tracing::warn!(node = %node.as_str(), by = %self.me.as_str(), "peer declared dead")
                 }
                 DetectorEvent::Suspected { node, .. } => {
                     tracing::info!(node = %node.as_str(), "peer suspected")
@@ -835,6 +1003,7 @@ impl Handler<Observed> for Recovery {
             .map(|j| (j.job.clone(), j.generation))
             .collect();
         self.settle_claims(&m.jobs, now);
+        self.settle_escalations();
         for j in m.jobs.iter().filter(|j| j.state == "running") {
             let me = self.me.clone();
             self.place(&j.job, me, j.generation, self.shared.incarnation);
@@ -848,7 +1017,20 @@ impl Handler<Observed> for Recovery {
         self.replicate(&running, now, ctx);
         self.guard_quorum(&running, now);
         let here: HashSet<String> = m.jobs.iter().map(|j| j.job.clone()).collect();
-        self.recover(&here, ctx);
+        self.recover(&here, now, ctx);
+    }
+}
+
+/// The node shuts down: the actor stops (no more decisions, copies or collections).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Halt;
+
+impl Handler<Halt> for Recovery {
+    type Result = ();
+
+    fn handle(&mut self, _: Halt, ctx: &mut Context<Self>) {
+        ctx.stop();
     }
 }
 
@@ -886,6 +1068,16 @@ impl Handler<Seen> for Recovery {
         for (job, generation) in &hb.abandoned {
             self.mark_abandoned(job, &node, *generation);
         }
+        // A job this node holds a replica of but knows nothing of (it restarted after
+        // the job's node was last heard): the peer sees its node gone. Taken like a job
+        // the peer gave up, so this node decides too — everyone else may be naming it
+        // to resume the job (level 1's bench: a restarted holder named by every node
+        // never resumed, the job was lost).
+        for (job, generation, owner) in &hb.orphans {
+            if self.held.contains_key(job) && !self.placed.contains_key(job) {
+                self.mark_abandoned(job, &NodeId(owner.clone()), *generation);
+            }
+        }
         let jobs: HashMap<String, (u64, String)> = hb
             .jobs
             .iter()
@@ -908,7 +1100,8 @@ impl Handler<Seen> for Recovery {
                     Fence::Keep => {}
                     f => {
                         tracing::warn!(job = %j.job, mine, theirs = j.generation, ?f,
-                            other = %node.as_str(), "another node runs this job: dropping this copy");
+                            other = %node.as_str(), node = %self.me.as_str(),
+                            "another node runs this job: dropping this copy");
                         self.quorum_paused.remove(&j.job);
                         self.control(&j.job, Op::Drop);
                     }
@@ -927,7 +1120,8 @@ impl Handler<Seen> for Recovery {
                 || (j.generation == claimed && (j.state == "running" || outranked));
             if yield_to_it {
                 tracing::warn!(job = %j.job, claimed, theirs = j.generation,
-                    other = %node.as_str(), "another node claims this job: withdrawing");
+                    other = %node.as_str(), node = %self.me.as_str(),
+                    "another node claims this job: withdrawing");
                 self.claims.remove(&j.job);
                 self.control(&j.job, Op::DiscardRestored);
             }
@@ -944,6 +1138,7 @@ impl Handler<Seen> for Recovery {
                 incarnation: hb.incarnation,
                 jobs,
                 holdings: hb.holdings.into_iter().collect(),
+                claims: hb.claims.into_iter().collect(),
                 heard_at: now,
                 draining: hb.draining,
             },
@@ -989,8 +1184,11 @@ impl Recovery {
     /// generation is known to run elsewhere.
     fn place(&mut self, job: &str, node: NodeId, generation: u64, incarnation: u64) {
         // A stale heartbeat of an abandoned copy does not make its node the owner again.
+        // Another node running the generation a node gave up (the destination of a
+        // move whose source gave its paused copy up) does own it.
         let newer = self.placed.get(job).is_none_or(|p| {
-            p.generation < generation || (p.generation == generation && p.incarnation != ABANDONED)
+            p.generation < generation
+                || (p.generation == generation && (p.incarnation != ABANDONED || p.node != node))
         });
         if newer {
             self.placed.insert(
@@ -1001,6 +1199,48 @@ impl Recovery {
                     incarnation,
                 },
             );
+        }
+    }
+
+    /// Gives up the paused copy of a move whose handover went unanswered once its
+    /// destination is gone without the job ([`recovery::after_escalation`]): published
+    /// as abandoned at the destination's generation, it is recovered by the majority
+    /// from its newest replicated checkpoint, above anything the destination ran.
+    fn settle_escalations(&mut self) {
+        let escalated: Vec<(String, (u64, String, u64))> = match self.shared.escalated.lock() {
+            Ok(e) => e.iter().map(|(j, v)| (j.clone(), v.clone())).collect(),
+            Err(_) => return,
+        };
+        for (job, (generation, to, at)) in escalated {
+            if self.mine.get(&job) != Some(&generation) {
+                // Resolved meanwhile (dropped, fenced, or running again).
+                if !self.mine.contains_key(&job) {
+                    if let Ok(mut e) = self.shared.escalated.lock() {
+                        e.remove(&job);
+                    }
+                }
+                continue;
+            }
+            let dest = NodeId(to);
+            let dead = self.detector.state(&dest) == Some(Liveness::Dead);
+            let lists = self
+                .peers
+                .get(&dest)
+                .filter(|p| p.heard_at > at)
+                .map(|p| p.jobs.get(&job).is_some_and(|(g, _)| *g > generation));
+            if recovery::after_escalation(dead, lists) == recovery::Handover::GiveUp {
+                tracing::warn!(%job, generation, dest = %dest.as_str(), dead, node = %self.me.as_str(),
+                    "the move's destination is gone without the job: giving the paused copy up for recovery");
+                if let Ok(mut e) = self.shared.escalated.lock() {
+                    e.remove(&job);
+                }
+                self.scheduler.do_send(super::scheduler::Abandon {
+                    job,
+                    generation,
+                    published: generation.saturating_add(1),
+                    kill: true,
+                });
+            }
         }
     }
 
@@ -1020,7 +1260,8 @@ impl Recovery {
             if !restored {
                 self.claims.remove(&job);
             } else if now >= at + wait {
-                tracing::info!(%job, generation, "claim uncontested: the recovered job runs");
+                tracing::info!(%job, generation, node = %self.me.as_str(),
+                    "claim uncontested: the recovered job runs");
                 self.claims.remove(&job);
                 self.control(&job, Op::Go { generation });
             }
@@ -1059,15 +1300,40 @@ pub struct Replica {
     pub seq: u64,
     pub home: Vec<u8>,
     pub manifest: Vec<u8>,
+    /// The generation the sender claims (a recovery copying its starting point).
+    pub claim: Option<u64>,
 }
 
 impl Handler<Replica> for Recovery {
     type Result = ResponseActFuture<Self, Result<(), String>>;
 
     fn handle(&mut self, m: Replica, _: &mut Context<Self>) -> Self::Result {
+        if let Some(theirs) = m.claim {
+            // The sender claims the job: taken as if its heartbeat said so (the next
+            // one will), before the import makes this node an equal holder; a claim of
+            // ours it beats is withdrawn now, by the rule both sides apply.
+            let sender = self
+                .peers
+                .iter_mut()
+                .find(|(_, p)| p.peer == m.from)
+                .map(|(n, p)| {
+                    p.claims.insert(m.job.clone(), theirs);
+                    n.clone()
+                });
+            if let (Some(node), Some((mine, _))) = (sender, self.claims.get(&m.job).copied()) {
+                let outranked = recovery::rank(&m.job, [&self.me, &node]).first() != Some(&self.me);
+                if theirs > mine || (theirs == mine && outranked) {
+                    tracing::warn!(job = %m.job, claimed = mine, theirs, other = %node.as_str(),
+                        node = %self.me.as_str(), "another node claims this job: withdrawing");
+                    self.claims.remove(&m.job);
+                    self.control(&m.job, Op::DiscardRestored);
+                }
+            }
+        }
         let shared = self.shared.clone();
         let cp = self.checkpoint.clone();
         let job = m.job.clone();
+        let from = m.from;
         self.importing += 1;
         let fut = async move {
             let home = PeerId::from_bytes(&m.home).map_err(|e| format!("home: {e}"))?;
@@ -1097,24 +1363,68 @@ impl Handler<Replica> for Recovery {
             }
             let store = shared.store.clone();
             let bytes = m.manifest;
-            let cp = tokio::task::spawn_blocking(move || store.import_manifest(&bytes))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("storing the manifest: {e}"))?;
-            Ok((
-                CheckpointRef {
-                    generation: m.generation,
-                    seq: m.seq,
-                    id: CheckpointId(cp.id.0),
-                },
-                home,
-            ))
+            let (generation, seq, job, home_bytes) = (m.generation, m.seq, m.job, m.home);
+            // The manifest, then the record saying it is this node's replica (so a
+            // restart finds it again, see `recovery::held`), both before the answer
+            // that acknowledges the copy.
+            let cref = tokio::task::spawn_blocking(move || {
+                let cp = store
+                    .import_manifest(&bytes)
+                    .map_err(|e| format!("storing the manifest: {e}"))?;
+                let note = HeldNote {
+                    job,
+                    checkpoint: CheckpointRef {
+                        generation,
+                        seq,
+                        id: CheckpointId(cp.id.0),
+                    },
+                    home: home_bytes,
+                };
+                store
+                    .put_note_if(&held::note_name(&note.job), &note.encode(), |old| {
+                        held::supersedes(&note, old)
+                    })
+                    .map_err(|e| format!("recording the replica: {e}"))?;
+                Ok::<CheckpointRef, String>(note.checkpoint)
+            })
+            .await
+            .map_err(|e| e.to_string())??;
+            Ok((cref, home))
         };
         Box::pin(fut.into_actor(self).map(move |r, act, _| {
             act.importing = act.importing.saturating_sub(1);
             let (cref, home) = r?;
             if act.ended.contains(&job) {
+                if !act.held.contains_key(&job) {
+                    let store = act.shared.store.clone();
+                    let name = held::note_name(&job);
+                    tokio::task::spawn_blocking(move || store.remove_note(&name));
+                }
                 return Ok(());
+            }
+            // Only the node running a generation copies it: if that generation is newer
+            // than the one this node knows of, its sender owns the job now, though its
+            // heartbeat saying so may still be on the way. Without this, a node that
+            // held the new generation's first copy before hearing that heartbeat saw
+            // the old owner dead and a newer checkpoint in hand, and started a needless
+            // second recovery (seen in level 1's bench). (A recovery's own copy of the
+            // checkpoint it resumes from carries the old generation: no effect.)
+            let sender = act
+                .peers
+                .iter()
+                .find(|(_, p)| p.peer == from)
+                .map(|(n, p)| (n.clone(), p.incarnation));
+            if let Some((node, incarnation)) = sender {
+                // Unknown here (e.g. this node restarted and has not heard the sender
+                // run it): the sender runs or claims it. Without this, a holder that
+                // everyone else named to resume a job never did, not knowing of it.
+                if act
+                    .placed
+                    .get(&job)
+                    .is_none_or(|p| p.generation < cref.generation)
+                {
+                    act.place(&job, node, cref.generation, incarnation);
+                }
             }
             let newer = act.held.get(&job).is_none_or(|h| h.cref < cref);
             if newer {

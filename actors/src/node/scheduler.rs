@@ -318,7 +318,14 @@ impl Handler<Runner> for Scheduler {
 #[rtype(result = "()")]
 pub struct Abandon {
     pub job: String,
+    /// The generation of the copy here (nothing happens if it differs).
     pub generation: u64,
+    /// The newest generation that may have run anywhere, published as abandoned (so
+    /// recovery starts above it): `generation`, or the destination's `generation + 1`
+    /// when the copy is the paused source of a move that escalated.
+    pub published: u64,
+    /// Stop its runner too (a paused copy; a failed post-copy job stops by itself).
+    pub kill: bool,
 }
 
 impl Handler<Abandon> for Scheduler {
@@ -330,11 +337,15 @@ impl Handler<Abandon> for Scheduler {
             .get(&m.job)
             .is_some_and(|e| e.generation == m.generation)
         {
-            self.jobs.remove(&m.job);
+            if let Some(e) = self.jobs.remove(&m.job) {
+                if m.kill {
+                    e.runner.kill();
+                }
+            }
             tracing::warn!(job = %m.job, generation = m.generation, node = %self.shared.name,
                 "job abandoned here: recovery resumes it from a replicated checkpoint");
             if let Ok(mut a) = self.shared.abandoned.lock() {
-                a.insert(m.job, m.generation);
+                a.insert(m.job, m.published.max(m.generation));
                 while a.len() > 16 {
                     a.pop_first();
                 }

@@ -437,6 +437,8 @@ impl Handler<Observed> for Solver {
             ended: published.ended,
             abandoned: published.abandoned,
             members: published.members,
+            claims: published.claims,
+            orphans: published.orphans,
             jobs: m
                 .jobs
                 .iter()
