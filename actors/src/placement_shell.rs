@@ -524,10 +524,10 @@ impl Shell {
         Ok(())
     }
 
-    /// Sends one part of a split bundle (direct; over gossip it reaches everyone).
-    async fn send_part(&mut self, to: &To, part: &Msg, bytes: Vec<u8>) -> Result<(), ShellError> {
-        let len = bytes.len() as u64;
-        let sent = match self.cfg.transport {
+    /// Puts `bytes` on the mesh for `to`, counting the frames: direct messages, or
+    /// gossip, which reaches every member anyway (everything to all).
+    async fn put_on_mesh(&mut self, to: &To, bytes: Vec<u8>) -> Result<(), MeshError> {
+        match self.cfg.transport {
             ShellTransport::Direct => {
                 let to: Vec<PeerId> = match to {
                     To::All => self.recipients.clone(),
@@ -545,8 +545,13 @@ impl Shell {
                 self.stats.frames += self.recipients.len() as u64;
                 self.mesh.publish(Topic::Placement, bytes).await
             }
-        };
-        match sent {
+        }
+    }
+
+    /// Sends one part of a split bundle (direct; over gossip it reaches everyone).
+    async fn send_part(&mut self, to: &To, part: &Msg, bytes: Vec<u8>) -> Result<(), ShellError> {
+        let len = bytes.len() as u64;
+        match self.put_on_mesh(to, bytes).await {
             Ok(()) => {
                 self.stats.published += 1;
                 self.stats.published_bytes += len;
@@ -593,27 +598,7 @@ impl Shell {
                 }
             };
             let len = bytes.len() as u64;
-            let sent = match self.cfg.transport {
-                ShellTransport::Direct => {
-                    let to = match &t.to {
-                        To::All => self.recipients.clone(),
-                        To::Only(ids) => ids
-                            .iter()
-                            .filter_map(|n| self.peers.get(n).copied())
-                            .collect(),
-                    };
-                    self.stats.frames += to.len() as u64;
-                    self.mesh
-                        .send_direct_else_gossip(to, Topic::Placement, bytes)
-                        .await
-                }
-                // Gossip reaches every member anyway: everything to all.
-                ShellTransport::Gossip => {
-                    self.stats.frames += self.recipients.len() as u64;
-                    self.mesh.publish(Topic::Placement, bytes).await
-                }
-            };
-            match sent {
+            match self.put_on_mesh(&t.to, bytes).await {
                 Ok(()) => {
                     self.stats.published += 1;
                     self.stats.published_bytes += len;

@@ -316,14 +316,7 @@ fn level_2_interrupted_kills_its_node_processes_and_removes_their_directories() 
 
 #[test]
 fn level_3_plays_in_network_namespaces_shapes_a_rate_and_leaves_nothing_behind() {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let ip = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !root || !ip {
-        eprintln!("SKIPPED: level 3 needs root and iproute2 (root {root}, ip netns {ip})");
+    if !level_3_possible() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -420,6 +413,20 @@ fn level_3_plays_in_network_namespaces_shapes_a_rate_and_leaves_nothing_behind()
     assert!(namespaces(harness).is_empty());
 }
 
+/// Root and iproute2 are there (level 3 makes namespaces); says so when not.
+fn level_3_possible() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let ip = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !root || !ip {
+        eprintln!("SKIPPED: level 3 needs root and iproute2 (root {root}, ip netns {ip})");
+    }
+    root && ip
+}
+
 /// The network namespaces a level-3 run by `harness` made (`roam-PID-NODE`).
 fn namespaces(harness: u32) -> Vec<String> {
     let out = Command::new("ip")
@@ -482,14 +489,7 @@ fn level_3_links_delay_and_drop_packets_with_or_without_netem() {
 
     use actors::chaos::netns::{within, Fabric};
 
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let ip = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !root || !ip {
-        eprintln!("SKIPPED: level 3 needs root and iproute2 (root {root}, ip netns {ip})");
+    if !level_3_possible() {
         return;
     }
     let names = ["n1".to_string(), "n2".to_string()];
