@@ -1378,39 +1378,8 @@ fn percent_decode(raw: &str, plus_is_space: bool) -> Result<String, &'static str
 /// reading code on an in-memory stream.
 #[doc(hidden)]
 pub fn read_requests(bytes: &[u8], limits: &ServerLimits) -> Vec<Result<Request, (u16, String)>> {
-    /// Reads from the bytes; whatever the server writes (a 100 Continue) is dropped.
-    struct Memory<'a>(&'a [u8]);
-    impl AsyncRead for Memory<'_> {
-        fn poll_read(
-            mut self: std::pin::Pin<&mut Self>,
-            cx: &mut std::task::Context<'_>,
-            buf: &mut tokio::io::ReadBuf<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
-        }
-    }
-    impl AsyncWrite for Memory<'_> {
-        fn poll_write(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            buf: &[u8],
-        ) -> std::task::Poll<std::io::Result<usize>> {
-            std::task::Poll::Ready(Ok(buf.len()))
-        }
-        fn poll_flush(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-        fn poll_shutdown(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-    }
-    let mut stream = Memory(bytes);
+    // Reads from the bytes; whatever the server writes (a 100 Continue) is dropped.
+    let mut stream = tokio::io::join(bytes, tokio::io::sink());
     let mut buf = Vec::new();
     let mut out = Vec::new();
     loop {

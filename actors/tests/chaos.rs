@@ -78,11 +78,7 @@ fn smoke_scenario_plays_its_timeline_and_keeps_the_invariants() {
     );
 
     // The last line is the report.
-    let last = stdout.lines().last().unwrap_or_default();
-    let v: serde_json::Value =
-        serde_json::from_str(last).unwrap_or_else(|e| panic!("last line: {e}\n{}", ctx()));
-    let report: Report = serde_json::from_value(v["report"].clone())
-        .unwrap_or_else(|e| panic!("report: {e}\n{}", ctx()));
+    let (v, report) = last_line_report(&stdout, &ctx());
     assert_eq!(v["scenario"], "smoke");
     assert_eq!(
         (&v["kills"], &v["restarts"], &v["partitions"], &v["jobs"]),
@@ -236,11 +232,7 @@ fn level_2_plays_a_seeded_scenario_on_node_processes_and_keeps_every_invariant()
         ctx()
     );
 
-    let last = stdout.lines().last().unwrap_or_default();
-    let v: serde_json::Value =
-        serde_json::from_str(last).unwrap_or_else(|e| panic!("last line: {e}\n{}", ctx()));
-    let report: Report = serde_json::from_value(v["report"].clone())
-        .unwrap_or_else(|e| panic!("report: {e}\n{}", ctx()));
+    let (v, report) = last_line_report(&stdout, &ctx());
     assert_eq!((&v["scenario"], &v["level"]), (&"level2".into(), &2.into()));
 
     // The seed's timeline, in order, as far as it was played (it stops early when
@@ -357,11 +349,7 @@ fn level_3_plays_in_network_namespaces_shapes_a_rate_and_leaves_nothing_behind()
         "{}",
         ctx()
     );
-    let last = stdout.lines().last().unwrap_or_default();
-    let v: serde_json::Value =
-        serde_json::from_str(last).unwrap_or_else(|e| panic!("last line: {e}\n{}", ctx()));
-    let report: Report = serde_json::from_value(v["report"].clone())
-        .unwrap_or_else(|e| panic!("report: {e}\n{}", ctx()));
+    let (v, report) = last_line_report(&stdout, &ctx());
     assert_eq!(
         (&v["level"], &v["shaped"], &v["kills"], &v["partitions"]),
         (&3.into(), &1.into(), &1.into(), &1.into()),
@@ -401,16 +389,23 @@ fn level_3_plays_in_network_namespaces_shapes_a_rate_and_leaves_nothing_behind()
         "{}",
         ctx()
     );
-    let last = stdout.lines().last().unwrap_or_default();
-    let v: serde_json::Value =
-        serde_json::from_str(last).unwrap_or_else(|e| panic!("last line: {e}\n{}", ctx()));
-    let report: Report = serde_json::from_value(v["report"].clone())
-        .unwrap_or_else(|e| panic!("report: {e}\n{}", ctx()));
+    let (v, report) = last_line_report(&stdout, &ctx());
     assert_eq!(v["shaped"], serde_json::Value::from(2), "{}", ctx());
     assert!(report.ok(), "{report}\n{}", ctx());
     assert_eq!(out.status.code(), Some(0), "{}", ctx());
     assert_eq!(leftovers(harness), (Vec::new(), Vec::new()));
     assert!(namespaces(harness).is_empty());
+}
+
+/// The run's JSON summary (stdout's last line) and the report in it; `ctx` explains
+/// a failure.
+fn last_line_report(stdout: &str, ctx: &str) -> (serde_json::Value, Report) {
+    let last = stdout.lines().last().unwrap_or_default();
+    let v: serde_json::Value =
+        serde_json::from_str(last).unwrap_or_else(|e| panic!("last line: {e}\n{ctx}"));
+    let report: Report = serde_json::from_value(v["report"].clone())
+        .unwrap_or_else(|e| panic!("report: {e}\n{ctx}"));
+    (v, report)
 }
 
 /// Root and iproute2 are there (level 3 makes namespaces); says so when not.
@@ -535,7 +530,11 @@ fn level_3_links_delay_and_drop_packets_with_or_without_netem() {
     assert!(
         fastest >= Duration::from_millis(60),
         "round trip {fastest:?} with 30 ms each way ({})",
-        fabric.impairer()
+        if fabric.wired() {
+            "userspace wire"
+        } else {
+            "netem"
+        }
     );
     drop(client);
     server.join().expect("server thread").expect("echo server");
@@ -575,7 +574,11 @@ fn level_3_links_delay_and_drop_packets_with_or_without_netem() {
     assert!(
         (250..350).contains(&got),
         "{got} of {sent} arrived with 40 % loss ({})",
-        fabric.impairer()
+        if fabric.wired() {
+            "userspace wire"
+        } else {
+            "netem"
+        }
     );
     if let (Some((c0, d0)), Some((c1, d1))) = (before, fabric.wire_counts("n1", "n2")) {
         // The wire itself dropped them (a few other frames, ARP or the TCP close,

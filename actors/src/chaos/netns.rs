@@ -268,15 +268,9 @@ impl Fabric {
 }
 
 impl Fabric {
-    /// How delay and loss are made: "netem", "a userspace wire", or "" (not needed).
-    pub fn impairer(&self) -> &'static str {
-        if self.wire.is_some() {
-            "a userspace wire (this kernel has no netem)"
-        } else if self.netem {
-            "netem"
-        } else {
-            ""
-        }
+    /// Delay and loss go through the userspace wire (no netem here).
+    pub fn wired(&self) -> bool {
+        self.wire.is_some()
     }
 
     /// Frames the wire carried and dropped from `from` to `to` (None: not wired).

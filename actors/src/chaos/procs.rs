@@ -420,7 +420,7 @@ impl Level for Processes {
 
     fn what(&self) -> &'static str {
         match &self.net {
-            Some(f) if f.impairer().starts_with("a userspace wire") => {
+            Some(f) if f.wired() => {
                 "level 3: a process per node, each in a network namespace, linked by veth \
                  pairs through a userspace wire (delay and loss; this kernel has no netem)"
             }
