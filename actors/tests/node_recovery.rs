@@ -386,3 +386,118 @@ fn holders_restarted_with_their_store_still_recover_the_job() {
         }
     });
 }
+
+/// A job's first replicated copy is its state before its first instruction: a node that
+/// dies right after starting a job (before a copy of its grown state could reach
+/// anyone) does not lose it; the job starts over from that copy elsewhere, and the home
+/// still reads each byte once.
+#[test]
+fn a_job_whose_node_dies_at_its_first_copy_starts_over_from_its_beginning() {
+    node::actix_system().block_on(async {
+        let host = Host::new(HostConfig::default()).expect("host");
+        let nodes = node::local_swarm(&host, &["b1", "b2", "b3"], |cfg: &mut NodeConfig| {
+            cfg.migration.heartbeat_ms = 100;
+            cfg.recovery.suspect_after_ms = 600;
+            cfg.recovery.dead_after_ms = 1500;
+            cfg.recovery.min_period_ms = 150;
+            cfg.recovery.max_period_ms = 600;
+        })
+        .await
+        .expect("swarm");
+        // 64 MiB of state, allocated and filled as soon as the job starts.
+        const STATE: u64 = 64 << 20;
+        let bigstate = guest("bigstate");
+        let args: Vec<String> = ["--mib", "64", "--steps", "1500", "--print-every", "100"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        nodes[0]
+            .run(RunRequest {
+                module: bigstate.clone(),
+                name: Some("bigstate".into()),
+                id: Some("bigstate".into()),
+                args: args.clone(),
+                seed: 3,
+                node: Some("b2".into()),
+                ..RunRequest::default()
+            })
+            .await
+            .expect("the job starts");
+
+        // The first acknowledged copy.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let first = loop {
+            let acks = nodes[1].recovery_facts().await.expect("acks").acks;
+            if let Some((_, _, cref)) = acks.iter().find(|(j, _, _)| j == "bigstate") {
+                break *cref;
+            }
+            assert!(Instant::now() < deadline, "no copy acknowledged");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        nodes[1].shutdown().await;
+        assert_eq!((first.generation, first.seq), (0, 1), "{first}");
+        let manifest = nodes[1]
+            .shared
+            .store
+            .get_chunk(&store::ChunkId(first.id.0))
+            .and_then(|bytes| store::Manifest::decode(&bytes))
+            .expect("the first copy's manifest");
+        assert!(
+            manifest.memory.len < STATE,
+            "the first copy holds {} bytes of memory: taken after the job grew",
+            manifest.memory.len
+        );
+
+        let survivors = [&nodes[0], &nodes[2]];
+        let code = loop {
+            let mut on = Vec::new();
+            for n in survivors {
+                if let Some(g) = running(n, "bigstate").await {
+                    on.push((n.name().to_string(), g));
+                }
+            }
+            assert!(on.len() <= 1, "the job runs on two nodes: {on:?}");
+            if let Some(c) = nodes[0]
+                .logs("bigstate", StreamKind::Stdout, u64::MAX, 0)
+                .await
+                .ok()
+                .and_then(|s| s.exit_code)
+            {
+                break c;
+            }
+            assert!(
+                Instant::now() < deadline + Duration::from_secs(90),
+                "the job did not finish after its node died"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let (out, _, want) =
+            straight_run_of(&host, &bigstate, "bigstate", &args, 3).expect("straight");
+        assert_eq!(code, want);
+        let got = nodes[0]
+            .local_log("bigstate", StreamKind::Stdout)
+            .unwrap_or_default();
+        assert!(!out.is_empty());
+        assert!(
+            got == out,
+            "stdout differs: {} vs {} bytes",
+            got.len(),
+            out.len()
+        );
+        let recovered = nodes[2].status().await.expect("status").recovery.recovered;
+        let recovered: Vec<_> = nodes[0]
+            .status()
+            .await
+            .expect("status")
+            .recovery
+            .recovered
+            .into_iter()
+            .chain(recovered)
+            .collect();
+        assert_eq!(recovered.len(), 1, "{recovered:?}");
+        assert_eq!(recovered[0].from_node, "b2");
+        for n in survivors {
+            n.shutdown().await;
+        }
+    });
+}

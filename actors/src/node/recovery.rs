@@ -818,10 +818,16 @@ async fn copy_once(
         acked: Vec::new(),
         dirty_bytes: 0,
     };
+    // The first copy of a job started here is the state it started from.
+    let op = if generation == 0 && seq == 1 {
+        Op::FirstCheckpoint
+    } else {
+        Op::Checkpoint
+    };
     let taken = match scheduler
         .send(Control {
             job: job.clone(),
-            op: Op::Checkpoint,
+            op,
         })
         .await
     {

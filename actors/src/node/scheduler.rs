@@ -10,6 +10,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use tokio::sync::oneshot;
+
 use actix::prelude::*;
 use mesh::PeerId;
 use store::Checkpoint;
@@ -49,6 +51,9 @@ struct Entry {
     runner: RunnerHandle,
     memory_bytes: u64,
     since: Instant,
+    /// The checkpoint taken before the job's first instruction, until recovery asks for
+    /// it ([`Op::FirstCheckpoint`]).
+    birth: Option<oneshot::Receiver<Result<Taken, String>>>,
 }
 
 pub struct Scheduler {
@@ -138,6 +143,21 @@ impl Handler<Start> for Scheduler {
         let memory_bytes = job.memory_len() as u64;
         let runner = runner::spawn(job, None, true, self.ctx(&l.job, 0, home, ctx.address()))
             .map_err(|e| format!("spawning the job thread: {e}"))?;
+        // With replicas, the job's first copy is its state before its first instruction:
+        // memory as instantiated, usually far smaller than a moment later, so the first
+        // acknowledged copy (until which a crash here loses the job) comes quickly. The
+        // pause is raised before the thread runs the job, so it stops at its first yield
+        // point.
+        let birth = (self.shared.config.recovery.replicas > 0).then(|| {
+            let (tx, rx) = oneshot::channel();
+            match runner.send(RunnerCmd::Checkpoint(tx), true) {
+                Ok(()) => Some(rx),
+                Err(e) => {
+                    tracing::debug!(job = %l.job, %e, "no checkpoint before the start");
+                    None
+                }
+            }
+        });
         tracing::info!(job = %l.job, node = %self.shared.name, "job started");
         self.jobs.insert(
             l.job,
@@ -148,6 +168,7 @@ impl Handler<Start> for Scheduler {
                 runner,
                 memory_bytes,
                 since: Instant::now(),
+                birth: birth.flatten(),
             },
         );
         Ok(())
@@ -158,6 +179,9 @@ impl Handler<Start> for Scheduler {
 pub enum Op {
     /// Incremental checkpoint; the job runs on.
     Checkpoint,
+    /// The checkpoint taken before the job's first instruction (once; recovery's first
+    /// copy of a job started here), else as `Checkpoint`.
+    FirstCheckpoint,
     /// Checkpoint and stay paused.
     Pause,
     /// Run again (after Pause): the move aborted.
@@ -186,8 +210,18 @@ impl Handler<Control> for Scheduler {
             return Box::pin(async move { Err(format!("no job {job} here")) });
         };
         let running = e.state == JobState::Running;
+        if matches!(m.op, Op::FirstCheckpoint) {
+            if let Some(rx) = e.birth.take() {
+                return Box::pin(async move {
+                    let taken = rx
+                        .await
+                        .map_err(|_| "the job's thread ended".to_string())??;
+                    Ok(Some(taken))
+                });
+            }
+        }
         match m.op {
-            Op::Checkpoint | Op::Pause => {
+            Op::Checkpoint | Op::FirstCheckpoint | Op::Pause => {
                 let pause = matches!(m.op, Op::Pause);
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 let cmd = if pause {
@@ -283,6 +317,7 @@ impl Handler<InstallRestored> for Scheduler {
                 runner,
                 memory_bytes,
                 since: Instant::now(),
+                birth: None,
             },
         );
         Ok(())
