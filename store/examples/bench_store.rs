@@ -157,8 +157,8 @@ fn main() {
     let restore_s = median(restore);
     drop(store);
 
-    // Full checkpoints into the disk tier (tmp + fsync + rename per chunk,
-    // directory fsyncs, manifest, ref), default compression.
+    // Full checkpoints into the disk tier (chunks to tmp, one flush, renames,
+    // directory flush, manifest, ref), default compression.
     let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
     let disk_cfg = StoreConfig {
         cache_bytes: LEN as u64,
@@ -199,7 +199,7 @@ fn main() {
             gib_s(LEN, restore_s),
         ),
         (
-            "full checkpoint -> disk tier (fsync)",
+            "full checkpoint -> disk tier (durable)",
             disk_s,
             gib_s(LEN, disk_s),
         ),

@@ -34,8 +34,12 @@
 //! the next GC removes; it is never listed.
 //!
 //! # Crash safety (disk tier)
-//! Every file is written to `DIR/tmp/`, fsynced, renamed into place and its
-//! directory fsynced before anything depending on it is written. A
+//! Every file is written to `DIR/tmp/`, made durable, renamed into place and its
+//! directory made durable before anything depending on it is written, so no
+//! file under its final name is ever torn. Chunks are flushed in batches (one
+//! `syncfs` per [`Store::sync`] on Linux, not an fsync per chunk): a chunk put
+//! with [`Store::put_chunk`] is readable at once and durable after the next
+//! `sync`, which every checkpoint commit runs before writing its manifest. A
 //! checkpoint's chunks come first, its manifest chunk next, its ref entry
 //! (`DIR/checkpoints/<job>/<generation>-<seq>-<id>`) last; only checkpoints
 //! with both are listed. GC deletes refs before chunks. Stale temporaries are

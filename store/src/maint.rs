@@ -194,7 +194,7 @@ impl Store {
             }
         }
         if let Some(d) = &self.disk {
-            d.sync_dirs()?;
+            d.sync()?;
             d.remove_empty_job_dirs();
         }
         // 2. chunks
@@ -217,7 +217,7 @@ impl Store {
                         self.mem.remove(&id);
                     }
                 }
-                d.sync_dirs()?;
+                d.sync()?;
             }
             None => {
                 let ids = self.mem.ids();
@@ -288,6 +288,11 @@ impl Store {
                 total = listed.len() as u64;
             }
             Some(d) => {
+                // Chunks still waiting in `tmp/` are put in place first, so the walk
+                // sees every listed chunk.
+                if let Err(e) = d.sync() {
+                    rep.problems.push(io_problem(d.root().join("tmp"), e));
+                }
                 // Listing is cheap; reading and hashing every file is the work.
                 let (files, refs) = (d.walk_chunks(), d.walk_refs());
                 total = files.as_ref().map_or(0, |v| v.len() as u64)

@@ -275,16 +275,21 @@ impl Store {
         Ok((id, written))
     }
 
-    fn sync(&self) -> Result<()> {
+    /// Make every chunk stored before this call durable (a disk store writes chunks
+    /// in batches: see [`put_chunk`](Self::put_chunk)). Committing a checkpoint does
+    /// this for its chunks; call it to keep chunks that are not in one yet.
+    pub fn sync(&self) -> Result<()> {
         match &self.disk {
-            Some(d) => d.sync_dirs(),
+            Some(d) => d.sync(),
             None => Ok(()),
         }
     }
 
     /// Store one chunk (any content, up to [`MAX_STORED_CHUNK`]); returns its id.
-    /// Durable when this returns. Not protected from `gc` until a committed
-    /// checkpoint references it (or the caller pins it).
+    /// Readable at once; in a disk store, durable after the next [`sync`](Self::sync)
+    /// or the commit of a checkpoint (which syncs first), so a batch of received
+    /// chunks costs one flush, not one each. Not protected from `gc` until a
+    /// committed checkpoint references it (or the caller pins it).
     pub fn put_chunk(&self, data: &[u8]) -> Result<ChunkId> {
         if data.len() > MAX_STORED_CHUNK {
             return Err(StoreError::TooLarge {
@@ -295,15 +300,14 @@ impl Store {
         }
         let id = ChunkId::of(data);
         self.put_verified(id, data)?;
-        self.sync()?;
         Ok(id)
     }
 
     /// Store a chunk received from a peer: decoded with a bound and verified.
+    /// Durable as [`put_chunk`](Self::put_chunk)'s.
     pub fn put_encoded(&self, chunk: &EncodedChunk) -> Result<ChunkId> {
         let data = chunk.decode_verified(MAX_STORED_CHUNK)?;
         self.put_verified(chunk.id, &data)?;
-        self.sync()?;
         Ok(chunk.id)
     }
 
@@ -692,7 +696,7 @@ impl Store {
         if notes.remove(name).is_some() {
             if let Some(disk) = &self.disk {
                 disk.remove_note(name)?;
-                disk.sync_dirs()?;
+                disk.sync()?;
             }
         }
         Ok(())
