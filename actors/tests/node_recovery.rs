@@ -30,6 +30,74 @@ async fn running(n: &NodeHandle, job: &str) -> Option<u64> {
         .map(|j| j.generation)
 }
 
+/// Polls `nodes` until the home (`home`) has `job`'s exit code, asserting every round
+/// that at most one of them runs it and handing `each_round` the running copy (node,
+/// generation), if any. Fails with `what` once `limit` has passed.
+async fn exit_code_with_one_copy(
+    home: &NodeHandle,
+    nodes: &[&NodeHandle],
+    job: &str,
+    limit: Instant,
+    what: &str,
+    mut each_round: impl FnMut(Option<&(String, u64)>),
+) -> i32 {
+    loop {
+        let mut on = Vec::new();
+        for n in nodes {
+            if let Some(g) = running(n, job).await {
+                on.push((n.name().to_string(), g));
+            }
+        }
+        assert!(on.len() <= 1, "{job} runs on two nodes: {on:?}");
+        each_round(on.first());
+        if let Some(c) = home
+            .logs(job, StreamKind::Stdout, u64::MAX, 0)
+            .await
+            .ok()
+            .and_then(|s| s.exit_code)
+        {
+            return c;
+        }
+        assert!(Instant::now() < limit, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Asserts that what `home` collected of `job` (stdout, and stderr unless `None`) and
+/// its exit `code` are a straight run's of `module` with `args` and `seed`.
+fn assert_straight_run(
+    host: &Arc<Host>,
+    home: &NodeHandle,
+    job: &str,
+    (module, args, seed): (&[u8], &[String], u64),
+    code: i32,
+    check_stderr: bool,
+) {
+    let (out, err, want) = straight_run_of(host, module, job, args, seed).expect("straight");
+    assert_eq!(code, want);
+    assert!(!out.is_empty());
+    let got = home.local_log(job, StreamKind::Stdout).unwrap_or_default();
+    assert!(
+        got == out,
+        "stdout differs: {} vs {} bytes",
+        got.len(),
+        out.len()
+    );
+    if check_stderr {
+        let got = home.local_log(job, StreamKind::Stderr).unwrap_or_default();
+        assert!(got == err, "stderr differs");
+    }
+}
+
+/// The recoveries `nodes` made, all together.
+async fn recoveries(nodes: &[&NodeHandle]) -> Vec<node::recovery::Recovered> {
+    let mut all = Vec::new();
+    for n in nodes {
+        all.extend(n.status().await.expect("status").recovery.recovered);
+    }
+    all
+}
+
 /// Three nodes with quick failure detection and copies; a long tracker started on `on`
 /// from the first (its home). Returns the host, the nodes, the module and its args.
 async fn swarm_with_tracker(
@@ -91,59 +159,31 @@ fn a_job_whose_node_dies_resumes_on_a_replica_exactly_once() {
         nodes[1].shutdown().await;
         let survivors = [&nodes[0], &nodes[2]];
         let mut recovered_at = None;
-        let code = loop {
-            let mut on = Vec::new();
-            for n in survivors {
-                if let Some(g) = running(n, "tracker").await {
-                    on.push((n.name().to_string(), g));
+        let code = exit_code_with_one_copy(
+            &nodes[0],
+            &survivors,
+            "tracker",
+            killed_at + Duration::from_secs(90),
+            "the job did not finish after its node died",
+            |on| {
+                if let Some((_, g)) = on {
+                    assert_eq!(*g, 1, "recovered with the next generation");
+                    recovered_at.get_or_insert_with(|| killed_at.elapsed());
                 }
-            }
-            assert!(on.len() <= 1, "the job runs on two nodes: {on:?}");
-            if let Some((_, g)) = on.first() {
-                assert_eq!(*g, 1, "recovered with the next generation");
-                recovered_at.get_or_insert_with(|| killed_at.elapsed());
-            }
-            if let Some(c) = nodes[0]
-                .logs("tracker", StreamKind::Stdout, u64::MAX, 0)
-                .await
-                .ok()
-                .and_then(|s| s.exit_code)
-            {
-                break c;
-            }
-            assert!(
-                killed_at.elapsed() < Duration::from_secs(90),
-                "the job did not finish after its node died"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
+            },
+        )
+        .await;
         let recovered_after = recovered_at.expect("the job ran again somewhere");
         eprintln!("node death → job running again: {recovered_after:?}");
-        let (out, err, want) =
-            straight_run_of(&host, &tracker, "tracker", &args, 5).expect("straight");
-        assert_eq!(code, want);
-        let got = nodes[0]
-            .local_log("tracker", StreamKind::Stdout)
-            .unwrap_or_default();
-        assert!(!out.is_empty());
-        assert!(
-            got == out,
-            "stdout differs: {} vs {} bytes",
-            got.len(),
-            out.len()
+        assert_straight_run(
+            &host,
+            &nodes[0],
+            "tracker",
+            (&tracker, &args, 5),
+            code,
+            true,
         );
-        let got_err = nodes[0]
-            .local_log("tracker", StreamKind::Stderr)
-            .unwrap_or_default();
-        assert!(got_err == err, "stderr differs");
-        let st = nodes[0].status().await.expect("status");
-        let st3 = nodes[2].status().await.expect("status");
-        let recoveries: Vec<_> = st
-            .recovery
-            .recovered
-            .iter()
-            .chain(&st3.recovery.recovered)
-            .collect();
+        let recoveries = recoveries(&survivors).await;
         assert_eq!(recoveries.len(), 1, "{recoveries:?}");
         assert_eq!(recoveries[0].from_node, "r2");
         for n in survivors {
@@ -231,17 +271,13 @@ fn the_cut_off_owner_pauses_the_majority_resumes_the_heal_drops_the_old_copy() {
             .wait_job("tracker", Duration::from_secs(120))
             .await
             .expect("the job finishes");
-        let (out, _, want) =
-            straight_run_of(&host, &tracker, "tracker", &args, 5).expect("straight");
-        assert_eq!(code, want);
-        let got = nodes[0]
-            .local_log("tracker", StreamKind::Stdout)
-            .unwrap_or_default();
-        assert!(
-            got == out,
-            "stdout differs: {} vs {} bytes",
-            got.len(),
-            out.len()
+        assert_straight_run(
+            &host,
+            &nodes[0],
+            "tracker",
+            (&tracker, &args, 5),
+            code,
+            false,
         );
         for n in &nodes {
             n.shutdown().await;
@@ -341,44 +377,18 @@ fn holders_restarted_with_their_store_still_recover_the_job() {
                 .await
                 .expect("peers");
         }
-        let code = loop {
-            let mut on = Vec::new();
-            for n in &live {
-                if let Some(g) = running(n, &job).await {
-                    on.push((n.name().to_string(), g));
-                }
-            }
-            assert!(on.len() <= 1, "the job runs on two nodes: {on:?}");
-            if let Some(c) = live[0]
-                .logs(&job, StreamKind::Stdout, u64::MAX, 0)
-                .await
-                .ok()
-                .and_then(|s| s.exit_code)
-            {
-                break c;
-            }
-            assert!(
-                Instant::now() < deadline + Duration::from_secs(90),
-                "the job was not recovered from the restarted holders"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
-        let (out, _, want) =
-            straight_run_of(&host, &tracker, "tracker", &args, 5).expect("straight");
-        assert_eq!(code, want);
-        let got = live[0]
-            .local_log(&job, StreamKind::Stdout)
-            .unwrap_or_default();
-        assert!(
-            got == out,
-            "stdout differs: {} vs {} bytes",
-            got.len(),
-            out.len()
-        );
-        let mut recoveries = Vec::new();
-        for n in &live[1..] {
-            recoveries.extend(n.status().await.expect("status").recovery.recovered);
-        }
+        let everyone: Vec<&NodeHandle> = live.iter().collect();
+        let code = exit_code_with_one_copy(
+            &live[0],
+            &everyone,
+            &job,
+            deadline + Duration::from_secs(90),
+            "the job was not recovered from the restarted holders",
+            |_| {},
+        )
+        .await;
+        assert_straight_run(&host, &live[0], &job, (&tracker, &args, 5), code, false);
+        let recoveries = recoveries(&everyone[1..]).await;
         assert_eq!(recoveries.len(), 1, "{recoveries:?}");
         assert_eq!(recoveries[0].from_node, owner);
         for n in &live {
@@ -449,51 +459,24 @@ fn a_job_whose_node_dies_at_its_first_copy_starts_over_from_its_beginning() {
         );
 
         let survivors = [&nodes[0], &nodes[2]];
-        let code = loop {
-            let mut on = Vec::new();
-            for n in survivors {
-                if let Some(g) = running(n, "bigstate").await {
-                    on.push((n.name().to_string(), g));
-                }
-            }
-            assert!(on.len() <= 1, "the job runs on two nodes: {on:?}");
-            if let Some(c) = nodes[0]
-                .logs("bigstate", StreamKind::Stdout, u64::MAX, 0)
-                .await
-                .ok()
-                .and_then(|s| s.exit_code)
-            {
-                break c;
-            }
-            assert!(
-                Instant::now() < deadline + Duration::from_secs(90),
-                "the job did not finish after its node died"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
-        let (out, _, want) =
-            straight_run_of(&host, &bigstate, "bigstate", &args, 3).expect("straight");
-        assert_eq!(code, want);
-        let got = nodes[0]
-            .local_log("bigstate", StreamKind::Stdout)
-            .unwrap_or_default();
-        assert!(!out.is_empty());
-        assert!(
-            got == out,
-            "stdout differs: {} vs {} bytes",
-            got.len(),
-            out.len()
+        let code = exit_code_with_one_copy(
+            &nodes[0],
+            &survivors,
+            "bigstate",
+            deadline + Duration::from_secs(90),
+            "the job did not finish after its node died",
+            |_| {},
+        )
+        .await;
+        assert_straight_run(
+            &host,
+            &nodes[0],
+            "bigstate",
+            (&bigstate, &args, 3),
+            code,
+            false,
         );
-        let recovered = nodes[2].status().await.expect("status").recovery.recovered;
-        let recovered: Vec<_> = nodes[0]
-            .status()
-            .await
-            .expect("status")
-            .recovery
-            .recovered
-            .into_iter()
-            .chain(recovered)
-            .collect();
+        let recovered = recoveries(&survivors).await;
         assert_eq!(recovered.len(), 1, "{recovered:?}");
         assert_eq!(recovered[0].from_node, "b2");
         for n in survivors {
