@@ -196,6 +196,9 @@ pub enum AbortReason {
     VerificationFailed,
     /// The job could not be paused (it ended or trapped meanwhile).
     PauseFailed,
+    /// The source did not see a majority of the swarm at the handover (it may be
+    /// cut off into a minority): the job stays at the source.
+    NoMajority,
 }
 
 /// How a migration ended, as seen by one side.

@@ -258,6 +258,9 @@ pub struct Source {
     paused: bool,
     /// Aborted while a PauseJob was in progress: resume when it completes.
     resume_when_paused: bool,
+    /// What the shell last said of the node's view of the swarm (see
+    /// [`Source::set_majority_in_sight`]).
+    majority_in_sight: bool,
     abort_reason: Option<AbortReason>,
     outstanding: Option<Message>,
     next_retransmit: Option<u64>,
@@ -333,6 +336,7 @@ impl Source {
             measured_throughput: None,
             paused: false,
             resume_when_paused: false,
+            majority_in_sight: true,
             abort_reason: None,
             outstanding: None,
             next_retransmit: None,
@@ -366,6 +370,16 @@ impl Source {
 
     pub fn phase(&self) -> SourcePhase {
         self.phase
+    }
+
+    /// Whether this node sees a strict majority of the swarm's members (true until
+    /// said otherwise). Without one the handover is refused: the move aborts with
+    /// [`AbortReason::NoMajority`] and the job stays here, so a node cut off into a
+    /// minority never starts a new generation of a job on the other side of its own
+    /// partition while the majority may be recovering it (two new histories of the
+    /// job at once). The shell says it before feeding each event.
+    pub fn set_majority_in_sight(&mut self, yes: bool) {
+        self.majority_in_sight = yes;
     }
 
     /// How this move copies memory (as chosen so far).
@@ -664,6 +678,9 @@ impl Source {
             }
             Body::Ready => {
                 match phase {
+                    SourcePhase::AwaitReady if !self.majority_in_sight => {
+                        self.abort(AbortReason::NoMajority, true);
+                    }
                     SourcePhase::AwaitReady => {
                         // The handover. From here on the job never resumes
                         // here unless the destination says Abort.
@@ -781,6 +798,11 @@ impl Source {
                     let patch = ManifestPatch::between(&self.offered_memory, &manifest);
                     self.report.manifest_patch_bytes = patch.head.len() + patch.zeroed.len() * 9;
                     let handover = self.mode != MoveMode::PreCopy;
+                    if handover && !self.majority_in_sight {
+                        // Its Final would carry the Go.
+                        self.abort(AbortReason::NoMajority, true);
+                        return Ok(());
+                    }
                     let fin = self.msg(Body::Final {
                         after_round: self.rounds_sent,
                         chunks,

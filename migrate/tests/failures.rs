@@ -67,6 +67,33 @@ fn happy(p: &Params) -> Sim {
     sim
 }
 
+/// A source that does not see a majority of the swarm (cut off into a minority)
+/// never hands a job over, in every mode: the move aborts at the handover and the job
+/// runs at the source only, so the minority never starts a new generation.
+#[test]
+fn without_a_majority_in_sight_the_source_keeps_the_job() {
+    for (name, p) in scenarios() {
+        let mut sim = Sim::new(p.clone());
+        sim.src
+            .as_mut()
+            .expect("source")
+            .set_majority_in_sight(false);
+        sim.run(LIMIT_MS);
+        sim.assert_sound(name);
+        assert_eq!(
+            sim.final_src_outcome(),
+            aborted(AbortReason::NoMajority),
+            "{name}"
+        );
+        assert!(sim.s_running && !sim.d_running, "{name}");
+        let sent: Vec<&str> = sim.log.iter().map(|e| e.2).collect();
+        assert!(
+            !sent.contains(&"Go") && !sent.contains(&"GoAck"),
+            "{name}: {sent:?}"
+        );
+    }
+}
+
 #[test]
 fn happy_paths_commit() {
     for (name, p) in scenarios() {

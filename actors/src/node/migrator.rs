@@ -209,6 +209,13 @@ pub struct Migrator {
 }
 
 impl Migrator {
+    /// Recovery's last judgement (see `Shared::majority_in_sight`).
+    fn majority_in_sight(&self) -> bool {
+        self.shared
+            .majority_in_sight
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn new(
         shared: Arc<Shared>,
         scheduler: Addr<Scheduler>,
@@ -735,6 +742,7 @@ impl Migrator {
             return;
         }
         tracing::debug!(node = %self.shared.name, %id, body = msg.body.name(), "migration message in");
+        let majority = self.majority_in_sight();
         if let Some(run) = self.sources.get_mut(&id) {
             if run.peer != from {
                 tracing::warn!(%from, "migration message from a peer that is not the destination");
@@ -751,6 +759,7 @@ impl Migrator {
                 }
                 _ => {}
             }
+            run.core.set_majority_in_sight(majority);
             if let Err(e) = run.core.handle_message(now, msg) {
                 tracing::debug!(%e, "source refused a message");
             }
@@ -1065,7 +1074,9 @@ impl Handler<SourceFeed> for Migrator {
     type Result = ();
     fn handle(&mut self, m: SourceFeed, ctx: &mut Context<Self>) {
         let now = self.shared.now_ms();
+        let majority = self.majority_in_sight();
         if let Some(run) = self.sources.get_mut(&m.0) {
+            run.core.set_majority_in_sight(majority);
             if let Err(e) = run.core.handle_event(now, m.1) {
                 tracing::warn!(%e, "source core refused an event");
             }

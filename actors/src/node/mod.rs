@@ -82,6 +82,9 @@ pub struct Shared {
     pub published: Mutex<recovery::Published>,
     /// Set once the node drains (it then takes no replica and resumes nothing).
     pub draining: std::sync::atomic::AtomicBool,
+    /// Whether a strict majority of the members is in sight, as Recovery last judged it
+    /// (true at start); a source without one refuses to hand a job over.
+    pub majority_in_sight: std::sync::atomic::AtomicBool,
     /// Jobs lost here without ending (post-copy failed), with their generation; the
     /// Scheduler adds them, Recovery has them resumed elsewhere.
     pub abandoned: Mutex<std::collections::BTreeMap<String, u64>>,
@@ -343,6 +346,7 @@ pub async fn start_with_store(
         incarnation: rand::random(),
         published: Mutex::new(recovery::Published::default()),
         draining: std::sync::atomic::AtomicBool::new(false),
+        majority_in_sight: std::sync::atomic::AtomicBool::new(true),
         abandoned: Mutex::new(Default::default()),
         escalated: Mutex::new(Default::default()),
     });

@@ -514,7 +514,11 @@ impl Recovery {
         // Pause when the members out of sight could resume our jobs without us (the
         // same rule `owner_action` applies before running them again).
         let out_of_sight = self.members.difference(&alive).count();
-        if out_of_sight * 2 > self.members.len() {
+        let cut_off = out_of_sight * 2 > self.members.len();
+        self.shared
+            .majority_in_sight
+            .store(!cut_off, std::sync::atomic::Ordering::Relaxed);
+        if cut_off {
             self.settled_since = None;
             for j in running {
                 if self.quorum_paused.insert(j.job.clone(), now).is_none() {
