@@ -98,6 +98,41 @@ async fn recoveries(nodes: &[&NodeHandle]) -> Vec<node::recovery::Recovered> {
     all
 }
 
+/// A swarm of `names` in one process with quick failure detection (suspected after
+/// `suspect_after_ms`, dead after 1.5 s) and copies every 150–600 ms.
+async fn quick_swarm(host: &Arc<Host>, names: &[&str], suspect_after_ms: u64) -> Vec<NodeHandle> {
+    node::local_swarm(host, names, |cfg: &mut NodeConfig| {
+        cfg.migration.heartbeat_ms = 100;
+        cfg.recovery.suspect_after_ms = suspect_after_ms;
+        cfg.recovery.dead_after_ms = 1500;
+        cfg.recovery.min_period_ms = 150;
+        cfg.recovery.max_period_ms = 600;
+    })
+    .await
+    .expect("swarm")
+}
+
+/// Starts `job` (the guest `name`'s `module` with `args` and `seed`) on `on`, submitted
+/// from `home`.
+async fn start(
+    home: &NodeHandle,
+    job: &str,
+    (name, module, args, seed): (&str, &[u8], &[String], u64),
+    on: &str,
+) {
+    home.run(RunRequest {
+        module: module.to_vec(),
+        name: Some(name.into()),
+        id: Some(job.into()),
+        args: args.to_vec(),
+        seed,
+        node: Some(on.into()),
+        ..RunRequest::default()
+    })
+    .await
+    .expect("the job starts");
+}
+
 /// Three nodes with quick failure detection and copies; a long tracker started on `on`
 /// from the first (its home). Returns the host, the nodes, the module and its args.
 async fn swarm_with_tracker(
@@ -106,29 +141,10 @@ async fn swarm_with_tracker(
     on: &str,
 ) -> (Arc<Host>, Vec<NodeHandle>, Vec<u8>, Vec<String>) {
     let host = Host::new(HostConfig::default()).expect("host");
-    let nodes = node::local_swarm(&host, &names, |cfg: &mut NodeConfig| {
-        cfg.migration.heartbeat_ms = 100;
-        cfg.recovery.suspect_after_ms = suspect_after_ms;
-        cfg.recovery.dead_after_ms = 1500;
-        cfg.recovery.min_period_ms = 150;
-        cfg.recovery.max_period_ms = 600;
-    })
-    .await
-    .expect("swarm");
+    let nodes = quick_swarm(&host, &names, suspect_after_ms).await;
     let tracker = guest("tracker");
     let args = vec!["30000".to_string()];
-    nodes[0]
-        .run(RunRequest {
-            module: tracker.clone(),
-            name: Some("tracker".into()),
-            id: Some("tracker".into()),
-            args: args.clone(),
-            seed: 5,
-            node: Some(on.into()),
-            ..RunRequest::default()
-        })
-        .await
-        .expect("the job starts");
+    start(&nodes[0], "tracker", ("tracker", &tracker, &args, 5), on).await;
     (host, nodes, tracker, args)
 }
 
@@ -307,15 +323,7 @@ fn holders_restarted_with_their_store_still_recover_the_job() {
                     .then(|| (job, owner, [set[0].0.clone(), set[1].0.clone()]))
             })
             .expect("some job's replicas avoid the home");
-        let nodes = node::local_swarm(&host, &names, |cfg: &mut NodeConfig| {
-            cfg.migration.heartbeat_ms = 100;
-            cfg.recovery.suspect_after_ms = 600;
-            cfg.recovery.dead_after_ms = 1500;
-            cfg.recovery.min_period_ms = 150;
-            cfg.recovery.max_period_ms = 600;
-        })
-        .await
-        .expect("swarm");
+        let nodes = quick_swarm(&host, &names, 600).await;
         let by_name = |n: &str| {
             nodes
                 .iter()
@@ -325,18 +333,7 @@ fn holders_restarted_with_their_store_still_recover_the_job() {
         };
         let tracker = guest("tracker");
         let args = vec!["30000".to_string()];
-        nodes[0]
-            .run(RunRequest {
-                module: tracker.clone(),
-                name: Some("tracker".into()),
-                id: Some(job.clone()),
-                args: args.clone(),
-                seed: 5,
-                node: Some(owner.into()),
-                ..RunRequest::default()
-            })
-            .await
-            .expect("the job starts");
+        start(&nodes[0], &job, ("tracker", &tracker, &args, 5), owner).await;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let acks = by_name(owner).recovery_facts().await.expect("acks").acks;
@@ -405,15 +402,7 @@ fn holders_restarted_with_their_store_still_recover_the_job() {
 fn a_job_whose_node_dies_at_its_first_copy_starts_over_from_its_beginning() {
     node::actix_system().block_on(async {
         let host = Host::new(HostConfig::default()).expect("host");
-        let nodes = node::local_swarm(&host, &["b1", "b2", "b3"], |cfg: &mut NodeConfig| {
-            cfg.migration.heartbeat_ms = 100;
-            cfg.recovery.suspect_after_ms = 600;
-            cfg.recovery.dead_after_ms = 1500;
-            cfg.recovery.min_period_ms = 150;
-            cfg.recovery.max_period_ms = 600;
-        })
-        .await
-        .expect("swarm");
+        let nodes = quick_swarm(&host, &["b1", "b2", "b3"], 600).await;
         // 64 MiB of state, allocated and filled as soon as the job starts.
         const STATE: u64 = 64 << 20;
         let bigstate = guest("bigstate");
@@ -421,18 +410,13 @@ fn a_job_whose_node_dies_at_its_first_copy_starts_over_from_its_beginning() {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        nodes[0]
-            .run(RunRequest {
-                module: bigstate.clone(),
-                name: Some("bigstate".into()),
-                id: Some("bigstate".into()),
-                args: args.clone(),
-                seed: 3,
-                node: Some("b2".into()),
-                ..RunRequest::default()
-            })
-            .await
-            .expect("the job starts");
+        start(
+            &nodes[0],
+            "bigstate",
+            ("bigstate", &bigstate, &args, 3),
+            "b2",
+        )
+        .await;
 
         // The first acknowledged copy.
         let deadline = Instant::now() + Duration::from_secs(30);
