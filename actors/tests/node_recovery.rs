@@ -468,3 +468,54 @@ fn a_job_whose_node_dies_at_its_first_copy_starts_over_from_its_beginning() {
         }
     });
 }
+
+/// A job moved to a node that dies right after the move, before any heartbeat of its
+/// listed the job, is still recovered: the source announces the move
+/// (`Heartbeat::moved`), so the others place the job on the destination and see it
+/// die. Before, they only saw the source stop listing the job, took it for moved or
+/// ended, and nobody recovered it (level 1's bench, seed 5: autopilot-7).
+#[test]
+fn a_job_whose_destination_dies_right_after_the_move_is_recovered() {
+    node::actix_system().block_on(async {
+        let host = Host::new(HostConfig::default()).expect("host");
+        let nodes = quick_swarm(&host, &["d1", "d2", "d3", "d4"], 600).await;
+        let tracker = guest("tracker");
+        let args = vec!["30000".to_string()];
+        start(&nodes[0], "tracker", ("tracker", &tracker, &args, 5), "d2").await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while nodes[1].recovery_facts().await.expect("acks").acks.len() < 2 {
+            assert!(Instant::now() < deadline, "no replicas acknowledged");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        let report = nodes[0].migrate("tracker", "d3").await.expect("the move");
+        assert_eq!(report.outcome, "committed");
+        nodes[2].shutdown().await;
+        let killed_at = Instant::now();
+
+        let survivors = [&nodes[0], &nodes[1], &nodes[3]];
+        let code = exit_code_with_one_copy(
+            &nodes[0],
+            &survivors,
+            "tracker",
+            killed_at + Duration::from_secs(90),
+            "the job moved to a node that died was not recovered",
+            |_| {},
+        )
+        .await;
+        assert_straight_run(
+            &host,
+            &nodes[0],
+            "tracker",
+            (&tracker, &args, 5),
+            code,
+            false,
+        );
+        let recovered = recoveries(&survivors).await;
+        assert_eq!(recovered.len(), 1, "{recovered:?}");
+        assert_eq!(recovered[0].from_node, "d3");
+        for n in survivors {
+            n.shutdown().await;
+        }
+    });
+}

@@ -198,7 +198,8 @@ pub enum OwnerAction {
     /// No strict majority in sight (or not every peer in sight has reported
     /// its generations yet): pause, keep the copy, decide again later.
     Pause,
-    /// A newer generation of the job exists: stop and drop this copy now.
+    /// A newer generation of the job exists, or another node runs this one: stop
+    /// and drop this copy now (`newer` is that generation).
     Stop {
         newer: u64,
     },
@@ -218,6 +219,9 @@ pub struct OwnerSight<'a> {
     /// Peers in sight that announce a restored copy of the job they have not run
     /// yet (a recovery's claim), with its generation.
     pub claimed: &'a BTreeMap<NodeId, u64>,
+    /// Peers in sight whose heartbeat says they run the job now (not paused), with
+    /// the generation (a subset of `reported`).
+    pub running: &'a BTreeMap<NodeId, u64>,
     /// How long the members out of sight have been too few to resume the job
     /// without the owner (0 while they could).
     pub settled_ms: u64,
@@ -244,11 +248,21 @@ pub fn owner_action(sight: &OwnerSight<'_>) -> OwnerAction {
         generation,
         reported,
         claimed,
+        running,
         settled_ms,
         settle_ms,
     } = *sight;
     if let Some(newer) = reported.values().copied().filter(|g| *g > generation).max() {
         return OwnerAction::Stop { newer };
+    }
+    // Another node runs this very generation: the majority recovered the job while
+    // this copy was cut off, and its recovery took the same number this copy's had
+    // (generation numbers are the newest known + 1, not unique per history). Running
+    // here too would put one generation on two nodes (level 1's bench, seed 5:
+    // autopilot-2 generation 11 on n6 and n7 for 260 ms after a heal): the running
+    // copy wins. (Two paused copies of one generation are left to the fencing rank.)
+    if running.values().any(|g| *g == generation) {
+        return OwnerAction::Stop { newer: generation };
     }
     // A newer generation only claimed may never run (its claimer can die first):
     // dropping this copy for it lost the job (level 1's bench, bigstate-19). Wait
@@ -591,6 +605,7 @@ mod tests {
             generation,
             reported,
             claimed: &BTreeMap::new(),
+            running: &BTreeMap::new(),
             settled_ms: 10_000,
             settle_ms: 1500,
         })
@@ -627,6 +642,7 @@ mod tests {
             generation: 1,
             reported,
             claimed: &none,
+            running: &none,
             settled_ms,
             settle_ms: 1500,
         };
@@ -662,12 +678,14 @@ mod tests {
         let alive = m.clone();
         let reported: BTreeMap<NodeId, u64> = [(n("n7"), 0), (n("n8"), 0)].into_iter().collect();
         let claimed: BTreeMap<NodeId, u64> = [(n("n7"), 4)].into_iter().collect();
+        let none = BTreeMap::new();
         let sight = |alive, reported, claimed| OwnerSight {
             members: &m,
             alive,
             generation: 3,
             reported,
             claimed,
+            running: &none,
             settled_ms: 10_000,
             settle_ms: 1500,
         };
@@ -692,6 +710,39 @@ mod tests {
             owner_action(&sight(&without_n7, &reported, &claimed)),
             OwnerAction::Stop { newer: 4 }
         );
+    }
+
+    /// Level 1's bench, seed 5: n6 resumed autopilot-2 as generation 11 and was cut
+    /// off at once (paused it); the majority, which never heard of n6's generation 11,
+    /// resumed the job as generation 11 too on n7. After the heal n6 saw nothing newer
+    /// than its own 11 and ran it again: generation 11 on two nodes for 260 ms.
+    #[test]
+    fn a_paused_owner_yields_to_its_own_generation_running_elsewhere() {
+        let m = set(&["n6", "n7", "n8"]);
+        let reported: BTreeMap<NodeId, u64> = [(n("n7"), 11), (n("n8"), 0)].into_iter().collect();
+        let claimed = BTreeMap::new();
+        let nobody = BTreeMap::new();
+        let n7_runs: BTreeMap<NodeId, u64> = [(n("n7"), 11)].into_iter().collect();
+        let stale: BTreeMap<NodeId, u64> = [(n("n7"), 10)].into_iter().collect();
+        let sight = |running| OwnerSight {
+            members: &m,
+            alive: &m,
+            generation: 11,
+            reported: &reported,
+            claimed: &claimed,
+            running,
+            settled_ms: 10_000,
+            settle_ms: 1500,
+        };
+        assert_eq!(
+            owner_action(&sight(&n7_runs)),
+            OwnerAction::Stop { newer: 11 }
+        );
+        // n7's copy is paused too (both were cut off): not this rule's call, the
+        // fencing rank decides once they run.
+        assert_eq!(owner_action(&sight(&nobody)), OwnerAction::Run);
+        // An older generation running elsewhere (a stale copy) does not stop it.
+        assert_eq!(owner_action(&sight(&stale)), OwnerAction::Run);
     }
 
     #[test]

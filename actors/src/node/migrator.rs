@@ -462,6 +462,16 @@ impl Migrator {
                     }
                 }
                 SourceAction::Finished(outcome) => {
+                    if outcome == Outcome::Committed {
+                        let moved = (
+                            run.core.generation() + 1,
+                            run.to_name.clone(),
+                            self.shared.now_ms(),
+                        );
+                        if let Ok(mut m) = self.shared.moved.lock() {
+                            m.insert(job.clone(), moved);
+                        }
+                    }
                     if outcome != Outcome::Escalated {
                         // Resolved (a late GoAck or Abort, or never escalated).
                         if let Ok(mut e) = self.shared.escalated.lock() {

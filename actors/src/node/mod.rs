@@ -93,6 +93,10 @@ pub struct Shared {
     /// Migrator adds and resolves them, Recovery gives the copy up once the destination
     /// is gone without the job (`recovery::after_escalation`).
     pub escalated: Mutex<std::collections::BTreeMap<String, (u64, String, u64)>>,
+    /// Moves this node committed as their source: job → (its generation at the
+    /// destination, the destination's name, when, ms). The Migrator adds them,
+    /// Recovery announces the recent ones (`Heartbeat::moved`) and forgets the old.
+    pub moved: Mutex<std::collections::BTreeMap<String, (u64, String, u64)>>,
 }
 
 impl Shared {
@@ -349,6 +353,7 @@ pub async fn start_with_store(
         majority_in_sight: std::sync::atomic::AtomicBool::new(true),
         abandoned: Mutex::new(Default::default()),
         escalated: Mutex::new(Default::default()),
+        moved: Mutex::new(Default::default()),
     });
     let links = link::LinkMonitor::new(shared.clone()).start();
     let scheduler = scheduler::Scheduler::new(shared.clone()).start();

@@ -200,6 +200,12 @@ pub struct Heartbeat {
     /// the one to resume it).
     #[serde(default)]
     pub orphans: Vec<(String, u64, String)>,
+    /// Jobs this node moved away recently: (job, the generation it runs at the
+    /// destination, the destination's name). The destination may die before any of
+    /// its own heartbeats listed the job; without this the others, seeing the source
+    /// stop listing it, took the job for ended and nobody recovered it.
+    #[serde(default)]
+    pub moved: Vec<(String, u64, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -319,6 +325,7 @@ impl Heartbeat {
             || h.members.iter().any(|m| m.is_empty() || m.len() > 64)
             || h.orphans
                 .iter()
+                .chain(&h.moved)
                 .any(|(_, _, m)| m.is_empty() || m.len() > 64)
         {
             return Err(ProtoError::Invalid("too many or bad member names".into()));
@@ -326,6 +333,7 @@ impl Heartbeat {
         if h.holdings.len() > MAX_HEARTBEAT_JOBS
             || h.claims.len() > MAX_HEARTBEAT_JOBS
             || h.orphans.len() > MAX_HEARTBEAT_JOBS
+            || h.moved.len() > MAX_HEARTBEAT_JOBS
             || h.ended.len() > MAX_HEARTBEAT_ENDED
             || h.abandoned.len() > MAX_HEARTBEAT_ENDED
         {
@@ -344,6 +352,7 @@ impl Heartbeat {
             .chain(h.abandoned.iter().map(|(j, _)| j))
             .chain(h.claims.iter().map(|(j, _)| j))
             .chain(h.orphans.iter().map(|(j, _, _)| j))
+            .chain(h.moved.iter().map(|(j, _, _)| j))
         {
             check_job(j)?;
         }
@@ -392,6 +401,7 @@ mod tests {
             members: vec![],
             claims: vec![],
             orphans: vec![],
+            moved: vec![],
         };
         assert!(Heartbeat::decode(&encode(&hb)).is_err());
         let too_long = Heartbeat {
@@ -406,6 +416,24 @@ mod tests {
             ..hb.clone()
         };
         assert!(Heartbeat::decode(&encode(&many)).is_err());
+        let unnamed_destination = Heartbeat {
+            load: 0.0,
+            moved: vec![("job".into(), 2, String::new())],
+            ..hb.clone()
+        };
+        assert!(Heartbeat::decode(&encode(&unnamed_destination)).is_err());
+        let bad_job = Heartbeat {
+            load: 0.0,
+            moved: vec![("../job".into(), 2, "n2".into())],
+            ..hb.clone()
+        };
+        assert!(Heartbeat::decode(&encode(&bad_job)).is_err());
+        let moves = Heartbeat {
+            load: 0.0,
+            moved: vec![("job".into(), 0, "n2".into()); MAX_HEARTBEAT_JOBS + 1],
+            ..hb.clone()
+        };
+        assert!(Heartbeat::decode(&encode(&moves)).is_err());
         let fine = Heartbeat {
             load: 0.0,
             members: vec!["n1".into(), "gw".into()],

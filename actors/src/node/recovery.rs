@@ -59,11 +59,21 @@ pub struct Published {
     pub members: Vec<String>,
     pub claims: Vec<(String, u64)>,
     pub orphans: Vec<(String, u64, String)>,
+    pub moved: Vec<(String, u64, String)>,
 }
 
 /// `Placed::incarnation` of a job its node gave up (see `Heartbeat::abandoned`): the
 /// node no longer counts as its owner.
 const ABANDONED: u64 = u64::MAX;
+
+/// How many heartbeat periods a job placed by a move announcement keeps its place
+/// although its destination's heartbeats do not list it (those sent before the move).
+const MOVED_IN_GRACE_HEARTBEATS: u64 = 5;
+
+/// How long a node announces a move it made (`Heartbeat::moved`).
+fn moved_announced_ms(cfg: &RecoveryConfig) -> u64 {
+    cfg.dead_after_ms + cfg.suspect_after_ms
+}
 
 /// One peer as its heartbeats describe it.
 struct Peer {
@@ -172,6 +182,10 @@ pub struct Recovery {
     copies_acked: u64,
     copies_failed: u64,
     recovered: Vec<Recovered>,
+    /// Jobs placed on the destination of a move its source announced (`Heartbeat::moved`),
+    /// with when: for a while, a heartbeat of the destination that does not list the job
+    /// yet (sent before the move) does not unplace it.
+    moved_in: HashMap<String, u64>,
 }
 
 impl Recovery {
@@ -224,6 +238,7 @@ impl Recovery {
             copies_acked: 0,
             copies_failed: 0,
             recovered: Vec::new(),
+            moved_in: HashMap::new(),
         }
     }
 
@@ -309,6 +324,17 @@ impl Recovery {
             .map(|(j, (g, n))| (j.clone(), *g, n.0.clone()))
             .collect();
         orphans.truncate(super::proto::MAX_HEARTBEAT_JOBS);
+        let mut moved: Vec<(String, u64, String)> = self
+            .shared
+            .moved
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .map(|(j, (g, to, _))| (j.clone(), *g, to.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        moved.truncate(super::proto::MAX_HEARTBEAT_JOBS);
         if let Ok(mut p) = self.shared.published.lock() {
             *p = Published {
                 holdings,
@@ -317,6 +343,7 @@ impl Recovery {
                 members,
                 claims,
                 orphans,
+                moved,
             };
         }
     }
@@ -563,12 +590,20 @@ impl Recovery {
                     Some(((*n).clone(), g))
                 })
                 .collect();
+            let running: BTreeMap<NodeId, u64> = heard
+                .iter()
+                .filter_map(|(n, p)| {
+                    let (g, state) = p.jobs.get(&job)?;
+                    (state == "running").then(|| ((*n).clone(), *g))
+                })
+                .collect();
             let sight = recovery::OwnerSight {
                 members: &self.members,
                 alive: &alive,
                 generation,
                 reported: &reported,
                 claimed: &claimed,
+                running: &running,
                 settled_ms: now.saturating_sub(settled_since),
                 settle_ms: self.cfg.suspect_after_ms,
             };
@@ -579,7 +614,7 @@ impl Recovery {
                     self.control(&job, Op::Resume);
                 }
                 OwnerAction::Stop { newer } => {
-                    tracing::info!(%job, newer, "recovered elsewhere meanwhile: dropping this copy");
+                    tracing::info!(%job, newer, "recovered elsewhere meanwhile (this generation or newer): dropping this copy");
                     self.quorum_paused.remove(&job);
                     self.control(&job, Op::Drop);
                 }
@@ -1014,6 +1049,12 @@ impl Handler<Observed> for Recovery {
             .collect();
         self.settle_claims(&m.jobs, now);
         self.settle_escalations();
+        // Moves made here are announced for a while, long enough for the destination
+        // to be declared dead if it died before saying it runs the job.
+        let keep = moved_announced_ms(&self.cfg);
+        if let Ok(mut moved) = self.shared.moved.lock() {
+            moved.retain(|_, (_, _, at)| now.saturating_sub(*at) < keep);
+        }
         for j in m.jobs.iter().filter(|j| j.state == "running") {
             let me = self.me.clone();
             self.place(&j.job, me, j.generation, self.shared.incarnation);
@@ -1088,6 +1129,23 @@ impl Handler<Seen> for Recovery {
                 self.mark_abandoned(job, &NodeId(owner.clone()), *generation);
             }
         }
+        // The peer moved a job away: it now belongs to the destination (at the
+        // destination's incarnation as last heard), so the destination's death before
+        // it ever listed the job still gets the job recovered.
+        for (job, generation, to) in &hb.moved {
+            let to = NodeId(to.clone());
+            if self.ended.contains(job) || to == self.me {
+                continue;
+            }
+            let Some(incarnation) = self.peers.get(&to).map(|p| p.incarnation) else {
+                continue;
+            };
+            let before = self.placed.get(job).map(|p| (p.node.clone(), p.generation));
+            self.place(job, to.clone(), *generation, incarnation);
+            if before != Some((to, *generation)) {
+                self.moved_in.insert(job.clone(), now);
+            }
+        }
         let jobs: HashMap<String, (u64, String)> = hb
             .jobs
             .iter()
@@ -1137,9 +1195,17 @@ impl Handler<Seen> for Recovery {
             }
         }
         // A job its owner (same incarnation) stopped listing was moved, ended or killed
-        // on purpose: nothing to recover.
+        // on purpose: nothing to recover. A job just moved here is not listed by a
+        // heartbeat sent before the move: it keeps its place for a while.
+        let grace = MOVED_IN_GRACE_HEARTBEATS * self.shared.config.migration.heartbeat_ms;
+        self.moved_in
+            .retain(|_, at| now.saturating_sub(*at) < grace);
+        let moved_in = &self.moved_in;
         self.placed.retain(|job, p| {
-            p.node != node || p.incarnation != hb.incarnation || jobs.contains_key(job)
+            p.node != node
+                || p.incarnation != hb.incarnation
+                || jobs.contains_key(job)
+                || moved_in.contains_key(job)
         });
         self.peers.insert(
             node,

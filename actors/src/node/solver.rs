@@ -439,6 +439,7 @@ impl Handler<Observed> for Solver {
             members: published.members,
             claims: published.claims,
             orphans: published.orphans,
+            moved: published.moved,
             jobs: m
                 .jobs
                 .iter()
