@@ -89,6 +89,35 @@ fn assert_straight_run(
     }
 }
 
+/// After `dead` died: `job` finishes at the home (`survivors[0]`) before `limit` with
+/// at most one copy running at a time and a straight run's output, recovered exactly
+/// once, from `dead`; then the survivors shut down.
+async fn recovered_once(
+    host: &Arc<Host>,
+    survivors: &[&NodeHandle],
+    job: &str,
+    run: (&[u8], &[String], u64),
+    limit: Instant,
+    dead: &str,
+) {
+    let code = exit_code_with_one_copy(
+        survivors[0],
+        survivors,
+        job,
+        limit,
+        &format!("{job} was not recovered after {dead} died"),
+        |_| {},
+    )
+    .await;
+    assert_straight_run(host, survivors[0], job, run, code, false);
+    let recovered = recoveries(survivors).await;
+    assert_eq!(recovered.len(), 1, "{recovered:?}");
+    assert_eq!(recovered[0].from_node, dead);
+    for n in survivors {
+        n.shutdown().await;
+    }
+}
+
 /// The recoveries `nodes` made, all together.
 async fn recoveries(nodes: &[&NodeHandle]) -> Vec<node::recovery::Recovered> {
     let mut all = Vec::new();
@@ -442,30 +471,15 @@ fn a_job_whose_node_dies_at_its_first_copy_starts_over_from_its_beginning() {
             manifest.memory.len
         );
 
-        let survivors = [&nodes[0], &nodes[2]];
-        let code = exit_code_with_one_copy(
-            &nodes[0],
-            &survivors,
-            "bigstate",
-            deadline + Duration::from_secs(90),
-            "the job did not finish after its node died",
-            |_| {},
-        )
-        .await;
-        assert_straight_run(
+        recovered_once(
             &host,
-            &nodes[0],
+            &[&nodes[0], &nodes[2]],
             "bigstate",
             (&bigstate, &args, 3),
-            code,
-            false,
-        );
-        let recovered = recoveries(&survivors).await;
-        assert_eq!(recovered.len(), 1, "{recovered:?}");
-        assert_eq!(recovered[0].from_node, "b2");
-        for n in survivors {
-            n.shutdown().await;
-        }
+            deadline + Duration::from_secs(90),
+            "b2",
+        )
+        .await;
     });
 }
 
@@ -493,29 +507,14 @@ fn a_job_whose_destination_dies_right_after_the_move_is_recovered() {
         nodes[2].shutdown().await;
         let killed_at = Instant::now();
 
-        let survivors = [&nodes[0], &nodes[1], &nodes[3]];
-        let code = exit_code_with_one_copy(
-            &nodes[0],
-            &survivors,
-            "tracker",
-            killed_at + Duration::from_secs(90),
-            "the job moved to a node that died was not recovered",
-            |_| {},
-        )
-        .await;
-        assert_straight_run(
+        recovered_once(
             &host,
-            &nodes[0],
+            &[&nodes[0], &nodes[1], &nodes[3]],
             "tracker",
             (&tracker, &args, 5),
-            code,
-            false,
-        );
-        let recovered = recoveries(&survivors).await;
-        assert_eq!(recovered.len(), 1, "{recovered:?}");
-        assert_eq!(recovered[0].from_node, "d3");
-        for n in survivors {
-            n.shutdown().await;
-        }
+            killed_at + Duration::from_secs(90),
+            "d3",
+        )
+        .await;
     });
 }
