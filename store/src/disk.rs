@@ -26,7 +26,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use crate::encoded::{self, Compression, FILE_HEADER_LEN};
 use crate::error::{io_err, Result, StoreError};
@@ -71,28 +71,20 @@ fn shard_of(id: &ChunkId) -> usize {
     id.0[1] as usize % SHARDS
 }
 
-fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
+/// fsync a file or a directory.
+fn fsync_path(path: &Path) -> Result<()> {
+    File::open(path)
         .and_then(|f| f.sync_all())
-        .map_err(io_err(dir))
+        .map_err(io_err(path))
 }
 
-/// Make every write to the file system holding `root` durable: `syncfs` on Linux
-/// (one device flush), `sync` elsewhere.
-fn sync_file_system(root: &Path) -> Result<()> {
-    #[cfg(target_os = "linux")]
-    {
-        let f = File::open(root).map_err(io_err(root))?;
-        // SAFETY: syncfs on a valid, owned file descriptor.
-        if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
-            return Err(io_err(root)(std::io::Error::last_os_error()));
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = root;
-        // SAFETY: sync(2) takes no arguments and cannot fail.
-        unsafe { libc::sync() };
+/// Make every write to the file system holding `root` durable (one device flush).
+#[cfg(target_os = "linux")]
+fn syncfs(root: &Path) -> Result<()> {
+    let f = File::open(root).map_err(io_err(root))?;
+    // SAFETY: syncfs on a valid, owned file descriptor.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+        return Err(io_err(root)(std::io::Error::last_os_error()));
     }
     Ok(())
 }
@@ -161,7 +153,7 @@ impl DiskTier {
             }
         }
         if created {
-            fsync_dir(root)?;
+            fsync_path(root)?;
         }
         // Stale temporaries of a crashed writer (we hold the lock: no live one).
         let tmp = root.join("tmp");
@@ -234,10 +226,10 @@ impl DiskTier {
     /// Replace (or create) the note `name`, durably.
     pub(crate) fn write_note(&self, name: &str, bytes: &[u8]) -> Result<()> {
         self.write_atomic(&self.root.join("notes").join(name), bytes)?;
-        self.sync()
+        self.sync_dirs()
     }
 
-    /// Delete the note `name` (durable after the next `sync`).
+    /// Delete the note `name` (durable after the next `sync_dirs`).
     pub(crate) fn remove_note(&self, name: &str) -> Result<()> {
         let path = self.root.join("notes").join(name);
         match fs::remove_file(&path) {
@@ -361,15 +353,7 @@ impl DiskTier {
     pub(crate) fn sync(&self) -> Result<()> {
         let mut chunks = lock(&self.pending_chunks);
         if !chunks.is_empty() {
-            if chunks.len() > FSYNC_EACH_MAX && cfg!(target_os = "linux") {
-                sync_file_system(&self.root)?;
-            } else {
-                for tmp in chunks.values() {
-                    File::open(tmp)
-                        .and_then(|f| f.sync_all())
-                        .map_err(io_err(tmp))?;
-                }
-            }
+            self.make_durable(chunks.values().map(PathBuf::as_path))?;
             let mut failed = None;
             chunks.retain(
                 |id, tmp| match self.rename_into_place(tmp, &self.chunk_path(id)) {
@@ -384,17 +368,34 @@ impl DiskTier {
                 return Err(e);
             }
         }
-        let mut dirs = lock(&self.pending_dirs);
+        // The directory lock is taken before the chunk lock is released: a concurrent
+        // caller cannot return before these renames are durable.
+        let dirs = lock(&self.pending_dirs);
         drop(chunks);
-        if dirs.len() > FSYNC_EACH_MAX && cfg!(target_os = "linux") {
-            sync_file_system(&self.root)?;
-            dirs.clear();
+        self.sync_dirs_locked(dirs)
+    }
+
+    /// Make every rename or removal made before this call durable (not the chunks
+    /// still waiting: see [`sync`](Self::sync)). Notes and refs need only this.
+    pub(crate) fn sync_dirs(&self) -> Result<()> {
+        self.sync_dirs_locked(lock(&self.pending_dirs))
+    }
+
+    fn sync_dirs_locked(&self, mut dirs: MutexGuard<'_, BTreeSet<PathBuf>>) -> Result<()> {
+        self.make_durable(dirs.iter().map(PathBuf::as_path))?;
+        dirs.clear();
+        Ok(())
+    }
+
+    /// Make `paths` (files or directories) durable: an fsync each when there are few,
+    /// one `syncfs` of the whole file system when there are many (Linux).
+    fn make_durable<'a>(&self, paths: impl ExactSizeIterator<Item = &'a Path>) -> Result<()> {
+        #[cfg(target_os = "linux")]
+        if paths.len() > FSYNC_EACH_MAX {
+            return syncfs(&self.root);
         }
-        while let Some(d) = dirs.pop_first() {
-            if let Err(e) = fsync_dir(&d) {
-                dirs.insert(d);
-                return Err(e);
-            }
+        for p in paths {
+            fsync_path(p)?;
         }
         Ok(())
     }
@@ -533,10 +534,10 @@ impl DiskTier {
             lock(&self.pending_dirs).insert(self.root.join("checkpoints"));
         }
         self.write_atomic(&dir.join(ref_name(r)), &[])?;
-        self.sync()
+        self.sync_dirs()
     }
 
-    /// Delete the ref file of `r` (durable after the next `sync`).
+    /// Delete the ref file of `r` (durable after the next `sync_dirs`).
     pub(crate) fn remove_ref(&self, r: &CheckpointRef) -> Result<()> {
         let path = self.ref_path(r);
         match fs::remove_file(&path) {

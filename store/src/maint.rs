@@ -194,7 +194,7 @@ impl Store {
             }
         }
         if let Some(d) = &self.disk {
-            d.sync()?;
+            d.sync_dirs()?;
             d.remove_empty_job_dirs();
         }
         // 2. chunks
@@ -217,7 +217,7 @@ impl Store {
                         self.mem.remove(&id);
                     }
                 }
-                d.sync()?;
+                d.sync_dirs()?;
             }
             None => {
                 let ids = self.mem.ids();
@@ -254,7 +254,8 @@ impl Store {
     /// and hashed; the memory tier too), every ref, every listed checkpoint's
     /// manifest and the presence of all the chunks it references. Each problem
     /// is logged with `tracing::warn` and returned; nothing is modified except
-    /// that corrupt memory-tier entries are dropped.
+    /// that corrupt memory-tier entries are dropped (and chunks still waiting to be
+    /// flushed are made durable first: `Store::sync`).
     pub fn verify(&self) -> VerifyReport {
         self.verify_with(&mut |_, _| {})
     }

@@ -696,7 +696,7 @@ impl Store {
         if notes.remove(name).is_some() {
             if let Some(disk) = &self.disk {
                 disk.remove_note(name)?;
-                disk.sync()?;
+                disk.sync_dirs()?;
             }
         }
         Ok(())
